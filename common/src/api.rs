@@ -1,0 +1,198 @@
+//! JSON wire types of the storage API, shared by the server (which produces them), the
+//! gateway (which forwards and decorates them) and the CLI (which reads them).
+//!
+//! Field names are the seed's (`PutResponse`, `detail`, ...) so that its clients keep working.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
+
+/// Body of `PUT|POST /put/{key}`. Extra fields are ignored, as the seed's pydantic model did.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PutBody {
+    /// Any JSON value: string, number, object, array or null. Stored exactly as sent, so big
+    /// integers and `1.0` come back unchanged.
+    #[schema(value_type = Object)]
+    pub value: Box<RawValue>,
+}
+
+/// Answer to a successful put (the seed's `PutResponse`, with its bugs fixed and a timestamp).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PutResponse {
+    /// `create` for the first version of a key, `update` afterwards.
+    pub operation: Operation,
+    pub key: String,
+    /// The version just stored (never null, unlike the seed).
+    pub version: u64,
+    /// Same as `version`; kept for the seed's clients.
+    pub new_version: u64,
+    /// The version this one follows, null on create.
+    pub previous_version: Option<u64>,
+    /// Number of versions of this key in the database, this one included.
+    pub total_versions: u64,
+    /// When the version was written, Unix seconds.
+    pub timestamp: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    Create,
+    Update,
+}
+
+/// Answer to `GET /get/{key}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GetResponse {
+    #[schema(value_type = Object)]
+    pub value: Box<RawValue>,
+    pub version: u64,
+    /// When this version was written (Unix seconds), wherever it was read from.
+    pub timestamp: f64,
+    pub source: Source,
+}
+
+/// Where a read was answered from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Cache,
+    Database,
+}
+
+/// One version in a `GET /versions/{key}` page.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VersionEntry {
+    pub version: u64,
+    #[schema(value_type = Object)]
+    pub value: Box<RawValue>,
+    pub timestamp: f64,
+}
+
+/// A page of a key's versions, oldest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VersionsResponse {
+    pub key: String,
+    /// The key's latest version at the time of the read.
+    pub latest_version: u64,
+    /// Versions greater than the request's `after`, ascending, at most `limit` of them.
+    pub versions: Vec<VersionEntry>,
+    /// Pass this as `after` to get the next page; null when this page reaches the latest.
+    pub next_after: Option<u64>,
+}
+
+/// `GET /cache/stats`: the seed's fields plus counters.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CacheStats {
+    /// Keys currently cached.
+    pub current_size: u64,
+    /// Capacity in keys (`--cache-size`).
+    pub max_size: u64,
+    pub is_full: bool,
+    /// Entries older than this are dropped (the seed's 30 minutes by default).
+    pub expiration_minutes: f64,
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+    /// hits / (hits + misses), 0 before any read.
+    pub hit_ratio: f64,
+    /// The server's `--node-name`.
+    pub node_name: String,
+}
+
+/// `GET /db/stats`: the seed's fields plus the write-ahead log.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DbStats {
+    pub total_keys: u64,
+    pub total_versions: u64,
+    /// Size of the main database file.
+    pub database_size_bytes: u64,
+    /// Size of the `-wal` file beside it (0 when absent).
+    pub wal_size_bytes: u64,
+    pub node_name: String,
+}
+
+/// Every error any kvstore service answers: the seed's `detail` message plus a stable,
+/// machine-readable `code`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub detail: String,
+    pub code: ErrorCode,
+}
+
+/// Machine-readable error codes. Clients match on these, never on `detail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    KeyNotFound,
+    VersionNotFound,
+    InvalidVersion,
+    InvalidQuery,
+    EmptyKey,
+    KeyTooLong,
+    InvalidJson,
+    InvalidBody,
+    NonFiniteNumber,
+    ValueTooLarge,
+    VersionConflict,
+    NotFound,
+    MethodNotAllowed,
+    UnknownServer,
+    ServerUnavailable,
+    Unauthorized,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::KeyNotFound => "key_not_found",
+            ErrorCode::VersionNotFound => "version_not_found",
+            ErrorCode::InvalidVersion => "invalid_version",
+            ErrorCode::InvalidQuery => "invalid_query",
+            ErrorCode::EmptyKey => "empty_key",
+            ErrorCode::KeyTooLong => "key_too_long",
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidBody => "invalid_body",
+            ErrorCode::NonFiniteNumber => "non_finite_number",
+            ErrorCode::ValueTooLarge => "value_too_large",
+            ErrorCode::VersionConflict => "version_conflict",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::UnknownServer => "unknown_server",
+            ErrorCode::ServerUnavailable => "server_unavailable",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_serialize_as_their_names() {
+        for code in [
+            ErrorCode::KeyNotFound,
+            ErrorCode::NonFiniteNumber,
+            ErrorCode::Internal,
+            ErrorCode::UnknownServer,
+        ] {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+
+    #[test]
+    fn put_body_keeps_the_value_text_and_ignores_extra_fields() {
+        let body: PutBody =
+            serde_json::from_str(r#"{"value": 12345678901234567890123, "x": 1}"#).unwrap();
+        assert_eq!(body.value.get(), "12345678901234567890123");
+        let body: PutBody = serde_json::from_str(r#"{"value": null}"#).unwrap();
+        assert_eq!(body.value.get(), "null");
+        assert!(serde_json::from_str::<PutBody>(r#"{"val": 1}"#).is_err());
+    }
+}

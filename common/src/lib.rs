@@ -1,0 +1,12 @@
+//! Pieces shared by every kvstore binary: the JSON wire types of the storage API, the error
+//! body every service answers with, tracing set-up, HTTP request metrics and shutdown signals.
+//!
+//! This crate is a leaf: it knows nothing of SQLite, hashing rings or Kubernetes, so the
+//! gateway and the CLI can depend on it without pulling in storage code.
+
+pub mod api;
+pub mod http_metrics;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use api::{ErrorBody, ErrorCode};

@@ -1,0 +1,71 @@
+//! The crate's one error type. HTTP status mapping lives in `http/error.rs`.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Key '{key}' not found")]
+    KeyNotFound { key: String },
+    #[error("Key '{key}' version {version} not found")]
+    VersionNotFound { key: String, version: u64 },
+    #[error("Key '{key}' is at version {actual}, not {expected}")]
+    VersionConflict {
+        key: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("Key '{key}' has reached the largest version number")]
+    VersionOverflow { key: String },
+    #[error("stored value of key '{key}' version {version} is not valid JSON")]
+    CorruptValue { key: String, version: i64 },
+    #[error("database error ({context}): {source}")]
+    Database {
+        context: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("write failed: {0}")]
+    WriteFailed(String),
+    #[error("cannot migrate the database: {0}")]
+    Migration(String),
+    #[error(
+        "database {} is in use by another kv-server process (or a clean-up); stop it first",
+        path.display()
+    )]
+    DatabaseInUse { path: PathBuf },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Short stable label for logs and metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::KeyNotFound { .. } => "key_not_found",
+            Error::VersionNotFound { .. } => "version_not_found",
+            Error::VersionConflict { .. } => "version_conflict",
+            Error::VersionOverflow { .. } => "version_overflow",
+            Error::CorruptValue { .. } => "corrupt_value",
+            Error::Database { .. } => "database",
+            Error::WriteFailed(_) => "write_failed",
+            Error::Migration(_) => "migration",
+            Error::DatabaseInUse { .. } => "database_in_use",
+            Error::Io { .. } => "io",
+            Error::ShuttingDown => "shutting_down",
+            Error::Config(_) => "config",
+            Error::Internal(_) => "internal",
+        }
+    }
+}

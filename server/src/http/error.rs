@@ -1,0 +1,73 @@
+//! How errors become HTTP answers: always JSON `{"detail", "code"}` with the right status.
+//! Client mistakes are 4xx and logged at debug; only server faults are 5xx and logged as
+//! errors, inside the request's span.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kv_common::{ErrorBody, ErrorCode};
+
+use crate::error::Error;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: ErrorCode,
+    pub detail: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: ErrorCode, detail: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn bad_request(code: ErrorCode, detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    pub fn unprocessable(code: ErrorCode, detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(err: Error) -> ApiError {
+        let (status, code) = match &err {
+            Error::KeyNotFound { .. } => (StatusCode::NOT_FOUND, ErrorCode::KeyNotFound),
+            Error::VersionNotFound { .. } => (StatusCode::NOT_FOUND, ErrorCode::VersionNotFound),
+            Error::VersionConflict { .. } => {
+                (StatusCode::PRECONDITION_FAILED, ErrorCode::VersionConflict)
+            }
+            Error::VersionOverflow { .. } => (StatusCode::CONFLICT, ErrorCode::VersionConflict),
+            Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
+        };
+        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            tracing::error!(error = %err, kind = err.metric_label(), "request failed");
+        }
+        ApiError::new(status, code, err.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_client_error() {
+            tracing::debug!(status = %self.status, code = self.code.as_str(), detail = %self.detail);
+        }
+        let unavailable = self.status == StatusCode::SERVICE_UNAVAILABLE;
+        let body = ErrorBody {
+            detail: self.detail,
+            code: self.code,
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if unavailable {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,212 @@
+//! Turning raw request parts into checked domain values, with the error a client should see
+//! for each way they can be wrong. Parsing is done by hand (not by axum's `Json`/`Query`
+//! rejections) so every mistake gets the same JSON error shape and a precise message.
+
+use axum::extract::Path;
+use axum::extract::Query;
+use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::http::StatusCode;
+use bytes::Bytes;
+use kv_common::ErrorCode;
+use kv_common::api::PutBody;
+use serde_json::value::RawValue;
+
+use super::error::ApiError;
+use crate::store::model::{KeyError, parse_count, parse_version, validate_json, validate_key};
+
+pub type KeyPath = Result<Path<String>, PathRejection>;
+pub type Params = Result<Query<Vec<(String, String)>>, QueryRejection>;
+
+/// The percent-decoded key of `/{route}/{key}`.
+pub fn key(path: KeyPath) -> Result<String, ApiError> {
+    let Path(key) = path.map_err(|e| {
+        ApiError::bad_request(ErrorCode::InvalidQuery, format!("Invalid key in path: {e}"))
+    })?;
+    validate_key(&key).map_err(|e| match e {
+        KeyError::Empty => ApiError::bad_request(ErrorCode::EmptyKey, e.to_string()),
+        KeyError::TooLong(_) => ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            ErrorCode::KeyTooLong,
+            e.to_string(),
+        ),
+    })?;
+    Ok(key)
+}
+
+/// Query parameters as pairs; a repeated parameter takes its last value, as the seed did.
+pub struct QueryParams(Vec<(String, String)>);
+
+impl QueryParams {
+    pub fn from(params: Params) -> Result<QueryParams, ApiError> {
+        let Query(pairs) = params.map_err(|e| {
+            ApiError::bad_request(
+                ErrorCode::InvalidQuery,
+                format!("Invalid query string: {e}"),
+            )
+        })?;
+        Ok(QueryParams(pairs))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `?version=N`: 1 to i64::MAX.
+    pub fn version(&self) -> Result<Option<u64>, ApiError> {
+        self.get("version")
+            .map(|raw| {
+                parse_version(raw).map_err(|msg| {
+                    ApiError::bad_request(
+                        ErrorCode::InvalidVersion,
+                        format!("Invalid version: {msg}"),
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    /// A count parameter (`after`, `if_version`): 0 to i64::MAX.
+    pub fn count(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.get(name)
+            .map(|raw| {
+                parse_count(raw).map_err(|msg| {
+                    ApiError::bad_request(ErrorCode::InvalidQuery, format!("Invalid {name}: {msg}"))
+                })
+            })
+            .transpose()
+    }
+}
+
+/// The `value` of a put body, as JSON text exactly as sent.
+pub fn put_value(
+    body: Result<Bytes, BytesRejection>,
+    max_value_bytes: usize,
+) -> Result<Box<RawValue>, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::ValueTooLarge,
+            format!("Value is larger than the limit of {max_value_bytes} bytes"),
+        )
+    };
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large()
+        } else {
+            ApiError::bad_request(ErrorCode::InvalidBody, format!("Cannot read body: {e}"))
+        }
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::unprocessable(
+            ErrorCode::InvalidBody,
+            r#"Request body is required: {"value": <any JSON value>}"#,
+        ));
+    }
+    // serde would happily read a struct from an array (`[1]` as `{"value": 1}`): only an
+    // object is a valid body.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                Ok(_) => ApiError::unprocessable(
+                    ErrorCode::InvalidBody,
+                    r#"Request body must be a JSON object with a "value" field"#,
+                ),
+                Err(e) => ApiError::bad_request(
+                    ErrorCode::InvalidJson,
+                    format!("Request body is not valid JSON: {e}"),
+                ),
+            },
+        );
+    }
+    let body: PutBody = serde_json::from_slice(&bytes).map_err(|e| {
+        if e.is_data() {
+            let detail = if e.to_string().starts_with("missing field `value`") {
+                "Field 'value' is required".to_owned()
+            } else {
+                format!(r#"Request body must be a JSON object with a "value" field: {e}"#)
+            };
+            ApiError::unprocessable(ErrorCode::InvalidBody, detail)
+        } else {
+            ApiError::bad_request(
+                ErrorCode::InvalidJson,
+                format!("Request body is not valid JSON: {e}"),
+            )
+        }
+    })?;
+    if body.value.get().len() > max_value_bytes {
+        return Err(too_large());
+    }
+    // RawValue only checks syntax; a full parse rejects numbers that overflow to infinity
+    // (the seed stored `1e400` as `Infinity` and then failed every read of it).
+    if let Err(e) = validate_json(body.value.get()) {
+        return Err(ApiError::unprocessable(
+            ErrorCode::NonFiniteNumber,
+            format!("Value contains a number JSON cannot represent: {e}"),
+        ));
+    }
+    Ok(body.value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<String, (StatusCode, ErrorCode)> {
+        put_value(Ok(Bytes::from(body.to_owned())), 16)
+            .map(|v| v.get().to_owned())
+            .map_err(|e| (e.status, e.code))
+    }
+
+    #[test]
+    fn every_kind_of_bad_body_gets_its_own_error() {
+        assert_eq!(parse(r#"{"value": [1, 2.0]}"#).unwrap(), "[1, 2.0]");
+        assert_eq!(parse(r#"{"value": null, "extra": 1}"#).unwrap(), "null");
+        let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+        assert_eq!(parse(""), Err((unprocessable, ErrorCode::InvalidBody)));
+        assert_eq!(
+            parse(r#"{"val": 1}"#),
+            Err((unprocessable, ErrorCode::InvalidBody))
+        );
+        assert_eq!(
+            parse("[1, 2]"),
+            Err((unprocessable, ErrorCode::InvalidBody))
+        );
+        assert_eq!(parse("[1]"), Err((unprocessable, ErrorCode::InvalidBody)));
+        assert_eq!(
+            parse("value=1"),
+            Err((StatusCode::BAD_REQUEST, ErrorCode::InvalidJson))
+        );
+        assert_eq!(
+            parse(r#""text""#),
+            Err((unprocessable, ErrorCode::InvalidBody))
+        );
+        assert_eq!(
+            parse("not json"),
+            Err((StatusCode::BAD_REQUEST, ErrorCode::InvalidJson))
+        );
+        assert_eq!(
+            parse(r#"{"value": "#),
+            Err((StatusCode::BAD_REQUEST, ErrorCode::InvalidJson))
+        );
+        assert_eq!(
+            parse(r#"{"value": 1e400}"#),
+            Err((unprocessable, ErrorCode::NonFiniteNumber))
+        );
+        assert_eq!(
+            parse(r#"{"value": -1e400}"#),
+            Err((unprocessable, ErrorCode::NonFiniteNumber))
+        );
+        assert_eq!(
+            parse(r#"{"value": "seventeen chars.."}"#),
+            Err((StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::ValueTooLarge))
+        );
+        // Tiny exponents underflow to zero, which JSON can represent: accepted.
+        assert_eq!(parse(r#"{"value": 1e-400}"#).unwrap(), "1e-400");
+    }
+}

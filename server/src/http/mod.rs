@@ -1,0 +1,83 @@
+//! The HTTP face of the server: `app(state)` builds the whole router, so tests drive it with
+//! `oneshot` and `run` serves it.
+
+mod error;
+mod extract;
+mod openapi;
+mod routes;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{any, get, put};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use error::ApiError;
+pub use openapi::ApiDoc;
+
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Bytes a put body may hold beyond the value itself (`{"value": ...}` and extra fields).
+const BODY_OVERHEAD: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub config: Arc<ServerConfig>,
+}
+
+impl AppState {
+    /// Validates the configuration and opens the store. Blocking (it may migrate a large
+    /// database): call it from `spawn_blocking` in async code.
+    pub fn open(config: ServerConfig) -> crate::Result<AppState> {
+        config.validate().map_err(crate::Error::Config)?;
+        let metrics = Arc::new(Metrics::new());
+        let store = Store::open(
+            &config.store_config(),
+            metrics.store.clone(),
+            metrics.cache.clone(),
+        )?;
+        Ok(AppState {
+            store,
+            metrics,
+            config: Arc::new(config),
+        })
+    }
+}
+
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.config.max_value_bytes + BODY_OVERHEAD;
+    let http_metrics = state.metrics.http.clone();
+    Router::new()
+        .route(
+            "/put/{key}",
+            put(routes::put)
+                .post(routes::post)
+                .layer(DefaultBodyLimit::max(body_limit)),
+        )
+        .route("/get/{key}", get(routes::get))
+        .route("/versions/{key}", get(routes::versions))
+        .route("/put/", any(routes::empty_key))
+        .route("/get/", any(routes::empty_key))
+        .route("/versions/", any(routes::empty_key))
+        .route("/cache/stats", get(routes::cache_stats))
+        .route("/db/stats", get(routes::db_stats))
+        .route("/health", get(routes::health))
+        .route("/ready", get(routes::ready))
+        .route("/metrics", get(routes::metrics))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            http_metrics,
+            kv_common::http_metrics::track,
+        ))
+        .layer(TraceLayer::new_for_http())
+}

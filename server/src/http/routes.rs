@@ -1,0 +1,278 @@
+//! Route handlers: check the request, call the store, shape the answer.
+
+use std::fmt::Write as _;
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use kv_common::ErrorCode;
+use kv_common::api::{CacheStats, DbStats, Operation, PutResponse, VersionEntry, VersionsResponse};
+use serde_json::value::RawValue;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{self, KeyPath, Params, QueryParams};
+use crate::store::{PutRequest, ReadSource, Versioned};
+
+/// Most versions one `/versions` page returns.
+pub const MAX_PAGE: u64 = 1000;
+const DEFAULT_PAGE: u64 = 100;
+
+/// Store a new version of a key.
+#[utoipa::path(
+    put, path = "/put/{key}", tag = "keys",
+    params(
+        ("key" = String, Path, description = "Any UTF-8 text, percent-encoded, 1 to 1024 bytes"),
+        ("if_version" = Option<u64>, Query, description = "Store only if the latest version is this; 0 = only if the key does not exist"),
+    ),
+    request_body = kv_common::api::PutBody,
+    responses(
+        (status = 200, description = "Stored", body = PutResponse),
+        (status = 400, description = "Invalid JSON, empty key or bad parameter", body = kv_common::ErrorBody),
+        (status = 412, description = "`if_version` did not match", body = kv_common::ErrorBody),
+        (status = 413, description = "Value over the size limit", body = kv_common::ErrorBody),
+        (status = 414, description = "Key over 1024 bytes", body = kv_common::ErrorBody),
+        (status = 422, description = "Body is not an object with a `value`, or has a non-finite number", body = kv_common::ErrorBody),
+    )
+)]
+pub async fn put(
+    State(state): State<AppState>,
+    path: KeyPath,
+    params: Params,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<PutResponse>, ApiError> {
+    let key = extract::key(path)?;
+    let if_version = QueryParams::from(params)?.count("if_version")?;
+    let value = extract::put_value(body, state.config.max_value_bytes)?;
+    let value: Box<str> = value.into();
+    let outcome = state
+        .store
+        .put(PutRequest {
+            key: key.as_str().into(),
+            value: value.into(),
+            if_version,
+        })
+        .await?;
+    Ok(Json(PutResponse {
+        operation: if outcome.previous_version.is_none() {
+            Operation::Create
+        } else {
+            Operation::Update
+        },
+        key,
+        version: outcome.version,
+        new_version: outcome.version,
+        previous_version: outcome.previous_version,
+        total_versions: outcome.total_versions,
+        timestamp: outcome.timestamp,
+    }))
+}
+
+/// Same as `PUT /put/{key}` (the seed's method).
+#[utoipa::path(
+    post, path = "/put/{key}", tag = "keys",
+    params(("key" = String, Path), ("if_version" = Option<u64>, Query)),
+    request_body = kv_common::api::PutBody,
+    responses((status = 200, description = "Stored", body = PutResponse))
+)]
+pub async fn post(
+    state: State<AppState>,
+    path: KeyPath,
+    params: Params,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<PutResponse>, ApiError> {
+    put(state, path, params, body).await
+}
+
+/// Read the latest version of a key, or exactly `?version=N`.
+#[utoipa::path(
+    get, path = "/get/{key}", tag = "keys",
+    params(
+        ("key" = String, Path),
+        ("version" = Option<u64>, Query, description = "An exact version, 1 or more"),
+    ),
+    responses(
+        (status = 200, description = "Found", body = kv_common::api::GetResponse),
+        (status = 400, description = "Bad version or key", body = kv_common::ErrorBody),
+        (status = 404, description = "No such key or version", body = kv_common::ErrorBody),
+    )
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    path: KeyPath,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let key = extract::key(path)?;
+    let version = QueryParams::from(params)?.version()?;
+    let (found, source) = state.store.get(&key, version).await?;
+    Ok(json_response(get_body(&found, source)))
+}
+
+/// The body of a GET, written by hand so the stored JSON text is sent as it is, without
+/// parsing and re-serializing it on every read.
+fn get_body(v: &Versioned, source: ReadSource) -> String {
+    let source = match source {
+        ReadSource::Cache => "cache",
+        ReadSource::Database => "database",
+    };
+    let mut out = String::with_capacity(v.value.len() + 80);
+    out.push_str("{\"value\":");
+    out.push_str(&v.value);
+    // f64's Display never uses exponents and timestamps are finite: always valid JSON.
+    let _ = write!(
+        out,
+        ",\"version\":{},\"timestamp\":{},\"source\":\"{source}\"}}",
+        v.version, v.timestamp
+    );
+    out
+}
+
+fn json_response(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// List a key's versions, oldest first, a page at a time.
+#[utoipa::path(
+    get, path = "/versions/{key}", tag = "keys",
+    params(
+        ("key" = String, Path),
+        ("after" = Option<u64>, Query, description = "Only versions greater than this (default 0)"),
+        ("limit" = Option<u64>, Query, description = "At most this many, 1 to 1000 (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "A page of versions", body = VersionsResponse),
+        (status = 404, description = "No such key", body = kv_common::ErrorBody),
+    )
+)]
+pub async fn versions(
+    State(state): State<AppState>,
+    path: KeyPath,
+    params: Params,
+) -> Result<Json<VersionsResponse>, ApiError> {
+    let key = extract::key(path)?;
+    let params = QueryParams::from(params)?;
+    let after = params.count("after")?.unwrap_or(0);
+    let limit = params.count("limit")?.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidQuery,
+            format!("Invalid limit: {limit} is out of range: expected 1 to {MAX_PAGE}"),
+        ));
+    }
+    let page = state.store.versions(&key, after, limit as u32).await?;
+    let next_after = page
+        .versions
+        .last()
+        .map(|v| v.version)
+        .filter(|last| *last < page.latest_version);
+    let versions = page
+        .versions
+        .into_iter()
+        .map(|v| {
+            let value = RawValue::from_string(v.value.to_string())
+                .map_err(|e| ApiError::from(crate::Error::Internal(e.to_string())))?;
+            Ok(VersionEntry {
+                version: v.version,
+                value,
+                timestamp: v.timestamp,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(Json(VersionsResponse {
+        key,
+        latest_version: page.latest_version,
+        versions,
+        next_after,
+    }))
+}
+
+/// Cache statistics of this server.
+#[utoipa::path(get, path = "/cache/stats", tag = "stats",
+    responses((status = 200, body = CacheStats)))]
+pub async fn cache_stats(State(state): State<AppState>) -> Json<CacheStats> {
+    let s = state.store.cache_stats();
+    let lookups = s.hits + s.misses;
+    Json(CacheStats {
+        current_size: s.current_size,
+        max_size: s.max_size,
+        is_full: s.current_size >= s.max_size,
+        expiration_minutes: s.ttl.as_secs_f64() / 60.0,
+        hits: s.hits,
+        misses: s.misses,
+        evictions: s.evictions,
+        hit_ratio: if lookups == 0 {
+            0.0
+        } else {
+            s.hits as f64 / lookups as f64
+        },
+        node_name: state.config.node_name.clone(),
+    })
+}
+
+/// Database statistics of this server.
+#[utoipa::path(get, path = "/db/stats", tag = "stats",
+    responses((status = 200, body = DbStats)))]
+pub async fn db_stats(State(state): State<AppState>) -> Result<Json<DbStats>, ApiError> {
+    let c = state.store.db_stats().await?;
+    Ok(Json(DbStats {
+        total_keys: c.total_keys,
+        total_versions: c.total_versions,
+        database_size_bytes: c.database_size_bytes,
+        wal_size_bytes: c.wal_size_bytes,
+        node_name: state.config.node_name.clone(),
+    }))
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "Alive")))]
+pub async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness: the database is open and its write lock can be taken.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses((status = 200, description = "Ready"), (status = 503, description = "Not ready", body = kv_common::ErrorBody)))]
+pub async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    state.store.ready().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            format!("not ready: {e}"),
+        )
+    })?;
+    Ok(Json(serde_json::json!({"status": "ready"})))
+}
+
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics", content_type = "application/openmetrics-text")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+pub async fn empty_key() -> ApiError {
+    ApiError::bad_request(ErrorCode::EmptyKey, "Key must not be empty")
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "Not Found")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::MethodNotAllowed,
+        "Method Not Allowed",
+    )
+}

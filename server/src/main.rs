@@ -1,0 +1,59 @@
+//! `kv-server`: serve a store, or clean databases. All logic is in the library.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kv_common::telemetry::{self, LogFormat};
+use kv_server::ServerConfig;
+use kv_server::clean::CleanArgs;
+
+#[derive(Parser)]
+#[command(
+    name = "kv-server",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServerConfig,
+    /// Log level or filter (RUST_LOG wins when set).
+    #[arg(long, env = "KV_LOG_LEVEL", default_value = "info", global = true)]
+    log_level: String,
+    /// `text` or `json`.
+    #[arg(long, env = "KV_LOG_FORMAT", default_value = "text", global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the storage API (the default when no command is given).
+    Serve(ServerConfig),
+    /// Empty every database under a data directory (with --dry-run to preview).
+    Clean(CleanArgs),
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    telemetry::init(&cli.log_level, cli.log_format);
+    let config = match cli.command {
+        Some(Command::Clean(args)) => {
+            let stdin = std::io::stdin();
+            let outcome = kv_server::clean::run(&args, &mut stdin.lock(), &mut std::io::stdout())?;
+            return Ok(ExitCode::from(outcome.exit_code() as u8));
+        }
+        Some(Command::Serve(config)) => config,
+        None => cli.serve,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("bind {}", config.listen))?;
+        kv_server::run(listener, config, kv_common::shutdown::signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}

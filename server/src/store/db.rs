@@ -1,0 +1,296 @@
+//! SQLite: opening, the schema and its migrations, and the read queries. The write path
+//! lives in `writer.rs`; this file is the only other place that speaks SQL to the store.
+//!
+//! The schema is the seed's, so a seed user's `kv_store.db` opens as it is:
+//! `keys(key TEXT PRIMARY KEY, created_at REAL, updated_at REAL)` and
+//! `"values"(id INTEGER PRIMARY KEY AUTOINCREMENT, key, value TEXT /* JSON */, version, timestamp)`.
+//! `PRAGMA user_version` records what kvstore added on top (see [`migrate`]). `values.id`
+//! only grows, which makes it a local change sequence for later replication.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use super::model::{DbCounts, Versioned, VersionsPage};
+use crate::error::{Error, Result};
+
+/// Schema version this build writes. 1 = seed tables + unique (key, version) + WAL.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How hard a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SyncMode {
+    /// fsync the write-ahead log on every commit: an acknowledged write survives power loss.
+    #[default]
+    Full,
+    /// No fsync on commit: survives a process crash, but the last commits can be lost on
+    /// power failure or kernel panic. Faster on slow disks.
+    Normal,
+}
+
+fn db_err(context: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
+    move |source| Error::Database { context, source }
+}
+
+/// Opens (creating if needed) the database for writing, migrated to [`SCHEMA_VERSION`].
+pub fn open_writer(path: &Path, sync: SyncMode) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(db_err("open database"))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(db_err("set busy timeout"))?;
+    // WAL lets readers run beside the single writer; it must be set outside a transaction.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(db_err("enable WAL"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(%mode, "SQLite refused WAL mode; writes will be slower");
+    }
+    let sync_pragma = match sync {
+        SyncMode::Full => "PRAGMA synchronous=FULL",
+        SyncMode::Normal => "PRAGMA synchronous=NORMAL",
+    };
+    conn.execute_batch(sync_pragma)
+        .map_err(db_err("set synchronous"))?;
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection to an already migrated database.
+pub fn open_reader(path: &Path) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(db_err("open reader"))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(db_err("set busy timeout"))?;
+    Ok(conn)
+}
+
+/// Brings a fresh, seed-made or older kvstore database to [`SCHEMA_VERSION`].
+fn migrate(conn: &Connection) -> Result<()> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db_err("read schema version"))?;
+    if version > SCHEMA_VERSION {
+        return Err(Error::Migration(format!(
+            "the database has schema version {version}, newer than this kv-server understands \
+             ({SCHEMA_VERSION}); run a newer kv-server"
+        )));
+    }
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    tracing::info!(
+        from = version,
+        to = SCHEMA_VERSION,
+        "migrating database schema"
+    );
+    conn.execute_batch(
+        r#"CREATE TABLE IF NOT EXISTS keys (
+               key TEXT PRIMARY KEY, created_at REAL, updated_at REAL);
+           CREATE TABLE IF NOT EXISTS "values" (
+               id INTEGER PRIMARY KEY AUTOINCREMENT,
+               key TEXT, value TEXT, version INTEGER, timestamp REAL);"#,
+    )
+    .map_err(db_err("create tables"))?;
+    // The seed relied on a lock to keep (key, version) unique; kvstore makes SQLite enforce
+    // it. A database with duplicates cannot be served without guessing which one is right.
+    let duplicate: Option<(String, i64)> = conn
+        .query_row(
+            r#"SELECT key, version FROM "values" GROUP BY key, version HAVING COUNT(*) > 1 LIMIT 1"#,
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(db_err("check for duplicate versions"))?;
+    if let Some((key, v)) = duplicate {
+        return Err(Error::Migration(format!(
+            "key '{key}' has version {v} more than once; remove the duplicate rows from the \
+             \"values\" table, then start again"
+        )));
+    }
+    conn.execute_batch(&format!(
+        r#"BEGIN;
+           CREATE UNIQUE INDEX IF NOT EXISTS values_key_version ON "values"(key, version);
+           PRAGMA user_version = {SCHEMA_VERSION};
+           COMMIT;"#
+    ))
+    .map_err(db_err("create unique index"))?;
+    Ok(())
+}
+
+/// Turns a row into a [`Versioned`], checking that the stored text is JSON we can send:
+/// the seed stored `1e400` as the text `Infinity`, which no JSON parser accepts.
+fn to_versioned(
+    key: &str,
+    version: i64,
+    value: Option<String>,
+    ts: Option<f64>,
+) -> Result<Versioned> {
+    let value = value.unwrap_or_else(|| "null".to_owned());
+    let valid = super::model::validate_json(&value).is_ok();
+    match u64::try_from(version) {
+        Ok(version) if valid => Ok(Versioned {
+            version,
+            value: Arc::from(value),
+            timestamp: ts.unwrap_or(0.0),
+        }),
+        _ => Err(Error::CorruptValue {
+            key: key.to_owned(),
+            version,
+        }),
+    }
+}
+
+type Row = (i64, Option<String>, Option<f64>);
+
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+}
+
+pub fn latest(conn: &Connection, key: &str) -> Result<Option<Versioned>> {
+    let row = conn
+        .prepare_cached(
+            r#"SELECT version, value, timestamp FROM "values" WHERE key = ?1
+               ORDER BY version DESC LIMIT 1"#,
+        )
+        .and_then(|mut s| s.query_row([key], read_row).optional())
+        .map_err(db_err("read latest version"))?;
+    row.map(|(v, val, ts)| to_versioned(key, v, val, ts))
+        .transpose()
+}
+
+pub fn exact(conn: &Connection, key: &str, version: u64) -> Result<Option<Versioned>> {
+    let row = conn
+        .prepare_cached(
+            r#"SELECT version, value, timestamp FROM "values" WHERE key = ?1 AND version = ?2"#,
+        )
+        .and_then(|mut s| {
+            s.query_row(params![key, version as i64], read_row)
+                .optional()
+        })
+        .map_err(db_err("read version"))?;
+    row.map(|(v, val, ts)| to_versioned(key, v, val, ts))
+        .transpose()
+}
+
+/// Versions after `after`, ascending, at most `limit`; `None` when the key does not exist.
+pub fn page(conn: &Connection, key: &str, after: u64, limit: u32) -> Result<Option<VersionsPage>> {
+    let Some(latest) = latest(conn, key)? else {
+        return Ok(None);
+    };
+    let mut stmt = conn
+        .prepare_cached(
+            r#"SELECT version, value, timestamp FROM "values" WHERE key = ?1 AND version > ?2
+               ORDER BY version ASC LIMIT ?3"#,
+        )
+        .map_err(db_err("list versions"))?;
+    let rows = stmt
+        .query_map(
+            params![key, after.min(i64::MAX as u64) as i64, limit],
+            read_row,
+        )
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<Row>>>())
+        .map_err(db_err("list versions"))?;
+    let versions = rows
+        .into_iter()
+        .map(|(v, val, ts)| to_versioned(key, v, val, ts))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(VersionsPage {
+        latest_version: latest.version,
+        versions,
+    }))
+}
+
+pub fn counts(conn: &Connection, path: &Path) -> Result<DbCounts> {
+    let (total_keys, total_versions): (i64, i64) = conn
+        .query_row(
+            r#"SELECT (SELECT COUNT(*) FROM keys), (SELECT COUNT(*) FROM "values")"#,
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(db_err("count rows"))?;
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    Ok(DbCounts {
+        total_keys: total_keys as u64,
+        total_versions: total_versions as u64,
+        database_size_bytes: size(path),
+        wal_size_bytes: size(Path::new(&wal)),
+    })
+}
+
+/// A small pool of read-only connections, used from blocking threads only.
+pub struct ReaderPool {
+    path: std::path::PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    max_idle: usize,
+}
+
+impl ReaderPool {
+    pub fn new(path: &Path, max_idle: usize) -> ReaderPool {
+        ReaderPool {
+            path: path.to_owned(),
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+        }
+    }
+
+    /// Runs `f` on an idle connection, opening one if none is idle. Blocking: call it from
+    /// `spawn_blocking`.
+    pub fn with<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+        let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => open_reader(&self.path)?,
+        };
+        let result = f(&conn);
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_database_with_duplicate_versions_is_refused_with_the_key_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv_store.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            r#"CREATE TABLE keys (key TEXT PRIMARY KEY, created_at REAL, updated_at REAL);
+               CREATE TABLE "values" (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT,
+                   value TEXT, version INTEGER, timestamp REAL);
+               INSERT INTO "values"(key, value, version, timestamp) VALUES ('dup', '1', 1, 0);
+               INSERT INTO "values"(key, value, version, timestamp) VALUES ('dup', '2', 1, 0);"#,
+        )
+        .unwrap();
+        drop(conn);
+        let err = open_writer(&path, SyncMode::Full).unwrap_err().to_string();
+        assert!(err.contains("'dup' has version 1 more than once"), "{err}");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv_store.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 99")
+            .unwrap();
+        let err = open_writer(&path, SyncMode::Full).unwrap_err().to_string();
+        assert!(err.contains("newer"), "{err}");
+    }
+
+    #[test]
+    fn stored_text_that_is_not_json_is_reported_not_served() {
+        assert!(to_versioned("k", 1, Some("Infinity".into()), Some(1.0)).is_err());
+        assert!(to_versioned("k", -1, Some("1".into()), None).is_err());
+        let v = to_versioned("k", 2, None, None).unwrap();
+        assert_eq!(&*v.value, "null");
+    }
+}

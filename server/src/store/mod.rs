@@ -1,0 +1,208 @@
+//! The versioned store: a write-through cache over SQLite, with one writer thread and a pool
+//! of readers. Async callers never block: writes await the writer's reply, database reads
+//! run on the blocking pool.
+//!
+//! Request path of a put: [`Store::put`] -> channel -> writer thread (version = latest + 1,
+//! group commit, fsync) -> cache updated -> reply. Of a get: cache, else SQLite on a blocking
+//! thread, then the cache is filled (see `cache.rs` for why that is safe).
+
+mod cache;
+pub mod db;
+pub mod lock;
+pub mod model;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+pub use cache::{CacheCounters, CacheSnapshot};
+pub use db::SyncMode;
+pub use model::{
+    DbCounts, PutOutcome, PutRequest, ReadSource, Versioned, VersionsPage, validate_key,
+};
+
+use crate::error::{Error, Result};
+use crate::metrics::StoreMetrics;
+use cache::Cache;
+use db::ReaderPool;
+use lock::DbLock;
+
+/// File name of the database inside the data directory (the seed's).
+pub const DB_FILE: &str = "kv_store.db";
+
+/// How the store is set up; see `ServerConfig` for the user-facing flags.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    pub cache_size: usize,
+    pub cache_ttl: Duration,
+    pub sync: SyncMode,
+    /// Idle read connections kept open.
+    pub readers: usize,
+    /// Puts that may wait for the writer before callers are slowed down.
+    pub queue_depth: usize,
+}
+
+struct Inner {
+    db_path: PathBuf,
+    cache: Arc<Cache>,
+    readers: Arc<ReaderPool>,
+    tx: mpsc::Sender<writer::Command>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    _lock: DbLock,
+}
+
+/// Cheap to clone; every clone is the same store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl Store {
+    /// Opens (or creates) `data_dir/kv_store.db`, migrating a seed database in place, and
+    /// starts the writer thread. Fails if another process holds the database.
+    pub fn open(
+        config: &StoreConfig,
+        metrics: StoreMetrics,
+        counters: CacheCounters,
+    ) -> Result<Store> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Io {
+            context: format!("create data directory {}", config.data_dir.display()),
+            source,
+        })?;
+        let db_path = config.data_dir.join(DB_FILE);
+        let lock = DbLock::acquire(&db_path)?;
+        let conn = db::open_writer(&db_path, config.sync)?;
+        let cache = Arc::new(Cache::new(config.cache_size, config.cache_ttl, counters));
+        let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
+        let writer_cache = cache.clone();
+        let writer = std::thread::Builder::new()
+            .name("kv-writer".into())
+            .spawn(move || writer::run(conn, rx, writer_cache, metrics))
+            .map_err(|source| Error::Io {
+                context: "start the writer thread".into(),
+                source,
+            })?;
+        tracing::info!(path = %db_path.display(), sync = ?config.sync, "database open");
+        Ok(Store {
+            inner: Arc::new(Inner {
+                readers: Arc::new(ReaderPool::new(&db_path, config.readers.max(1))),
+                db_path,
+                cache,
+                tx,
+                writer: Mutex::new(Some(writer)),
+                _lock: lock,
+            }),
+        })
+    }
+
+    pub fn db_path(&self) -> &Path {
+        &self.inner.db_path
+    }
+
+    /// Stores a new version; answers once it is committed (and fsynced in `SyncMode::Full`).
+    pub async fn put(&self, req: PutRequest) -> Result<PutOutcome> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .tx
+            .send(writer::Command::Put(req, reply))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// The latest version, or exactly `version`.
+    pub async fn get(&self, key: &str, version: Option<u64>) -> Result<(Versioned, ReadSource)> {
+        let cache = &self.inner.cache;
+        let cached = match version {
+            None => cache.get_latest(key),
+            Some(v) => cache.get_version(key, v),
+        };
+        if let Some(found) = cached {
+            return Ok((found, ReadSource::Cache));
+        }
+        let key: Arc<str> = Arc::from(key);
+        let ticket = cache.ticket(&key);
+        let read_key = key.clone();
+        let found = self
+            .read(move |conn| match version {
+                None => db::latest(conn, &read_key),
+                Some(v) => db::exact(conn, &read_key, v),
+            })
+            .await?;
+        match (found, version) {
+            (Some(found), None) => {
+                cache.fill_latest(&key, found.clone(), ticket);
+                Ok((found, ReadSource::Database))
+            }
+            (Some(found), Some(_)) => {
+                cache.fill_version(&key, found.clone());
+                Ok((found, ReadSource::Database))
+            }
+            (None, None) => Err(Error::KeyNotFound {
+                key: key.to_string(),
+            }),
+            (None, Some(v)) => Err(Error::VersionNotFound {
+                key: key.to_string(),
+                version: v,
+            }),
+        }
+    }
+
+    /// Versions after `after`, oldest first, at most `limit`.
+    pub async fn versions(&self, key: &str, after: u64, limit: u32) -> Result<VersionsPage> {
+        let owned = key.to_owned();
+        self.read(move |conn| db::page(conn, &owned, after, limit))
+            .await?
+            .ok_or_else(|| Error::KeyNotFound {
+                key: key.to_owned(),
+            })
+    }
+
+    pub fn cache_stats(&self) -> CacheSnapshot {
+        self.inner.cache.snapshot()
+    }
+
+    pub async fn db_stats(&self) -> Result<DbCounts> {
+        let path = self.inner.db_path.clone();
+        self.read(move |conn| db::counts(conn, &path)).await
+    }
+
+    /// Ok when the writer is alive and can take the database's write lock.
+    pub async fn ready(&self) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .tx
+            .send(writer::Command::Ping(reply))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Lets the writer finish every queued put, then stops it. Later puts fail with
+    /// [`Error::ShuttingDown`]. Idempotent.
+    pub async fn close(&self) {
+        let handle = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(handle) = handle else { return };
+        let _ = self.inner.tx.send(writer::Command::Stop).await;
+        let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+    }
+
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let readers = self.inner.readers.clone();
+        tokio::task::spawn_blocking(move || readers.with(f))
+            .await
+            .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
+    }
+}

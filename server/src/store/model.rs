@@ -1,0 +1,248 @@
+//! Domain types of the store: keys, versions, stored values and write outcomes.
+//! Pure data and validation; nothing here knows about HTTP or SQLite.
+
+use std::sync::Arc;
+
+/// Longest key accepted, in bytes of UTF-8.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Largest version number: versions are stored as SQLite INTEGER (i64).
+pub const MAX_VERSION: u64 = i64::MAX as u64;
+
+/// One stored version of a key. Cheap to clone: the value text is shared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned {
+    pub version: u64,
+    /// The value as JSON text, exactly as the client sent it (validated on the way in).
+    pub value: Arc<str>,
+    /// When this version was written, Unix seconds.
+    pub timestamp: f64,
+}
+
+/// What a put asks for.
+#[derive(Debug, Clone)]
+pub struct PutRequest {
+    pub key: Arc<str>,
+    pub value: Arc<str>,
+    /// Store only if the key's latest version is this (0 = only if the key does not exist).
+    pub if_version: Option<u64>,
+}
+
+/// What a successful put did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PutOutcome {
+    pub version: u64,
+    pub previous_version: Option<u64>,
+    /// Versions of the key after this put. Versions are gap-free from 1, so this is the new
+    /// version; it is spelled out because the seed's clients read it.
+    pub total_versions: u64,
+    pub timestamp: f64,
+}
+
+/// A page of a key's versions, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionsPage {
+    pub latest_version: u64,
+    pub versions: Vec<Versioned>,
+}
+
+/// Whether a read was served from memory or from SQLite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadSource {
+    Cache,
+    Database,
+}
+
+/// Counts of the whole database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DbCounts {
+    pub total_keys: u64,
+    pub total_versions: u64,
+    pub database_size_bytes: u64,
+    pub wal_size_bytes: u64,
+}
+
+/// Why a key was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("Key must not be empty")]
+    Empty,
+    #[error("Key is {0} bytes long; the limit is {MAX_KEY_BYTES} bytes")]
+    TooLong(usize),
+}
+
+/// Checks a (percent-decoded) key.
+pub fn validate_key(key: &str) -> Result<(), KeyError> {
+    if key.is_empty() {
+        Err(KeyError::Empty)
+    } else if key.len() > MAX_KEY_BYTES {
+        Err(KeyError::TooLong(key.len()))
+    } else {
+        Ok(())
+    }
+}
+
+/// Parses a version number from a query parameter: an integer from 1 to [`MAX_VERSION`].
+/// Like the seed, a leading `+` and leading zeros are accepted (`+1`, `01`); unlike the seed,
+/// `0`, negatives and numbers past i64 are refused instead of giving a 404 or a 500.
+pub fn parse_version(raw: &str) -> Result<u64, String> {
+    parse_number(raw, 1)
+}
+
+/// Parses a non-negative count such as `after=` or `if_version=` (0 allowed).
+pub fn parse_count(raw: &str) -> Result<u64, String> {
+    parse_number(raw, 0)
+}
+
+fn parse_number(raw: &str, min: u64) -> Result<u64, String> {
+    let digits = raw.strip_prefix('+').unwrap_or(raw);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "'{raw}' is not a whole number from {min} to {MAX_VERSION}"
+        ));
+    }
+    match digits.parse::<u64>() {
+        Ok(n) if n >= min && n <= MAX_VERSION => Ok(n),
+        _ => Err(format!(
+            "{raw} is out of range: expected {min} to {MAX_VERSION}"
+        )),
+    }
+}
+
+/// Current time as Unix seconds, the format the seed used for timestamps.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_accept_what_the_seed_accepted_and_refuse_what_broke_it() {
+        assert_eq!(parse_version("1"), Ok(1));
+        assert_eq!(parse_version("+1"), Ok(1));
+        assert_eq!(parse_version("01"), Ok(1));
+        assert_eq!(parse_version("9223372036854775807"), Ok(MAX_VERSION));
+        for bad in [
+            "0",
+            "-1",
+            "abc",
+            "1.5",
+            "",
+            " 1",
+            "1 ",
+            "+",
+            "9223372036854775808",
+            "99999999999999999999",
+        ] {
+            assert!(parse_version(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert_eq!(parse_count("0"), Ok(0));
+    }
+
+    #[test]
+    fn keys_must_be_non_empty_and_at_most_1024_bytes() {
+        assert_eq!(validate_key(""), Err(KeyError::Empty));
+        assert!(validate_key(&"k".repeat(MAX_KEY_BYTES)).is_ok());
+        assert_eq!(
+            validate_key(&"k".repeat(MAX_KEY_BYTES + 1)),
+            Err(KeyError::TooLong(MAX_KEY_BYTES + 1))
+        );
+        // Bytes, not characters: 'é' is two bytes.
+        assert!(validate_key(&"é".repeat(513)).is_err());
+        assert!(validate_key("a/b with space été").is_ok());
+    }
+}
+
+/// Checks that `text` is one JSON value whose numbers are all finite as f64. serde_json's
+/// `RawValue` checks only syntax, and `1e400` is valid syntax that every reader would turn
+/// into infinity (the seed stored it as `Infinity`, then failed every read). Walks the value
+/// without building it, so it costs about one parse and no allocation.
+pub fn validate_json(text: &str) -> Result<(), String> {
+    serde_json::from_str::<FiniteJson>(text)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+struct FiniteJson;
+
+impl<'de> serde::Deserialize<'de> for FiniteJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(FiniteVisitor)
+    }
+}
+
+struct FiniteVisitor;
+
+impl<'de> serde::de::Visitor<'de> for FiniteVisitor {
+    type Value = FiniteJson;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value with finite numbers")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<FiniteJson, E> {
+        Ok(FiniteJson)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<FiniteJson, E> {
+        Ok(FiniteJson)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<FiniteJson, E> {
+        Ok(FiniteJson)
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<FiniteJson, E> {
+        if v.is_finite() {
+            Ok(FiniteJson)
+        } else {
+            Err(E::custom("number out of range"))
+        }
+    }
+    fn visit_str<E>(self, _: &str) -> Result<FiniteJson, E> {
+        Ok(FiniteJson)
+    }
+    fn visit_unit<E>(self) -> Result<FiniteJson, E> {
+        Ok(FiniteJson)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<FiniteJson, A::Error> {
+        while seq.next_element::<FiniteJson>()?.is_some() {}
+        Ok(FiniteJson)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<FiniteJson, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, FiniteJson>()?
+            .is_some()
+        {}
+        Ok(FiniteJson)
+    }
+}
+
+#[cfg(test)]
+mod json_tests {
+    use super::validate_json;
+
+    #[test]
+    fn numbers_that_overflow_to_infinity_are_refused_anywhere_in_the_value() {
+        for ok in [
+            "1",
+            "1e308",
+            "1e-400",
+            r#"{"a": [1, 2.5, null, true, "x"]}"#,
+            "12345678901234567890123",
+        ] {
+            assert_eq!(validate_json(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "1e400",
+            "-1e400",
+            r#"{"a": [1, 1e999]}"#,
+            "Infinity",
+            "NaN",
+            "[1,",
+        ] {
+            assert!(validate_json(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! Every route and every error, through the router.
+
+use axum::http::{Method, StatusCode};
+
+use crate::support::{test_app, test_app_with};
+
+#[tokio::test]
+async fn put_creates_then_updates_with_the_seed_response_shape_and_its_bugs_fixed() {
+    let app = test_app();
+    let first = app.put("mykey", r#""hello""#).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    let json = first.json();
+    assert_eq!(json["operation"], "create");
+    assert_eq!(json["key"], "mykey");
+    assert_eq!(json["version"], 1, "the seed answered null here");
+    assert_eq!(json["new_version"], 1);
+    assert!(json["previous_version"].is_null());
+    assert_eq!(json["total_versions"], 1);
+    assert!(json["timestamp"].as_f64().unwrap() > 1.7e9);
+
+    // POST is the seed's method; PUT is what its README showed. Both work.
+    let second = app
+        .call(
+            Method::POST,
+            "/put/mykey",
+            Some(r#"{"value": {"a": [1, 2.5]}}"#),
+        )
+        .await
+        .json();
+    assert_eq!(second["operation"], "update");
+    assert_eq!(second["version"], 2);
+    assert_eq!(second["previous_version"], 1);
+    assert_eq!(second["total_versions"], 2);
+}
+
+#[tokio::test]
+async fn total_versions_counts_the_database_not_the_cache() {
+    // A cache of one key: "a" is evicted by "b", and the seed then answered total_versions 1.
+    let app = test_app_with(|c| c.cache_size = 1);
+    app.put("a", "1").await;
+    app.put("b", "1").await;
+    let json = app.put("a", "2").await.json();
+    assert_eq!(json["total_versions"], 2);
+}
+
+#[tokio::test]
+async fn get_returns_latest_or_exact_version_with_the_write_timestamp() {
+    let app = test_app_with(|c| c.cache_size = 0);
+    let put1 = app.put("k", r#""one""#).await.json();
+    let put2 = app.put("k", r#""two""#).await.json();
+    let latest = app.get("/get/k").await.json();
+    assert_eq!(latest["value"], "two");
+    assert_eq!(latest["version"], 2);
+    assert_eq!(latest["source"], "database");
+    assert_eq!(latest["timestamp"], put2["timestamp"]);
+    let v1 = app.get("/get/k?version=1").await.json();
+    assert_eq!(v1["value"], "one");
+    assert_eq!(v1["timestamp"], put1["timestamp"]);
+    // The seed's `+1` and `01` still mean version 1.
+    assert_eq!(app.get("/get/k?version=%2B1").await.json()["version"], 1);
+    assert_eq!(app.get("/get/k?version=01").await.json()["version"], 1);
+}
+
+#[tokio::test]
+async fn cache_hits_keep_the_write_timestamp_and_never_serve_an_old_latest() {
+    let app = test_app();
+    let put2 = {
+        app.put("k2", "null").await;
+        app.put("k2", "42").await.json()
+    };
+    let from_cache = app.get("/get/k2").await.json();
+    assert_eq!(from_cache["source"], "cache");
+    assert_eq!(from_cache["timestamp"], put2["timestamp"]);
+    // The seed's stale-read bug: after reading version 1, "latest" answered version 1.
+    let v1 = app.get("/get/k2?version=1").await.json();
+    assert_eq!(v1["version"], 1);
+    let latest = app.get("/get/k2").await.json();
+    assert_eq!(latest["version"], 2);
+    assert_eq!(latest["value"], 42);
+    let again = app.get("/get/k2?version=1").await.json();
+    assert_eq!(again["source"], "cache");
+}
+
+#[tokio::test]
+async fn values_come_back_exactly_as_sent() {
+    let app = test_app();
+    for (i, value) in [
+        "12345678901234567890123",
+        "1.0",
+        r#""été ✓ \u00e9""#,
+        r#"{"nested": {"list": [1, null, true, "x"]}}"#,
+        "null",
+        "-0.5e-3",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let key = format!("v{i}");
+        assert_eq!(app.put(&key, value).await.status, StatusCode::OK);
+        let text = app.get(&format!("/get/{key}")).await.text;
+        assert!(
+            text.starts_with(&format!(r#"{{"value":{value},"#)),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn keys_are_percent_decoded_path_segments() {
+    let app = test_app();
+    for (path, key) in [
+        ("with%20space", "with space"),
+        ("a%2Fb", "a/b"),
+        ("%C3%A9t%C3%A9", "été"),
+        ("user:1", "user:1"),
+        ("%F0%9F%94%91", "🔑"),
+    ] {
+        let put = app.put(path, r#""x""#).await;
+        assert_eq!(put.status, StatusCode::OK, "{path}: {}", put.text);
+        assert_eq!(put.json()["key"], key);
+        let got = app.get(&format!("/get/{path}")).await;
+        assert_eq!(got.status, StatusCode::OK, "{path}");
+    }
+    // Two keys that differ only by encoding are the same key.
+    assert_eq!(app.get("/get/user%3A1").await.json()["value"], "x");
+}
+
+#[tokio::test]
+async fn missing_keys_and_versions_are_404_with_the_seed_messages() {
+    let app = test_app();
+    let e = app
+        .get("/get/nosuchkey")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "key_not_found");
+    assert_eq!(e["detail"], "Key 'nosuchkey' not found");
+    app.put("mykey", "1").await;
+    let e = app
+        .get("/get/mykey?version=3")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "version_not_found");
+    assert_eq!(e["detail"], "Key 'mykey' version 3 not found");
+    let e = app
+        .get("/get/nosuchkey?version=1")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "version_not_found");
+    assert_eq!(e["detail"], "Key 'nosuchkey' version 1 not found");
+}
+
+#[tokio::test]
+async fn bad_versions_are_400_never_500() {
+    let app = test_app();
+    app.put("k", "1").await;
+    for bad in [
+        "0",
+        "-1",
+        "abc",
+        "1.5",
+        "",
+        "%201",
+        "99999999999999999999",
+        "9223372036854775808",
+    ] {
+        app.get(&format!("/get/k?version={bad}"))
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "invalid_version");
+    }
+    // The largest valid version is simply not there.
+    app.get("/get/k?version=9223372036854775807")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "version_not_found");
+}
+
+#[tokio::test]
+async fn bad_bodies_get_clear_errors() {
+    let app = test_app_with(|c| c.max_value_bytes = 100);
+    let put = |body: &'static str| app.call(Method::PUT, "/put/k", Some(body));
+    put(r#"{"val": 1}"#)
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+    put("[1, 2]")
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+    put("")
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+    put("not json")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_json");
+    put(r#"{"value": 1e400}"#)
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "non_finite_number");
+    let big = format!(r#"{{"value": "{}"}}"#, "x".repeat(200));
+    app.call(Method::PUT, "/put/k", Some(&big))
+        .await
+        .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "value_too_large");
+    // Far over the body limit: refused while reading, same answer.
+    let huge = format!(r#"{{"value": "{}"}}"#, "x".repeat(200_000));
+    app.call(Method::PUT, "/put/k", Some(&huge))
+        .await
+        .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "value_too_large");
+    // Nothing above was stored.
+    app.get("/get/k")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "key_not_found");
+}
+
+#[tokio::test]
+async fn bad_keys_and_paths_and_methods_are_json_errors() {
+    let app = test_app();
+    app.put("", "1")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "empty_key");
+    app.get("/get/")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "empty_key");
+    app.get("/versions/")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "empty_key");
+    let long = "k".repeat(1025);
+    app.put(&long, "1")
+        .await
+        .assert_error(StatusCode::URI_TOO_LONG, "key_too_long");
+    app.get(&format!("/get/{long}"))
+        .await
+        .assert_error(StatusCode::URI_TOO_LONG, "key_too_long");
+    assert_eq!(app.put(&"k".repeat(1024), "1").await.status, StatusCode::OK);
+    app.get("/get/%FF")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_query");
+    app.get("/nonexistent")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    app.get("/get/a/b")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    app.call(Method::DELETE, "/get/k", None)
+        .await
+        .assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    app.call(Method::GET, "/put/k", None)
+        .await
+        .assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+}
+
+#[tokio::test]
+async fn conditional_puts_store_only_on_the_expected_version() {
+    let app = test_app();
+    let cas = async |v: &str| {
+        let uri = format!("/put/c?if_version={v}");
+        app.call(Method::PUT, &uri, Some(r#"{"value": 1}"#)).await
+    };
+    assert_eq!(cas("0").await.json()["version"], 1, "0 = only if absent");
+    let e = cas("0")
+        .await
+        .assert_error(StatusCode::PRECONDITION_FAILED, "version_conflict");
+    assert_eq!(e["detail"], "Key 'c' is at version 1, not 0");
+    assert_eq!(cas("1").await.json()["version"], 2);
+    cas("1")
+        .await
+        .assert_error(StatusCode::PRECONDITION_FAILED, "version_conflict");
+    cas("x")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_query");
+    assert_eq!(app.get("/get/c").await.json()["version"], 2);
+}
+
+#[tokio::test]
+async fn versions_are_listed_oldest_first_in_pages() {
+    let app = test_app();
+    for i in 1..=5 {
+        app.put("p", &i.to_string()).await;
+    }
+    let page = app.get("/versions/p?limit=2").await.json();
+    assert_eq!(page["latest_version"], 5);
+    let versions: Vec<u64> = page["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [1, 2]);
+    assert_eq!(page["versions"][1]["value"], 2);
+    assert_eq!(page["next_after"], 2);
+    let last = app.get("/versions/p?after=4&limit=2").await.json();
+    assert_eq!(last["versions"].as_array().unwrap().len(), 1);
+    assert!(last["next_after"].is_null());
+    app.get("/versions/p?limit=0")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_query");
+    app.get("/versions/p?limit=1001")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_query");
+    app.get("/versions/p?after=-1")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_query");
+    app.get("/versions/none")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "key_not_found");
+}
+
+#[tokio::test]
+async fn stats_report_the_seed_fields_and_more() {
+    let app = test_app_with(|c| c.cache_size = 2);
+    for key in ["a", "b", "c"] {
+        app.put(key, "1").await;
+    }
+    app.put("a", "2").await;
+    app.get("/get/a").await;
+    let cache = app.get("/cache/stats").await.json();
+    assert_eq!(cache["current_size"], 2);
+    assert_eq!(cache["max_size"], 2);
+    assert_eq!(cache["is_full"], true);
+    assert_eq!(cache["expiration_minutes"], 30.0);
+    assert_eq!(cache["hits"], 1);
+    assert!(cache["evictions"].as_u64().unwrap() >= 1);
+    assert_eq!(cache["node_name"], "test-node");
+    let db = app.get("/db/stats").await.json();
+    assert_eq!(db["total_keys"], 3);
+    assert_eq!(db["total_versions"], 4);
+    assert!(db["database_size_bytes"].as_u64().unwrap() > 0);
+    assert!(db["wal_size_bytes"].as_u64().is_some());
+}
+
+#[tokio::test]
+async fn health_ready_metrics_and_docs_answer() {
+    let app = test_app();
+    assert_eq!(app.get("/health").await.json()["status"], "ok");
+    assert_eq!(app.get("/ready").await.json()["status"], "ready");
+    app.put("m", "1").await;
+    app.get("/get/m").await;
+    let metrics = app.get("/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    for needle in [
+        r#"kv_server_http_requests_total{route="/get/{key}",method="GET",status="200"} 1"#,
+        "kv_server_write_batch_size_count",
+        "kv_server_sqlite_commit_seconds_bucket",
+        "kv_server_cache_hit_ratio",
+    ] {
+        assert!(
+            metrics.text.contains(needle),
+            "missing {needle} in\n{}",
+            metrics.text
+        );
+    }
+    let spec = app.get("/openapi.json").await.json();
+    for path in [
+        "/put/{key}",
+        "/get/{key}",
+        "/versions/{key}",
+        "/cache/stats",
+        "/db/stats",
+    ] {
+        assert!(
+            spec["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    let docs = app.get("/docs/").await;
+    assert_eq!(docs.status, StatusCode::OK);
+    assert!(
+        docs.text.contains("swagger"),
+        "{}",
+        &docs.text[..docs.text.len().min(300)]
+    );
+}
+
+#[tokio::test]
+async fn a_closed_store_answers_503_with_retry_after() {
+    let app = test_app();
+    app.state.store.close().await;
+    let answer = app.put("k", "1").await;
+    answer.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert_eq!(answer.headers["retry-after"], "1");
+    app.get("/ready")
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+}

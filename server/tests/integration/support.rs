@@ -1,0 +1,95 @@
+//! Shared test helpers: a router over a fresh store, and one-call request helpers.
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use kv_server::ServerConfig;
+use kv_server::http::{AppState, app};
+use kv_server::store::SyncMode;
+use serde_json::Value;
+use tower::ServiceExt;
+
+pub struct TestApp {
+    pub router: Router,
+    pub state: AppState,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn config(dir: &std::path::Path) -> ServerConfig {
+    let mut config = ServerConfig::new(dir);
+    config.node_name = "test-node".into();
+    // Tests check behaviour, not durability against power loss: skip the fsync.
+    config.sync = SyncMode::Normal;
+    config
+}
+
+pub fn test_app_with(edit: impl FnOnce(&mut ServerConfig)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    edit(&mut config);
+    let state = AppState::open(config).unwrap();
+    TestApp {
+        router: app(state.clone()),
+        state,
+        dir,
+    }
+}
+
+pub fn test_app() -> TestApp {
+    test_app_with(|_| {})
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: axum::http::HeaderMap,
+    pub text: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
+    }
+    /// Asserts the status and the error code of an error answer.
+    pub fn assert_error(&self, status: StatusCode, code: &str) -> Value {
+        assert_eq!(self.status, status, "body: {}", self.text);
+        let json = self.json();
+        assert_eq!(json["code"], code, "body: {}", self.text);
+        assert!(json["detail"].is_string(), "body: {}", self.text);
+        json
+    }
+}
+
+impl TestApp {
+    pub async fn call(&self, method: Method, uri: &str, body: Option<&str>) -> Answer {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
+            .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            headers,
+            text: String::from_utf8(bytes.to_vec()).unwrap(),
+        }
+    }
+
+    pub async fn get(&self, uri: &str) -> Answer {
+        self.call(Method::GET, uri, None).await
+    }
+
+    pub async fn put(&self, key_path: &str, value_json: &str) -> Answer {
+        self.call(
+            Method::PUT,
+            &format!("/put/{key_path}"),
+            Some(&format!(r#"{{"value": {value_json}}}"#)),
+        )
+        .await
+    }
+}
