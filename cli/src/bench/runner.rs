@@ -1,0 +1,196 @@
+//! The load itself: `connections` workers, each a tokio task driving its own HTTP/1.1 connection
+//! with one request in flight, through an optional warm-up phase and the measured phase.
+//!
+//! A worker owns a raw `hyper::client::conn::http1` connection rather than sharing a pooled
+//! client: no pool lock per request, and exactly one connection per worker. A connection that
+//! breaks or times out is dropped and a new one is made for the next request; connection time is
+//! never part of a request's latency.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::net::TcpStream;
+
+use super::config::Stop;
+use super::stats::{Failure, Op, WorkerStats};
+use super::workload::Workload;
+
+/// Pause after a failed connection attempt, so that a server that is down is not hammered with
+/// connection attempts (and the error count means something).
+const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
+
+/// State shared read-only (but for the stop flag) by all workers.
+pub struct Shared {
+    pub addr: SocketAddr,
+    pub workload: Workload,
+    pub timeout: Duration,
+    /// Set on Ctrl-C: workers finish the request in flight and stop.
+    pub stop: AtomicBool,
+}
+
+/// What the workers of one phase do, and when they stop.
+pub enum Phase {
+    /// PUT every key once: workers take the next unwritten key until none is left.
+    Warmup { next_key: AtomicUsize },
+    /// The measured mix, until the deadline or until `left` requests have been sent (only one
+    /// of them is set, so a timed run shares no counter between workers).
+    Measure {
+        deadline: Option<Instant>,
+        left: Option<AtomicU64>,
+    },
+}
+
+impl Phase {
+    pub fn measure(stop: Stop, now: Instant) -> Self {
+        match stop {
+            Stop::Duration(d) => Phase::Measure {
+                deadline: Some(now + d),
+                left: None,
+            },
+            Stop::Requests(n) => Phase::Measure {
+                deadline: None,
+                left: Some(AtomicU64::new(n)),
+            },
+        }
+    }
+
+    /// The next request to send, or `None` when the phase is over for this worker.
+    fn next(&self, shared: &Shared, rng: &mut SmallRng) -> Option<(Op, usize)> {
+        if shared.stop.load(Relaxed) {
+            return None;
+        }
+        match self {
+            Phase::Warmup { next_key } => {
+                let key = next_key.fetch_add(1, Relaxed);
+                (key < shared.workload.keys.len()).then_some((Op::Put, key))
+            }
+            Phase::Measure { deadline, left } => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return None;
+                }
+                if let Some(left) = left {
+                    left.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+                        .ok()?;
+                }
+                Some(shared.workload.next(rng))
+            }
+        }
+    }
+}
+
+/// A worker's connection, kept across phases so the measured phase starts warm.
+#[derive(Default)]
+pub struct Conn {
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl Conn {
+    /// A connection ready for a request: the current one, or a new one if it was closed.
+    async fn ready(
+        &mut self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Option<&mut SendRequest<Full<Bytes>>> {
+        let alive = match &mut self.sender {
+            Some(sender) => sender.ready().await.is_ok(),
+            None => false,
+        };
+        if !alive {
+            self.sender = match tokio::time::timeout(timeout, connect(addr)).await {
+                Ok(Some(sender)) => Some(sender),
+                _ => None,
+            };
+        }
+        self.sender.as_mut()
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Option<SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(addr).await.ok()?;
+    // Requests are small and latency is what is measured: don't let Nagle hold them back.
+    stream.set_nodelay(true).ok()?;
+    let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await.ok()?;
+    // The connection task ends when the sender is dropped or the server closes.
+    tokio::spawn(connection);
+    sender.ready().await.ok()?;
+    Some(sender)
+}
+
+/// Locks a worker's stats. A worker that panicked cannot have left them half-updated in a way
+/// that matters for counters, so poisoning is ignored.
+pub fn lock(stats: &Mutex<WorkerStats>) -> MutexGuard<'_, WorkerStats> {
+    stats.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One worker: sends the phase's requests one after the other on `conn`, counting outcomes in
+/// `stats`, and hands the connection back at the end of the phase.
+pub async fn work(
+    shared: Arc<Shared>,
+    phase: Arc<Phase>,
+    mut conn: Conn,
+    stats: Arc<Mutex<WorkerStats>>,
+) -> Conn {
+    let mut rng = SmallRng::from_rng(&mut rand::rng());
+    let json = HeaderValue::from_static("application/json");
+    while let Some((op, key)) = phase.next(&shared, &mut rng) {
+        let Some(sender) = conn.ready(shared.addr, shared.timeout).await else {
+            lock(&stats).op_mut(op).record_failure(Failure::Connect);
+            tokio::time::sleep(CONNECT_BACKOFF).await;
+            continue;
+        };
+        let workload = &shared.workload;
+        let body = match op {
+            Op::Get => Bytes::new(),
+            Op::Put => workload.body(&mut rng),
+        };
+        let mut request = Request::new(Full::new(body));
+        *request.uri_mut() = workload.keys.uri(op, key);
+        request.headers_mut().insert(HOST, workload.host.clone());
+        if op == Op::Put {
+            *request.method_mut() = Method::PUT;
+            request.headers_mut().insert(CONTENT_TYPE, json.clone());
+        }
+
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(shared.timeout, exchange(sender, request)).await;
+        let latency = started.elapsed();
+        let outcome = outcome.unwrap_or(Err(Failure::Timeout));
+        match outcome {
+            Ok(status) => lock(&stats).op_mut(op).record_status(status, latency),
+            Err(failure) => {
+                // The connection's state is unknown (a half-read answer, a stuck server):
+                // start over on a new one.
+                conn.sender = None;
+                lock(&stats).op_mut(op).record_failure(failure);
+            }
+        }
+    }
+    conn
+}
+
+/// Sends `request` and reads the whole answer, discarding the body without buffering it.
+async fn exchange(
+    sender: &mut SendRequest<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Result<u16, Failure> {
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|_| Failure::Io)?;
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    while let Some(frame) = body.frame().await {
+        frame.map_err(|_| Failure::Io)?;
+    }
+    Ok(status)
+}

@@ -1,0 +1,296 @@
+//! `kvstore bench` against a tiny in-process axum store on 127.0.0.1:0: the library function and
+//! the binary, on a healthy server, a failing one and no server at all.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, put};
+use kvstore::bench::stats::Summary;
+use kvstore::bench::{self, Config, Report, Stop};
+use tokio::net::TcpListener;
+
+/// What the test server saw, for checking the bench against it.
+#[derive(Default)]
+struct Store {
+    values: Mutex<HashMap<String, Bytes>>,
+    puts: AtomicU64,
+    gets: AtomicU64,
+    /// Answer every PUT with 500 (a broken server).
+    fail_puts: bool,
+}
+
+async fn put_key(
+    State(store): State<Arc<Store>>,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> StatusCode {
+    store.puts.fetch_add(1, Ordering::Relaxed);
+    if store.fail_puts {
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("PUT body is JSON");
+    assert!(
+        json["value"].is_string(),
+        "PUT body is {{\"value\": \"...\"}}"
+    );
+    store.values.lock().unwrap().insert(key, body);
+    StatusCode::CREATED
+}
+
+async fn get_key(
+    State(store): State<Arc<Store>>,
+    Path(key): Path<String>,
+) -> Result<Bytes, StatusCode> {
+    store.gets.fetch_add(1, Ordering::Relaxed);
+    store
+        .values
+        .lock()
+        .unwrap()
+        .get(&key)
+        .cloned()
+        .ok_or(StatusCode::NOT_FOUND)
+}
+
+/// Serves `store` on a free loopback port; returns its base URL.
+async fn serve(store: Arc<Store>) -> String {
+    let app = Router::new()
+        .route("/put/{key}", put(put_key))
+        .route("/get/{key}", get(get_key))
+        .with_state(store);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+fn config(url: &str, stop: Stop) -> Config {
+    Config {
+        connections: 4,
+        stop,
+        keys: 100,
+        value_size: 32,
+        key_prefix: "t/é ".into(),
+        ..Config::new(url)
+    }
+}
+
+fn assert_percentiles_ordered(s: &Summary) {
+    let p = s.latency_us;
+    assert!(p.min >= 1, "{p:?}");
+    assert!(p.min <= p.p50 && p.p50 <= p.p90 && p.p90 <= p.p99, "{p:?}");
+    assert!(p.p99 <= p.p99_9 && p.p99_9 <= p.max, "{p:?}");
+    assert!(p.mean >= p.min as f64 && p.mean <= p.max as f64, "{p:?}");
+}
+
+fn assert_healthy(report: &Report) {
+    let t = &report.total;
+    assert!(t.requests > 0);
+    assert_eq!(t.errors.total, 0, "{:?}", t.errors);
+    assert_eq!(t.ok, t.requests);
+    assert_eq!(t.requests, report.get.requests + report.put.requests);
+    for s in [&report.total, &report.get, &report.put] {
+        if s.requests == 0 {
+            assert_eq!(s.latency_us, Default::default());
+            continue;
+        }
+        assert_percentiles_ordered(s);
+    }
+    let expected = t.requests as f64 / report.elapsed_secs;
+    assert!(
+        (report.throughput - expected).abs() < 1e-6 * expected,
+        "{report:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_second_run_reports_sane_numbers() {
+    let store = Arc::new(Store::default());
+    let url = serve(store.clone()).await;
+    let report = bench::run(&config(&url, Stop::Duration(Duration::from_secs(1))))
+        .await
+        .unwrap();
+
+    assert_healthy(&report);
+    assert!(
+        report.get.requests > 0 && report.put.requests > 0,
+        "{report:?}"
+    );
+    // Reads hit only written keys: the warm-up wrote all of them, each once.
+    let warmup = report.warmup.expect("warm-up is on when there are reads");
+    assert_eq!(warmup.keys, 100);
+    assert_eq!(store.values.lock().unwrap().len(), 100);
+    assert!(
+        store.values.lock().unwrap().contains_key("t/é 99"),
+        "keys are percent-encoded"
+    );
+    assert_eq!(
+        store.puts.load(Ordering::Relaxed),
+        100 + report.put.requests
+    );
+    assert_eq!(store.gets.load(Ordering::Relaxed), report.get.requests);
+    // Ends soon after the duration: requests in flight finish, nothing more.
+    assert!(
+        (1.0..3.0).contains(&report.elapsed_secs),
+        "{}",
+        report.elapsed_secs
+    );
+    assert!(report.threads >= 1);
+    assert!(!report.interrupted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_comes_every_second_and_a_stop_signal_ends_the_run_early() {
+    let url = serve(Arc::new(Store::default())).await;
+    let mut progress = Vec::new();
+    let stop = tokio::time::sleep(Duration::from_millis(1600));
+    let long = Config {
+        read_ratio: 0.0,
+        warmup: false,
+        ..config(&url, Stop::Duration(Duration::from_secs(60)))
+    };
+    let report = bench::run_with(&long, |p| progress.push(*p), stop)
+        .await
+        .unwrap();
+
+    assert!(report.interrupted);
+    assert_healthy(&report);
+    assert!(report.elapsed_secs < 5.0, "{}", report.elapsed_secs);
+    // The stop came 1.6 s after the start: one tick (two on a very slow machine).
+    assert!(matches!(progress.len(), 1 | 2), "{progress:?}");
+    let p = progress[0];
+    assert!(
+        p.requests > 0 && p.requests <= report.total.requests,
+        "{p:?}"
+    );
+    assert!(p.rate > 0.0 && p.p99_us > 0 && p.errors == 0, "{p:?}");
+    assert!(p.elapsed >= Duration::from_secs(1), "{p:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_count_is_exact_and_the_mix_follows_the_read_ratio() {
+    let store = Arc::new(Store::default());
+    let url = serve(store.clone()).await;
+
+    let reads_only = Config {
+        read_ratio: 1.0,
+        ..config(&url, Stop::Requests(500))
+    };
+    let report = bench::run(&reads_only).await.unwrap();
+    assert_healthy(&report);
+    assert_eq!((report.total.requests, report.get.requests), (500, 500));
+
+    let writes_only = Config {
+        read_ratio: 0.0,
+        warmup: false,
+        ..config(&url, Stop::Requests(300))
+    };
+    let puts_before = store.puts.load(Ordering::Relaxed);
+    let report = bench::run(&writes_only).await.unwrap();
+    assert_healthy(&report);
+    assert!(report.warmup.is_none());
+    assert_eq!((report.total.requests, report.put.requests), (300, 300));
+    assert_eq!(store.puts.load(Ordering::Relaxed) - puts_before, 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_2xx_answers_are_counted_by_status_and_not_timed() {
+    let store = Arc::new(Store {
+        fail_puts: true,
+        ..Store::default()
+    });
+    let url = serve(store).await;
+
+    let writes = Config {
+        read_ratio: 0.0,
+        warmup: false,
+        ..config(&url, Stop::Requests(200))
+    };
+    let report = bench::run(&writes).await.unwrap();
+    assert_eq!(report.total.requests, 200);
+    assert_eq!(report.total.ok, 0);
+    assert_eq!(report.total.errors.status["500"], 200);
+    assert!(report.all_failed());
+    assert_eq!(report.total.latency_us.max, 0, "failures are not timed");
+
+    // With reads, the warm-up fails first: measuring 404s would be meaningless.
+    let err = bench::run(&config(&url, Stop::Requests(10)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kvstore::Error::Warmup { failed: 100, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("HTTP 500: 100"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_server_gives_connect_errors() {
+    // A port that was free a moment ago: nothing listens there.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+
+    let writes = Config {
+        read_ratio: 0.0,
+        warmup: false,
+        ..config(&url, Stop::Requests(20))
+    };
+    let report = bench::run(&writes).await.unwrap();
+    assert_eq!(report.total.requests, 20);
+    assert_eq!(report.total.errors.connect, 20);
+    assert!(report.all_failed());
+}
+
+/// The binary: `--json` prints one parsable object on stdout, exit code 0; and a run where every
+/// request fails exits non-zero.
+#[test]
+fn the_binary_prints_json_and_fails_when_every_request_fails() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store = Arc::new(Store::default());
+    let url = runtime.block_on(serve(store));
+    let bin = env!("CARGO_BIN_EXE_kvstore");
+
+    let out = Command::new(bin)
+        .args([
+            "bench", "--json", "--url", &url, "-n", "200", "-c", "2", "-k", "10",
+        ])
+        .args(["--threads", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["total"]["requests"], 200);
+    assert_eq!(json["total"]["ok"], 200);
+    assert_eq!(json["threads"], 1);
+
+    let out = Command::new(bin)
+        .args(["bench", "-n", "50", "-c", "2", "-k", "10", "--url", &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("measured: 50 requests"), "{table}");
+
+    let out = Command::new(bin)
+        .env("KVSTORE_URL", "http://127.0.0.1:1")
+        .args(["bench", "-n", "5", "-c", "1", "--read-ratio", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("every request failed (connect: 5)"),
+        "{stderr}"
+    );
+}
