@@ -21,7 +21,7 @@ pub type Params = Result<Query<Vec<(String, String)>>, QueryRejection>;
 /// The percent-decoded key of `/{route}/{key}`.
 pub fn key(path: KeyPath) -> Result<String, ApiError> {
     let Path(key) = path.map_err(|e| {
-        ApiError::bad_request(ErrorCode::InvalidQuery, format!("Invalid key in path: {e}"))
+        ApiError::bad_request(ErrorCode::InvalidKey, format!("Invalid key in path: {e}"))
     })?;
     validate_key(&key).map_err(|e| match e {
         KeyError::Empty => ApiError::bad_request(ErrorCode::EmptyKey, e.to_string()),

@@ -226,7 +226,7 @@ async fn bad_keys_and_paths_and_methods_are_json_errors() {
     assert_eq!(app.put(&"k".repeat(1024), "1").await.status, StatusCode::OK);
     app.get("/get/%FF")
         .await
-        .assert_error(StatusCode::BAD_REQUEST, "invalid_query");
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_key");
     app.get("/nonexistent")
         .await
         .assert_error(StatusCode::NOT_FOUND, "not_found");

@@ -1,0 +1,222 @@
+//! The gateway's configuration: command-line flags with environment fallbacks, or built in
+//! code by whoever starts the gateway in-process (the `kvstore` CLI, tests).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::membership::static_list::parse_backend;
+use crate::membership::{BackendUrl, Member};
+use crate::ring::DEFAULT_VNODES;
+
+const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
+const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+const DEFAULT_HEALTH_INTERVAL_MS: u64 = 1_000;
+/// Above the server's largest accepted value, so the server, not the gateway, says what is
+/// too large.
+const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
+/// A page of versions can hold many values.
+const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 << 20;
+const DEFAULT_REMOVAL_GRACE_SECS: u64 = 60;
+
+/// Flatten it into a binary's own parser (`#[command(flatten)]`), as `kv-gateway` does.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayConfig {
+    /// Address to listen on.
+    #[arg(long, env = "KV_GATEWAY_LISTEN", default_value = "0.0.0.0:8000")]
+    pub listen: SocketAddr,
+
+    /// A server, as NAME=URL (`kv-1=http://10.0.0.1:8080`) or, like the seed's
+    /// BACKEND_SERVERS, as host:port (named `host:port`, reached over http). The name places
+    /// keys on the ring: keep names stable. Repeat the flag, or give a comma-separated list.
+    #[arg(long = "backend", env = "KV_BACKENDS", value_delimiter = ',', value_parser = parse_backend)]
+    pub backends: Vec<Member>,
+
+    /// Virtual nodes per server. 150 is the seed's placement.
+    #[arg(long, env = "KV_VNODES", default_value_t = DEFAULT_VNODES)]
+    pub vnodes: usize,
+
+    #[command(flatten)]
+    pub kubernetes: KubernetesConfig,
+
+    /// Connect timeout towards servers, in milliseconds.
+    #[arg(long, env = "KV_CONNECT_TIMEOUT_MS", default_value_t = DEFAULT_CONNECT_TIMEOUT_MS)]
+    pub connect_timeout_ms: u64,
+
+    /// Time a server has to answer a request completely, in milliseconds.
+    #[arg(long, env = "KV_REQUEST_TIMEOUT_MS", default_value_t = DEFAULT_REQUEST_TIMEOUT_MS)]
+    pub request_timeout_ms: u64,
+
+    /// Interval of the active health checks, in milliseconds (also the `Retry-After` hint).
+    #[arg(long, env = "KV_HEALTH_INTERVAL_MS", default_value_t = DEFAULT_HEALTH_INTERVAL_MS)]
+    pub health_interval_ms: u64,
+
+    /// Largest request body forwarded, in bytes.
+    #[arg(long, env = "KV_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+
+    /// Largest server answer forwarded, in bytes.
+    #[arg(long, env = "KV_MAX_RESPONSE_BYTES", default_value_t = DEFAULT_MAX_RESPONSE_BYTES)]
+    pub max_response_bytes: usize,
+
+    /// File holding the API token clients must send as `Authorization: Bearer TOKEN`.
+    /// Without it (nor --api-token) authentication is off.
+    #[arg(long, env = "KV_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+
+    /// The API token itself (prefer the file: environments leak).
+    #[arg(long, env = "KV_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+}
+
+/// Discovery of the servers from the EndpointSlices of their headless Service.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct KubernetesConfig {
+    /// Name of the servers' headless Service; turns Kubernetes discovery on.
+    #[arg(long = "k8s-service", env = "KV_K8S_SERVICE")]
+    pub service: Option<String>,
+
+    /// Namespace of that Service (default: the gateway's own).
+    #[arg(long = "k8s-namespace", env = "KV_K8S_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Name of the Service port to use (default: `http`, else the first port).
+    #[arg(
+        long = "k8s-port-name",
+        env = "KV_K8S_PORT_NAME",
+        default_value = "http"
+    )]
+    pub port_name: String,
+
+    /// How long a server that vanished from the EndpointSlices keeps its place on the ring
+    /// (its keys answer 503 meanwhile), so that a pod being replaced does not move keys.
+    #[arg(long = "k8s-removal-grace-secs", env = "KV_K8S_REMOVAL_GRACE_SECS", default_value_t = DEFAULT_REMOVAL_GRACE_SECS)]
+    pub removal_grace_secs: u64,
+}
+
+impl GatewayConfig {
+    /// A configuration with a static server list and every other setting at its default.
+    pub fn with_backends<I, N, U>(backends: I) -> Result<GatewayConfig>
+    where
+        I: IntoIterator<Item = (N, U)>,
+        N: Into<String>,
+        U: AsRef<str>,
+    {
+        let backends = backends
+            .into_iter()
+            .map(|(name, url)| {
+                Ok(Member {
+                    name: name.into(),
+                    url: BackendUrl::parse(url.as_ref()).map_err(Error::Config)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(GatewayConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            backends,
+            vnodes: DEFAULT_VNODES,
+            kubernetes: KubernetesConfig {
+                port_name: "http".into(),
+                removal_grace_secs: DEFAULT_REMOVAL_GRACE_SECS,
+                ..KubernetesConfig::default()
+            },
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            health_interval_ms: DEFAULT_HEALTH_INTERVAL_MS,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            api_token_file: None,
+            api_token: None,
+        })
+    }
+
+    /// Checks what clap cannot: one membership source, sane numbers, unique names.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |msg: &str| Err(Error::Config(msg.to_owned()));
+        match (self.backends.is_empty(), self.kubernetes.service.is_some()) {
+            (true, false) => return fail("no servers: give --backend NAME=URL or --k8s-service"),
+            (false, true) => return fail("--backend and --k8s-service are exclusive"),
+            _ => {}
+        }
+        let mut names: Vec<&str> = self.backends.iter().map(|m| m.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::Config(format!(
+                "server '{}' is listed twice",
+                pair[0]
+            )));
+        }
+        if self.vnodes == 0 {
+            return fail("--vnodes must be at least 1");
+        }
+        if self.connect_timeout_ms == 0
+            || self.request_timeout_ms == 0
+            || self.health_interval_ms == 0
+        {
+            return fail("timeouts and the health interval must be positive");
+        }
+        Ok(())
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn health_interval(&self) -> Duration {
+        Duration::from_millis(self.health_interval_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: GatewayConfig,
+    }
+
+    fn parse(args: &[&str]) -> Result<GatewayConfig, clap::Error> {
+        Cli::try_parse_from(args).map(|cli| cli.config)
+    }
+
+    #[test]
+    fn flags_parse_and_validate() {
+        let config = parse(&[
+            "kv-gateway",
+            "--listen",
+            "127.0.0.1:9000",
+            "--backend",
+            "kv-1=http://127.0.0.1:8081",
+            "--backend",
+            "server-2:8080,kv-3=http://10.0.0.3:80/",
+        ])
+        .unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        let names: Vec<_> = config.backends.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["kv-1", "server-2:8080", "kv-3"]);
+        assert_eq!(config.backends[1].url.to_string(), "http://server-2:8080");
+        assert_eq!(config.vnodes, 150);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_configurations_are_refused() {
+        assert!(parse(&["kv-gateway", "--backend", "a=ftp://x"]).is_err());
+        let mut config =
+            GatewayConfig::with_backends([("a", "http://x:1"), ("a", "http://y:1")]).unwrap();
+        assert!(config.validate().is_err());
+        config.backends.clear();
+        assert!(config.validate().is_err());
+        config.kubernetes.service = Some("kv".into());
+        config.validate().unwrap();
+        assert!(GatewayConfig::with_backends([("a", "not a url")]).is_err());
+    }
+}

@@ -1,0 +1,80 @@
+//! kvstore gateway: the single entry point, routing every key to its owner on a SHA-256
+//! consistent-hash ring of storage servers.
+//!
+//! Codemap: `ring` (pure placement), `membership` (static list or Kubernetes EndpointSlices
+//! -> the atomically swapped `Topology`), `health` (active checks + passive marking),
+//! `client` (pooled HTTP to members), `proxy` (key routes), `stats` (`/servers`, per-member
+//! stats), `auth`, `openapi`, `routes` (the router), `config`, `error`, `metrics`.
+//!
+//! Architecture Invariant: the gateway holds no durable state, and a key is only ever sent to
+//! its owner on the current ring.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod membership;
+pub mod metrics;
+pub mod openapi;
+pub mod proxy;
+pub mod ring;
+pub mod routes;
+pub mod state;
+pub mod stats;
+
+use std::future::Future;
+
+pub use config::GatewayConfig;
+pub use error::{Error, Result};
+pub use routes::app;
+pub use state::AppState;
+
+use membership::kubernetes::{self, Discovery};
+
+/// Serves the gateway on `listener` until `shutdown` resolves, then drains in-flight requests.
+///
+/// Starts the configured membership source (a static list, or the EndpointSlice watcher with
+/// the in-cluster / kubeconfig credentials) and the health checks; stops them on return.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    config.validate()?;
+    let state = AppState::new(&config)?;
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(service) = &config.kubernetes.service {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| Error::Kube(Box::new(e)))?;
+        let discovery = Discovery {
+            namespace: config
+                .kubernetes
+                .namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_owned()),
+            service: service.clone(),
+            port_name: config.kubernetes.port_name.clone(),
+            removal_grace: std::time::Duration::from_secs(config.kubernetes.removal_grace_secs),
+        };
+        tracing::info!(?discovery, "discovering servers from EndpointSlices");
+        tasks.spawn(kubernetes::watch(client, discovery, state.topology.clone()));
+    } else {
+        state.topology.update(config.backends.clone());
+    }
+    tasks.spawn(health::run_checks(
+        state.topology.clone(),
+        state.client.clone(),
+        config.health_interval(),
+    ));
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, auth = state.token.is_some(), "gateway listening");
+    }
+    let result = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(Error::Serve);
+    tasks.abort_all();
+    result
+}

@@ -1,0 +1,111 @@
+//! Gateway-specific metrics: per-member requests, latencies and errors, member health, and
+//! the ring's epoch and size. Per-route metrics come from `kv_common::http_metrics`.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MemberLabels {
+    pub member: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub member: String,
+    /// `ok` (any HTTP answer), `connect_error`, `timeout`, `error`, `too_large`, or `rejected`
+    /// (not tried because the member is marked down).
+    pub outcome: &'static str,
+}
+
+pub struct GatewayMetrics {
+    member_requests: Family<OutcomeLabels, Counter>,
+    member_latency: Family<MemberLabels, Histogram>,
+    member_up: Family<MemberLabels, Gauge>,
+    ring_epoch: Gauge,
+    ring_members: Gauge,
+}
+
+impl GatewayMetrics {
+    pub fn register(registry: &mut Registry) -> Arc<GatewayMetrics> {
+        let metrics = GatewayMetrics {
+            member_requests: Family::default(),
+            // 50 µs .. ~1.6 s, like the per-route histogram.
+            member_latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+            }),
+            member_up: Family::default(),
+            ring_epoch: Gauge::default(),
+            ring_members: Gauge::default(),
+        };
+        registry.register(
+            "gateway_member_requests",
+            "Requests the gateway made to each member, by outcome",
+            metrics.member_requests.clone(),
+        );
+        registry.register(
+            "gateway_member_request_duration_seconds",
+            "Latency of the gateway's requests to each member",
+            metrics.member_latency.clone(),
+        );
+        registry.register(
+            "gateway_member_up",
+            "1 when the member's last check or request succeeded, 0 when it failed",
+            metrics.member_up.clone(),
+        );
+        registry.register(
+            "gateway_ring_epoch",
+            "Epoch of the current ring (up by one per membership change)",
+            metrics.ring_epoch.clone(),
+        );
+        registry.register(
+            "gateway_ring_members",
+            "Members in the current ring",
+            metrics.ring_members.clone(),
+        );
+        Arc::new(metrics)
+    }
+
+    pub fn request(&self, member: &str, outcome: &'static str, seconds: Option<f64>) {
+        self.member_requests
+            .get_or_create(&OutcomeLabels {
+                member: member.to_owned(),
+                outcome,
+            })
+            .inc();
+        if let Some(seconds) = seconds {
+            self.member_latency
+                .get_or_create(&MemberLabels {
+                    member: member.to_owned(),
+                })
+                .observe(seconds);
+        }
+    }
+
+    pub fn member_up(&self, member: &str, up: bool) {
+        self.member_up
+            .get_or_create(&MemberLabels {
+                member: member.to_owned(),
+            })
+            .set(i64::from(up));
+    }
+
+    /// Drops a departed member's health gauge, so dashboards do not show it forever.
+    pub fn forget_member(&self, member: &str) {
+        self.member_up.remove(&MemberLabels {
+            member: member.to_owned(),
+        });
+    }
+
+    pub fn ring_changed(&self, epoch: u64, members: usize) {
+        self.ring_epoch
+            .set(i64::try_from(epoch).unwrap_or(i64::MAX));
+        self.ring_members
+            .set(i64::try_from(members).unwrap_or(i64::MAX));
+    }
+}

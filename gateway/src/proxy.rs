@@ -1,0 +1,277 @@
+//! Forwarding the storage API (`/put`, `/get`, `/versions`) to the owner of the key.
+//!
+//! Architecture Invariant: a key is only ever sent to its owner on the current ring. When the
+//! owner is down the answer is a 503 naming it, never a detour to another member: a write
+//! elsewhere would fork the key's versions (the seed did that and lost data).
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::header::HeaderName;
+use http::{HeaderMap, HeaderValue, Method, header};
+use http_body_util::{BodyExt, Limited};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::de::IgnoredAny;
+
+use crate::error::{Error, Result};
+use crate::state::AppState;
+
+/// Names the member that answered, on every proxied answer.
+pub const SERVER_USED: HeaderName = HeaderName::from_static("x-server-used");
+
+/// Everything but RFC 3986 unreserved characters is escaped, so a key is always exactly one
+/// path segment on the way out (`a/b` becomes `a%2Fb`, `..` cannot climb, `?` cannot start a
+/// query).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Answer headers worth passing on; the rest (server, date, location...) describe the member
+/// and are the gateway's own business.
+const PASSED_HEADERS: [HeaderName; 3] = [header::CONTENT_TYPE, header::ALLOW, header::RETRY_AFTER];
+
+/// `PUT|POST /put/{key}`, optionally `?if_version=N`.
+#[utoipa::path(put, path = "/put/{key}", tag = "keys",
+    params(("key" = String, Path, description = "The key, one percent-encoded path segment"),
+           ("if_version" = Option<u64>, Query, description = "Only write if the latest version is this one (412 otherwise)")),
+    request_body = kv_common::api::PutBody,
+    responses((status = 200, description = "Stored; `server_used` names the owner", body = kv_common::api::PutResponse),
+              (status = 412, description = "`if_version` is not the latest", body = kv_common::ErrorBody),
+              (status = 503, description = "The key's owner is down", body = kv_common::ErrorBody)))]
+pub async fn put(
+    State(state): State<AppState>,
+    key: Result<Path<String>, PathRejection>,
+    method: Method,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let body = Limited::new(body, state.max_body_bytes)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Error::BodyTooLarge(state.max_body_bytes)
+            } else {
+                Error::BadBody(e.to_string())
+            }
+        })?
+        .to_bytes();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("application/json"));
+    forward(
+        &state,
+        method,
+        "put",
+        key,
+        query,
+        Some((body, content_type)),
+    )
+    .await
+}
+
+/// `POST /put/{key}`: the seed's method, same as `PUT`.
+#[utoipa::path(post, path = "/put/{key}", tag = "keys",
+    params(("key" = String, Path), ("if_version" = Option<u64>, Query)),
+    request_body = kv_common::api::PutBody,
+    responses((status = 200, body = kv_common::api::PutResponse)))]
+#[allow(dead_code)] // Documentation only: the route is served by `put`.
+fn put_post_doc() {}
+
+/// `GET /get/{key}`, optionally `?version=N`.
+#[utoipa::path(get, path = "/get/{key}", tag = "keys",
+    params(("key" = String, Path), ("version" = Option<u64>, Query, description = "A past version; the latest if absent")),
+    responses((status = 200, body = kv_common::api::GetResponse),
+              (status = 404, description = "No such key or version", body = kv_common::ErrorBody),
+              (status = 503, description = "The key's owner is down", body = kv_common::ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    key: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
+    forward(&state, Method::GET, "get", key, query, None).await
+}
+
+/// `GET /versions/{key}?after=N&limit=M`.
+#[utoipa::path(get, path = "/versions/{key}", tag = "keys",
+    params(("key" = String, Path), ("after" = Option<u64>, Query), ("limit" = Option<u64>, Query)),
+    responses((status = 200, body = kv_common::api::VersionsResponse),
+              (status = 404, body = kv_common::ErrorBody),
+              (status = 503, body = kv_common::ErrorBody)))]
+pub async fn versions(
+    State(state): State<AppState>,
+    key: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
+    forward(&state, Method::GET, "versions", key, query, None).await
+}
+
+/// `/put/`, `/get/`, `/versions/`: a key route without a key.
+pub async fn empty_key() -> Error {
+    Error::EmptyKey
+}
+
+async fn forward(
+    state: &AppState,
+    method: Method,
+    route: &str,
+    key: Result<Path<String>, PathRejection>,
+    query: Option<String>,
+    body: Option<(Bytes, HeaderValue)>,
+) -> Result<Response> {
+    // The only rejection left once the route matched is a segment that is not UTF-8.
+    let Path(key) = key.map_err(|e| Error::InvalidKey(e.body_text()))?;
+    let topology = state.topology.load();
+    let backend = topology.owner(&key).ok_or(Error::NoServers)?;
+    if backend.health.is_down() {
+        state
+            .client
+            .metrics()
+            .request(&backend.name, "rejected", None);
+        return Err(Error::ServerDown {
+            name: backend.name.clone(),
+            retry_after_secs: state.retry_after_secs,
+        });
+    }
+    // The query passes through as the client wrote it: it only ever lands after the path, on
+    // the owner the ring chose.
+    let mut path = format!("/{route}/{}", utf8_percent_encode(&key, SEGMENT));
+    if let Some(query) = query {
+        path.push('?');
+        path.push_str(&query);
+    }
+    let response = state
+        .client
+        .send(backend, method, &path, body)
+        .await
+        .map_err(|e| upstream_error(state, &backend.name, e))?;
+    Ok(decorate(response, &backend.name))
+}
+
+/// Maps a failed call to the answer the client gets.
+pub fn upstream_error(state: &AppState, name: &str, error: crate::client::CallError) -> Error {
+    use crate::client::CallError;
+    let name = name.to_owned();
+    match error {
+        CallError::Connect(_) => Error::ServerDown {
+            name,
+            retry_after_secs: state.retry_after_secs,
+        },
+        CallError::Timeout(_) => Error::ServerTimeout { name },
+        other => Error::BadGateway {
+            name,
+            source: other,
+        },
+    }
+}
+
+/// Builds the client's answer from a member's: same status and body, `server_used` added to
+/// a JSON object body and the `X-Server-Used` header set.
+pub fn decorate(response: http::Response<Bytes>, name: &str) -> Response {
+    let (parts, body) = response.into_parts();
+    let is_json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let body = match is_json.then(|| add_server_used(&body, name)).flatten() {
+        Some(decorated) => Bytes::from(decorated),
+        None => body,
+    };
+    let mut out = (parts.status, body).into_response();
+    let headers = out.headers_mut();
+    headers.remove(header::CONTENT_TYPE);
+    for name in PASSED_HEADERS {
+        for value in parts.headers.get_all(&name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(name) {
+        headers.insert(SERVER_USED, value);
+    }
+    out
+}
+
+/// Appends `"server_used": name` to a JSON object, as text: parsing into a `Value` and back
+/// would round big integers and reorder nothing useful. `None` when `body` is not a JSON
+/// object, which is then passed on untouched.
+fn add_server_used(body: &[u8], name: &str) -> Option<Vec<u8>> {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    let end = body.iter().rposition(|b| !b.is_ascii_whitespace())?;
+    if body[start] != b'{' || body[end] != b'}' {
+        return None;
+    }
+    // Well-formed JSON starting with `{` is one object, so the last `}` closes it.
+    serde_json::from_slice::<IgnoredAny>(body).ok()?;
+    let empty = body[start + 1..end].iter().all(u8::is_ascii_whitespace);
+    let name = serde_json::to_vec(name).ok()?;
+    let mut out = Vec::with_capacity(body.len() + name.len() + 16);
+    out.extend_from_slice(&body[..end]);
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"server_used\":");
+    out.extend_from_slice(&name);
+    out.extend_from_slice(&body[end..]);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decorated(body: &str) -> Option<String> {
+        add_server_used(body.as_bytes(), "kv-1").map(|b| String::from_utf8(b).unwrap())
+    }
+
+    #[test]
+    fn server_used_is_appended_to_objects_only() {
+        assert_eq!(
+            decorated(r#"{"value":12345678901234567890123,"version":1}"#).unwrap(),
+            r#"{"value":12345678901234567890123,"version":1,"server_used":"kv-1"}"#
+        );
+        assert_eq!(
+            decorated(" {} \n").unwrap(),
+            " {\"server_used\":\"kv-1\"} \n"
+        );
+        assert_eq!(decorated("[1,2]"), None);
+        assert_eq!(decorated("\"text\""), None);
+        assert_eq!(decorated("{\"a\":1} {\"b\":2}"), None);
+        assert_eq!(decorated("{broken}"), None);
+        assert_eq!(decorated(""), None);
+    }
+
+    #[test]
+    fn keys_are_one_escaped_segment() {
+        let enc = |k: &str| utf8_percent_encode(k, SEGMENT).to_string();
+        assert_eq!(enc("a/b"), "a%2Fb");
+        assert_eq!(enc("with space"), "with%20space");
+        assert_eq!(enc("été"), "%C3%A9t%C3%A9");
+        assert_eq!(enc("a?b#c%d"), "a%3Fb%23c%25d");
+        assert_eq!(enc("user:1"), "user%3A1");
+        assert_eq!(enc("A-z_0.9~"), "A-z_0.9~");
+    }
+
+    #[test]
+    fn decorate_keeps_status_and_content_type_and_drops_member_headers() {
+        let response = http::Response::builder()
+            .status(404)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::SERVER, "kv-server")
+            .body(Bytes::from_static(
+                br#"{"detail":"x","code":"key_not_found"}"#,
+            ))
+            .unwrap();
+        let out = decorate(response, "kv-1");
+        assert_eq!(out.status(), 404);
+        assert_eq!(out.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(out.headers()[SERVER_USED], "kv-1");
+        assert!(out.headers().get(header::SERVER).is_none());
+    }
+}

@@ -1,0 +1,63 @@
+//! What every handler shares.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use kv_common::http_metrics::HttpMetrics;
+use prometheus_client::registry::Registry;
+
+use crate::auth::ApiToken;
+use crate::client::BackendClient;
+use crate::config::GatewayConfig;
+use crate::error::Result;
+use crate::membership::TopologyHandle;
+use crate::metrics::GatewayMetrics;
+
+/// Cheap to clone: one `Arc`.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
+    pub topology: Arc<TopologyHandle>,
+    pub client: BackendClient,
+    /// Every metric of this gateway; complete once built, so it needs no lock.
+    pub registry: Registry,
+    pub http_metrics: Arc<HttpMetrics>,
+    pub token: Option<ApiToken>,
+    pub max_body_bytes: usize,
+    /// The `Retry-After` of a 503 for a down member: by then the next check has run.
+    pub retry_after_secs: u64,
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Builds the state from a configuration, with an empty ring: the caller starts a
+    /// membership source that fills it (see `crate::run`).
+    pub fn new(config: &GatewayConfig) -> Result<AppState> {
+        let mut registry = Registry::default();
+        let http_metrics = HttpMetrics::register(&mut registry);
+        let metrics = GatewayMetrics::register(&mut registry);
+        let topology = Arc::new(TopologyHandle::new(config.vnodes, metrics.clone()));
+        let client = BackendClient::new(
+            config.connect_timeout(),
+            config.request_timeout(),
+            config.max_response_bytes,
+            metrics,
+        );
+        Ok(AppState(Arc::new(Shared {
+            topology,
+            client,
+            registry,
+            http_metrics,
+            token: ApiToken::load(config)?,
+            max_body_bytes: config.max_body_bytes,
+            retry_after_secs: config.health_interval().as_secs_f64().ceil().max(1.0) as u64,
+        })))
+    }
+}

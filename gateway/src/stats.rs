@@ -1,0 +1,126 @@
+//! `/servers` and the per-member stats routes.
+//!
+//! Architecture Invariant: `server` only ever selects a member by its ring name; the URL
+//! contacted is that member's, with a fixed path. No request parameter reaches another host.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::response::Response;
+use http::Method;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::{Error, Result};
+use crate::proxy::{decorate, upstream_error};
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct StatsQuery {
+    /// Name of the member to ask, as listed by `/servers` (required).
+    server: Option<String>,
+}
+
+/// `GET /servers`: the seed's `servers` and `count`, plus each member's URL, health and ring
+/// share, and the ring epoch.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ServersResponse {
+    /// Member names, sorted.
+    pub servers: Vec<String>,
+    pub count: usize,
+    /// Goes up by one each time the set of members changes.
+    pub epoch: u64,
+    pub vnodes: usize,
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MemberStatus {
+    pub name: String,
+    pub url: String,
+    /// `up`, `down`, or `unknown` before the first check.
+    pub health: String,
+    /// Fraction of the hash space (and so, on average, of the keys) this member owns.
+    pub ring_share: f64,
+}
+
+#[utoipa::path(get, path = "/servers", tag = "cluster",
+    responses((status = 200, body = ServersResponse)))]
+pub async fn servers(State(state): State<AppState>) -> Json<ServersResponse> {
+    let topology = state.topology.load();
+    let members = topology
+        .ring
+        .shares()
+        .into_iter()
+        .filter_map(|(name, share)| {
+            let backend = topology.backends.get(name)?;
+            Some(MemberStatus {
+                name: name.to_owned(),
+                url: backend.url.to_string(),
+                health: backend.health.as_str().to_owned(),
+                ring_share: share,
+            })
+        })
+        .collect();
+    Json(ServersResponse {
+        servers: topology.ring.members().to_vec(),
+        count: topology.ring.len(),
+        epoch: topology.epoch,
+        vnodes: topology.ring.vnodes(),
+        members,
+    })
+}
+
+#[utoipa::path(get, path = "/cache/stats", tag = "cluster", params(StatsQuery),
+    responses((status = 200, body = kv_common::api::CacheStats),
+              (status = 400, description = "`server` missing or not a member; the detail lists the members", body = kv_common::ErrorBody),
+              (status = 503, body = kv_common::ErrorBody)))]
+pub async fn cache_stats(
+    State(state): State<AppState>,
+    query: Result<Query<StatsQuery>, QueryRejection>,
+) -> Result<Response> {
+    member_stats(&state, query, "/cache/stats").await
+}
+
+#[utoipa::path(get, path = "/db/stats", tag = "cluster", params(StatsQuery),
+    responses((status = 200, body = kv_common::api::DbStats),
+              (status = 400, description = "`server` missing or not a member; the detail lists the members", body = kv_common::ErrorBody),
+              (status = 503, body = kv_common::ErrorBody)))]
+pub async fn db_stats(
+    State(state): State<AppState>,
+    query: Result<Query<StatsQuery>, QueryRejection>,
+) -> Result<Response> {
+    member_stats(&state, query, "/db/stats").await
+}
+
+async fn member_stats(
+    state: &AppState,
+    query: Result<Query<StatsQuery>, QueryRejection>,
+    path: &'static str,
+) -> Result<Response> {
+    let Query(query) = query.map_err(|e| Error::InvalidQuery(e.body_text()))?;
+    let topology = state.topology.load();
+    let valid = || topology.ring.members().to_vec();
+    let name = query
+        .server
+        .ok_or_else(|| Error::MissingServer { valid: valid() })?;
+    let backend = topology
+        .backends
+        .get(&name)
+        .ok_or_else(|| Error::UnknownServer {
+            name: name.clone(),
+            valid: valid(),
+        })?;
+    if backend.health.is_down() {
+        return Err(Error::ServerDown {
+            name,
+            retry_after_secs: state.retry_after_secs,
+        });
+    }
+    let response = state
+        .client
+        .send(backend, Method::GET, path, None)
+        .await
+        .map_err(|e| upstream_error(state, &name, e))?;
+    Ok(decorate(response, &name))
+}

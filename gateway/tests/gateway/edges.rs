@@ -1,0 +1,121 @@
+//! Unknown paths, wrong methods, body limits, auth, docs and metrics.
+
+use serde_json::{Value, json};
+
+use crate::harness::{Cluster, TOKEN};
+
+#[tokio::test]
+async fn unknown_paths_and_methods_are_json_errors_at_the_gateway() {
+    let cluster = Cluster::start_with(&["kv-0"], |c| c.max_body_bytes = 1024).await;
+    let gw = &cluster.gateway;
+    for path in ["/nonexistent", "/get", "/cache/stats/", "/get/a/b"] {
+        let r = gw.get(path).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        assert!(r.headers().get("x-server-used").is_none());
+        assert_eq!(r.json::<Value>().await.unwrap()["code"], "not_found");
+    }
+    let r = gw
+        .http
+        .delete(format!("{}/get/k", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "method_not_allowed"
+    );
+
+    let r = gw.get("/get/").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "empty_key");
+
+    let r = gw
+        .put("/put/big", json!("x".repeat(2000)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "value_too_large");
+
+    // Invalid JSON is the server's to judge, with its own code.
+    let r = gw
+        .http
+        .put(format!("{}/put/k", gw.url))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["x-server-used"], "kv-0");
+}
+
+#[tokio::test]
+async fn docs_openapi_and_metrics() {
+    let cluster = Cluster::start(&["kv-0"]).await;
+    let gw = &cluster.gateway;
+    gw.put("/put/k", json!(1)).send().await.unwrap();
+
+    let doc: Value = gw
+        .get("/openapi.json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["paths"]["/servers"].is_object());
+    let ui = gw.get("/docs/").send().await.unwrap();
+    assert_eq!(ui.status(), 200);
+    assert!(ui.text().await.unwrap().contains("swagger"));
+
+    let metrics = gw
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "gateway_ring_epoch 1",
+        "gateway_ring_members 1",
+        "gateway_member_requests_total{member=\"kv-0\",outcome=\"ok\"}",
+        "gateway_member_up{member=\"kv-0\"} 1",
+        "route=\"/put/{key}\"",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn a_configured_token_guards_everything_but_probes_and_metrics() {
+    let cluster = Cluster::start_with(&["kv-0"], |c| c.api_token = Some(TOKEN.into())).await;
+    let gw = &cluster.gateway;
+    for path in [
+        "/get/k",
+        "/servers",
+        "/db/stats?server=kv-0",
+        "/openapi.json",
+        "/nope",
+    ] {
+        let r = gw.get(path).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        assert_eq!(r.json::<Value>().await.unwrap()["code"], "unauthorized");
+        let wrong = gw.get(path).bearer_auth("s3cre").send().await.unwrap();
+        assert_eq!(wrong.status(), 401, "{path}");
+    }
+    let r = gw
+        .put("/put/k", json!(1))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = gw.get("/get/k").bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    for path in ["/health", "/ready", "/metrics"] {
+        assert_eq!(gw.get(path).send().await.unwrap().status(), 200, "{path}");
+    }
+}
