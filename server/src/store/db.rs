@@ -51,6 +51,12 @@ pub fn open_writer(path: &Path, sync: SyncMode) -> Result<Connection> {
     };
     conn.execute_batch(sync_pragma)
         .map_err(db_err("set synchronous"))?;
+    // Checkpoints normally run on their own thread (see checkpoint.rs); this is the backstop.
+    conn.execute_batch(&format!(
+        "PRAGMA wal_autocheckpoint = {}",
+        super::checkpoint::BACKSTOP_PAGES
+    ))
+    .map_err(db_err("set checkpoint threshold"))?;
     migrate(&conn)?;
     Ok(conn)
 }

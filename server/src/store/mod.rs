@@ -7,6 +7,7 @@
 //! thread, then the cache is filled (see `cache.rs` for why that is safe).
 
 mod cache;
+mod checkpoint;
 pub mod db;
 pub mod lock;
 pub mod model;
@@ -79,9 +80,11 @@ impl Store {
         let cache = Arc::new(Cache::new(config.cache_size, config.cache_ttl, counters));
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
         let writer_cache = cache.clone();
+        let checkpointer = checkpoint::start(&db_path)?;
+        let writer = writer::Writer::new(conn, writer_cache, metrics, checkpointer);
         let writer = std::thread::Builder::new()
             .name("kv-writer".into())
-            .spawn(move || writer::run(conn, rx, writer_cache, metrics))
+            .spawn(move || writer.run(rx))
             .map_err(|source| Error::Io {
                 context: "start the writer thread".into(),
                 source,

@@ -1,0 +1,100 @@
+//! WAL checkpoints off the write path. SQLite's automatic checkpoint runs inside the commit
+//! that crosses the threshold, so one unlucky put pays for copying the whole WAL into the
+//! database and fsyncing it. Here a thread with its own connection runs PASSIVE checkpoints
+//! (they never block the writer or readers) when the writer says it committed, at most a few
+//! times a second. The writer keeps a large automatic threshold only as a backstop.
+
+use std::path::Path;
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use crate::error::{Error, Result};
+
+/// Pages of WAL after which the writer itself checkpoints, should this thread fall behind.
+pub const BACKSTOP_PAGES: u32 = 20_000;
+/// Least time between checkpoints under continuous load.
+const PACE: Duration = Duration::from_millis(200);
+/// Checkpoint at least this often when idle, to fold in what the last burst left.
+const IDLE: Duration = Duration::from_secs(5);
+
+/// The writer's end: a cheap, non-blocking "I committed".
+pub struct Checkpointer {
+    tx: Option<SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    pub fn committed(&self) {
+        if let Some(tx) = &self.tx {
+            match tx.try_send(()) {
+                Ok(()) | Err(TrySendError::Full(())) => {}
+                // The thread is gone (it logged why); the backstop keeps the WAL bounded.
+                Err(TrySendError::Disconnected(())) => {}
+            }
+        }
+    }
+
+    /// Runs a last full checkpoint and waits for the thread, so that once the store is
+    /// closed no connection of it is left touching the database.
+    pub fn finish(mut self) {
+        self.tx.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts the checkpoint thread; [`Checkpointer::finish`] stops it.
+pub fn start(db_path: &Path) -> Result<Checkpointer> {
+    let conn = Connection::open(db_path).map_err(|source| Error::Database {
+        context: "open checkpoint connection",
+        source,
+    })?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|source| Error::Database {
+            context: "set busy timeout",
+            source,
+        })?;
+    let (tx, rx) = mpsc::sync_channel::<()>(1);
+    let thread = std::thread::Builder::new()
+        .name("kv-checkpoint".into())
+        .spawn(move || {
+            let mut last = Instant::now();
+            loop {
+                match rx.recv_timeout(IDLE) {
+                    Ok(()) => {
+                        // Pace checkpoints under continuous load, but stop at once on close.
+                        let wait = PACE.saturating_sub(last.elapsed());
+                        if !wait.is_zero()
+                            && rx.recv_timeout(wait) == Err(RecvTimeoutError::Disconnected)
+                        {
+                            break;
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+                checkpoint(&conn, "PASSIVE");
+                last = Instant::now();
+            }
+            // The writer is done: fold the WAL back so the file stands alone.
+            checkpoint(&conn, "TRUNCATE");
+        })
+        .map_err(|source| Error::Io {
+            context: "start the checkpoint thread".into(),
+            source,
+        })?;
+    Ok(Checkpointer {
+        tx: Some(tx),
+        thread: Some(thread),
+    })
+}
+
+fn checkpoint(conn: &Connection, mode: &str) {
+    let sql = format!("PRAGMA wal_checkpoint({mode})");
+    if let Err(err) = conn.query_row(&sql, [], |_| Ok(())) {
+        tracing::warn!(%err, mode, "WAL checkpoint failed; will retry");
+    }
+}
