@@ -1,0 +1,318 @@
+//! `KvClusterSpec`: what a user asks for. Every field has a documented default, so
+//! `spec: {}` is a valid three-server cluster; bounds and enums live in the schema so that
+//! `kubectl apply` rejects a bad spec before the operator ever sees it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::status::KvClusterStatus;
+
+/// A kvstore cluster: a StatefulSet of storage servers behind a gateway Deployment.
+// Each `printcolumn(...)` repeats `type_ = ...`: that is kube's syntax, not a duplicate.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "kvstore.dev",
+    version = "v1alpha1",
+    kind = "KvCluster",
+    plural = "kvclusters",
+    shortname = "kvc",
+    category = "kvstore",
+    namespaced,
+    status = "KvClusterStatus",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Servers", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Gateway",
+        type_ = "string",
+        json_path = ".status.gatewayEndpoint"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase", default)]
+pub struct KvClusterSpec {
+    /// Number of storage servers (default 3). Changing it on a running cluster moves keys, which
+    /// needs rebalancing: until that exists the operator keeps the current size and says so in
+    /// the `Degraded` condition.
+    #[schemars(range(min = 1, max = 64))]
+    pub replicas: i32,
+
+    /// Virtual nodes per server on the gateway's hash ring (default 150, the seed's placement).
+    #[schemars(range(min = 1, max = 4096))]
+    pub vnodes: i32,
+
+    /// Container images (default: the operator's own release of each).
+    pub image: ImageSpec,
+
+    /// Per-server persistent volume.
+    pub storage: StorageSpec,
+
+    /// Storage server settings.
+    pub server: ServerSpec,
+
+    /// Gateway settings.
+    pub gateway: GatewaySpec,
+
+    /// PodDisruptionBudget over the servers.
+    pub pod_disruption_budget: PdbSpec,
+
+    /// What happens to the servers' PersistentVolumeClaims.
+    pub pvc_retention: PvcRetention,
+
+    /// API-token authentication at the gateway (off when absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+}
+
+impl Default for KvClusterSpec {
+    fn default() -> Self {
+        KvClusterSpec {
+            replicas: 3,
+            vnodes: 150,
+            image: ImageSpec::default(),
+            storage: StorageSpec::default(),
+            server: ServerSpec::default(),
+            gateway: GatewaySpec::default(),
+            pod_disruption_budget: PdbSpec::default(),
+            pvc_retention: PvcRetention::default(),
+            auth: None,
+        }
+    }
+}
+
+/// Images and how to pull them.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ImageSpec {
+    /// `kv-server` image; the operator's default when empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// `kv-gateway` image; the operator's default when empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    pub pull_policy: PullPolicy,
+    /// Names of image pull Secrets in the cluster's namespace.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pull_secrets: Vec<String>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+/// One volume per server, from the StatefulSet's `volumeClaimTemplates`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct StorageSpec {
+    /// Requested size (default 1Gi). Growing it expands existing claims where the storage
+    /// class allows it; shrinking is refused.
+    pub size: Quantity,
+    /// Storage class (default: the cluster's default class). Fixed once the cluster exists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec {
+            size: Quantity("1Gi".into()),
+            storage_class_name: None,
+        }
+    }
+}
+
+/// Storage server (`kv-server`) settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ServerSpec {
+    /// Keys held in each server's LRU cache (default 100; 0 disables it).
+    #[schemars(range(min = 0))]
+    pub cache_size: i32,
+    /// `Full` fsyncs every commit (default); `Normal` survives a process crash, not power loss.
+    pub sync: SyncMode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    pub scheduling: Scheduling,
+}
+
+impl Default for ServerSpec {
+    fn default() -> Self {
+        ServerSpec {
+            cache_size: 100,
+            sync: SyncMode::Full,
+            resources: None,
+            scheduling: Scheduling::default(),
+        }
+    }
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    #[default]
+    Full,
+    Normal,
+}
+
+impl SyncMode {
+    /// The value of `kv-server --sync`.
+    pub fn as_flag(self) -> &'static str {
+        match self {
+            SyncMode::Full => "full",
+            SyncMode::Normal => "normal",
+        }
+    }
+}
+
+/// Gateway (`kv-gateway`) settings.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GatewaySpec {
+    /// Gateway pods (default 2). Any number: gateways hold no state.
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    pub service: GatewayServiceSpec,
+    pub scheduling: Scheduling,
+}
+
+impl Default for GatewaySpec {
+    fn default() -> Self {
+        GatewaySpec {
+            replicas: 2,
+            resources: None,
+            service: GatewayServiceSpec::default(),
+            scheduling: Scheduling::default(),
+        }
+    }
+}
+
+/// The gateway's Service, the only way into the cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.nodePort) || self.type != 'ClusterIP'")
+    .message("nodePort needs service type NodePort or LoadBalancer"))]
+pub struct GatewayServiceSpec {
+    /// Default ClusterIP.
+    #[serde(rename = "type", default)]
+    pub type_: ServiceType,
+    /// Fixed node port (NodePort / LoadBalancer only); allocated by Kubernetes when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30000, max = 32767))]
+    pub node_port: Option<i32>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// Passed through unchanged to the pod template.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Scheduling {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+}
+
+/// PodDisruptionBudget over the servers: each server owns its keys alone (no replicas yet), so
+/// a drain should take them one at a time.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PdbSpec {
+    /// Default true.
+    pub enabled: bool,
+    /// Servers that may be down at once for voluntary disruptions (default 1).
+    #[schemars(range(min = 1))]
+    pub max_unavailable: i32,
+}
+
+impl Default for PdbSpec {
+    fn default() -> Self {
+        PdbSpec {
+            enabled: true,
+            max_unavailable: 1,
+        }
+    }
+}
+
+/// The StatefulSet's `persistentVolumeClaimRetentionPolicy`. `Retain` (the default) keeps data
+/// when the cluster is deleted: deleting a database should take a deliberate second step.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PvcRetention {
+    pub when_deleted: RetentionPolicy,
+    pub when_scaled: RetentionPolicy,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RetentionPolicy {
+    #[default]
+    Retain,
+    Delete,
+}
+
+impl RetentionPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetentionPolicy::Retain => "Retain",
+            RetentionPolicy::Delete => "Delete",
+        }
+    }
+}
+
+/// The gateway's API token, read from a Secret in the cluster's namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Key of the token in the Secret (default `token`).
+    #[serde(default = "default_auth_key")]
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+fn default_auth_key() -> String {
+    "token".into()
+}

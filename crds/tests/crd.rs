@@ -1,0 +1,87 @@
+//! The committed CRD and examples are held to the types: a drift fails here with the command
+//! that fixes it.
+
+use std::path::{Path, PathBuf};
+
+use kv_crds::{KvCluster, KvClusterSpec, PullPolicy, ServiceType, SyncMode};
+
+fn crate_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn committed_crd_matches_the_types() {
+    let path = crate_dir().join(kv_crds::CRD_FILE);
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    let generated = kv_crds::crd_yaml();
+    assert!(
+        committed == generated,
+        "{} differs from the types: run `cargo run -p kv-crds --bin crdgen` and review the diff",
+        path.display()
+    );
+}
+
+#[test]
+fn generated_crd_has_subresources_columns_and_rules() {
+    let yaml = kv_crds::crd_yaml();
+    for needle in [
+        "name: kvclusters.kvstore.dev",
+        "specReplicasPath: .spec.replicas",
+        "statusReplicasPath: .status.replicas",
+        "status: {}",
+        "name: Phase",
+        "rule: \"!has(self.nodePort) || self.type != 'ClusterIP'\"",
+        "x-kubernetes-list-type: map",
+        "- Retain",
+    ] {
+        assert!(yaml.contains(needle), "CRD lacks `{needle}`");
+    }
+}
+
+fn load(path: &Path) -> KvCluster {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn every_example_parses() {
+    let dir = crate_dir().join("examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let cluster = load(&path);
+            assert!(
+                cluster.metadata.name.is_some(),
+                "{}: no name",
+                path.display()
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2, "expected the examples in {}", dir.display());
+}
+
+#[test]
+fn empty_spec_takes_documented_defaults() {
+    let cluster = load(&crate_dir().join("examples/minimal.yaml"));
+    assert_eq!(cluster.spec, KvClusterSpec::default());
+    assert_eq!(cluster.spec.replicas, 3);
+    assert_eq!(cluster.spec.vnodes, 150);
+    assert_eq!(cluster.spec.storage.size.0, "1Gi");
+    assert_eq!(cluster.spec.server.sync, SyncMode::Full);
+    assert_eq!(cluster.spec.gateway.replicas, 2);
+    assert!(cluster.spec.pod_disruption_budget.enabled);
+}
+
+#[test]
+fn full_example_sets_every_section() {
+    let spec = load(&crate_dir().join("examples/full.yaml")).spec;
+    assert_eq!(spec.replicas, 5);
+    assert_eq!(spec.image.pull_policy, PullPolicy::Always);
+    assert_eq!(spec.gateway.service.type_, ServiceType::NodePort);
+    assert_eq!(spec.gateway.service.node_port, Some(30800));
+    assert_eq!(spec.storage.storage_class_name.as_deref(), Some("fast-ssd"));
+    assert!(spec.server.scheduling.affinity.is_some());
+    assert_eq!(spec.auth.unwrap().key, "token");
+}

@@ -1,0 +1,24 @@
+//! The kvstore operator: a kube-runtime `Controller` that turns each `KvCluster` into a
+//! StatefulSet of `kv-server`s, a `kv-gateway` Deployment and their Services, permissions,
+//! disruption budget and network policy, and reports what it sees in the cluster's status.
+//!
+//! - `render`: desired state as a pure function (held by golden files).
+//! - `plan`: what is applied vs. refused (scaling, immutable storage), also pure.
+//! - `reconcile`: the pass itself (server-side apply, Events, status) and `error_policy`.
+//! - `controller`: the CRD check, leader election and the `Controller` wiring; `http`: the
+//!   operator's own `/health` and `/metrics`.
+
+pub mod config;
+pub mod controller;
+pub mod error;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod names;
+pub mod plan;
+pub mod reconcile;
+pub mod render;
+
+pub use config::{OperatorConfig, RenderConfig};
+pub use controller::{check_crd, run};
+pub use error::{Error, Result};

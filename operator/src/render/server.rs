@@ -1,0 +1,241 @@
+//! The storage servers: a StatefulSet (stable names = stable ring places, one PVC each) and
+//! its headless Service.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
+    StatefulSetSpec, StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    LocalObjectReference, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecurityContext, Service, ServicePort,
+    ServiceSpec, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kv_crds::Scheduling;
+
+use super::Ctx;
+use crate::names::{Component, DATA_DIR, DATA_VOLUME, PORT_NAME, SERVER_PORT};
+
+/// UID/GID of the distroless `nonroot` user; `fsGroup` makes the volume writable for it.
+const NON_ROOT: i64 = 65532;
+
+/// Headless: every pod gets a DNS name, and `publishNotReadyAddresses` keeps a restarting
+/// server in the EndpointSlices, so the gateway keeps its ring place (readiness is health,
+/// not membership).
+pub(super) fn headless_service(ctx: &Ctx) -> Service {
+    Service {
+        metadata: ctx.meta(ctx.names.server(), Component::Server),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(ctx.names.selector(Component::Server)),
+            ports: Some(vec![ServicePort {
+                name: Some(PORT_NAME.into()),
+                port: SERVER_PORT,
+                target_port: Some(IntOrString::String(PORT_NAME.into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+pub(super) fn stateful_set(ctx: &Ctx) -> StatefulSet {
+    let spec = &ctx.cluster.spec;
+    let retention = &spec.pvc_retention;
+    StatefulSet {
+        metadata: ctx.meta(ctx.names.server(), Component::Server),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(ctx.plan.replicas),
+            service_name: Some(ctx.names.server()),
+            selector: LabelSelector {
+                match_labels: Some(ctx.names.selector(Component::Server)),
+                ..LabelSelector::default()
+            },
+            // Servers do not depend on each other: start them together. Updates still roll one
+            // pod at a time, each waiting for the previous one to be ready.
+            pod_management_policy: Some("Parallel".into()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateStatefulSetStrategy {
+                    max_unavailable: Some(IntOrString::Int(1)),
+                    partition: Some(0),
+                }),
+            }),
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some(retention.when_deleted.as_str().into()),
+                    when_scaled: Some(retention.when_scaled.as_str().into()),
+                },
+            ),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(ctx.names.labels(Component::Server)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec(ctx)),
+            },
+            volume_claim_templates: Some(vec![volume_claim_template(ctx)]),
+            ..StatefulSetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn pod_spec(ctx: &Ctx) -> PodSpec {
+    let spec = &ctx.cluster.spec;
+    let mut pod = PodSpec {
+        containers: vec![server_container(ctx)],
+        // kv-server drains in-flight writes on SIGTERM; 30 s covers a slow fsync.
+        termination_grace_period_seconds: Some(30),
+        // Servers never call the API server.
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(NON_ROOT),
+            run_as_group: Some(NON_ROOT),
+            fs_group: Some(NON_ROOT),
+            ..PodSecurityContext::default()
+        }),
+        image_pull_secrets: pull_secrets(&spec.image.pull_secrets),
+        ..PodSpec::default()
+    };
+    apply_scheduling(&mut pod, &spec.server.scheduling);
+    pod
+}
+
+fn server_container(ctx: &Ctx) -> Container {
+    let spec = &ctx.cluster.spec;
+    let env = |name: &str, value: String| EnvVar {
+        name: name.into(),
+        value: Some(value),
+        value_from: None,
+    };
+    Container {
+        name: "kv-server".into(),
+        image: Some(
+            spec.image
+                .server
+                .clone()
+                .unwrap_or_else(|| ctx.config.server_image.clone()),
+        ),
+        image_pull_policy: Some(format!("{:?}", spec.image.pull_policy)),
+        args: Some(vec![
+            "--listen".into(),
+            format!("0.0.0.0:{SERVER_PORT}"),
+            "--data-dir".into(),
+            DATA_DIR.into(),
+        ]),
+        env: Some(vec![
+            EnvVar {
+                name: "POD_NAME".into(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.name".into(),
+                        api_version: None,
+                    }),
+                    ..EnvVarSource::default()
+                }),
+            },
+            // The server's name in its stats is its ring name.
+            env("KV_NODE_NAME", "$(POD_NAME)".into()),
+            env("KV_CACHE_SIZE", spec.server.cache_size.to_string()),
+            env("KV_SYNC", spec.server.sync.as_flag().into()),
+            env("KV_LOG_FORMAT", "json".into()),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some(PORT_NAME.into()),
+            container_port: SERVER_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        // Opening a large seed database (index migration) can take a while: the startup probe
+        // gives it up to 5 minutes before liveness applies.
+        startup_probe: Some(http_probe("/health", 2, 150)),
+        liveness_probe: Some(http_probe("/health", 10, 3)),
+        readiness_probe: Some(http_probe("/ready", 5, 2)),
+        resources: spec.server.resources.clone(),
+        volume_mounts: Some(vec![VolumeMount {
+            name: DATA_VOLUME.into(),
+            mount_path: DATA_DIR.into(),
+            ..VolumeMount::default()
+        }]),
+        security_context: Some(restricted_container()),
+        ..Container::default()
+    }
+}
+
+fn volume_claim_template(ctx: &Ctx) -> PersistentVolumeClaim {
+    let storage = &ctx.plan.storage;
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(DATA_VOLUME.into()),
+            labels: Some(ctx.names.selector(Component::Server)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".into(), storage.size.clone())])),
+                limits: None,
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// An HTTP probe on the named port.
+pub(super) fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(PORT_NAME.into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        failure_threshold: Some(failure_threshold),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+pub(super) fn restricted_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+pub(super) fn pull_secrets(names: &[String]) -> Option<Vec<LocalObjectReference>> {
+    (!names.is_empty()).then(|| {
+        names
+            .iter()
+            .map(|n| LocalObjectReference { name: n.clone() })
+            .collect()
+    })
+}
+
+pub(super) fn apply_scheduling(pod: &mut PodSpec, scheduling: &Scheduling) {
+    let non_empty = |v: &Vec<_>| !v.is_empty();
+    pod.node_selector =
+        (!scheduling.node_selector.is_empty()).then(|| scheduling.node_selector.clone());
+    pod.tolerations = Some(scheduling.tolerations.clone()).filter(non_empty);
+    pod.affinity = scheduling.affinity.clone();
+    pod.topology_spread_constraints =
+        Some(scheduling.topology_spread_constraints.clone()).filter(|v| !v.is_empty());
+}
