@@ -14,7 +14,7 @@ use super::stats::Op;
 
 /// Characters escaped in a key: everything but RFC 3986's unreserved ones, so a key containing
 /// `/`, `?`, `%` or spaces still is one path segment.
-const KEY_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
+pub(crate) const KEY_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')

@@ -3,29 +3,67 @@
 //! for a thread pool sized for a load test.
 
 mod bench;
+mod clean;
+mod get;
+mod output;
+mod put;
+mod servers;
+mod stats;
+mod up;
+mod versions;
 
 use std::error::Error as _;
+use std::future::Future;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::bench::BenchArgs;
+use crate::bench::config::parse_duration;
+use crate::client::{Client, DEFAULT_TIMEOUT};
+use crate::{Error, Result};
+
+pub use clean::CleanArgs;
+pub use get::GetArgs;
+pub use put::PutArgs;
+pub use servers::ServersArgs;
+pub use stats::StatsArgs;
+pub use up::UpArgs;
+pub use versions::VersionsArgs;
 
 /// Where the local gateway listens (`kvstore up`).
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8000";
 
-/// Exit codes.
+/// Exit codes, the same for every subcommand (`kvstore clean` keeps `kv-server clean`'s: 2 when
+/// a running server holds a database).
 pub mod exit {
     pub const SUCCESS: u8 = 0;
-    /// The command failed (including: a bench where every request failed).
+    /// The command failed: network error, timeout, 5xx, a bench where every request failed.
     pub const FAILURE: u8 = 1;
-    /// Bad command line (clap's own code).
+    /// Bad command line (clap's own code), or a 4xx answer other than the two below.
     pub const USAGE: u8 = 2;
+    /// The key, or the version asked for, does not exist (404).
+    pub const NOT_FOUND: u8 = 3;
+    /// `put --if-version N` and the key is not at version N (412).
+    pub const CONFLICT: u8 = 4;
 }
 
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  failure: cannot reach the gateway, timeout, server error (5xx)
+  2  bad command line, or a request the service refused (4xx other than 3 and 4)
+  3  not found: no such key, or no such version of it (404)
+  4  conflict: `put --if-version N` and the key is not at version N (412)
+`kvstore clean` keeps `kv-server clean`'s codes: 2 when a running server holds a database.";
+
 /// kvstore: a distributed versioned key-value store.
+///
+/// `kvstore up` runs a local cluster; `put`, `get`, `versions`, `servers` and `stats` talk to a
+/// gateway (`--url`, by default the local one).
 #[derive(Debug, Parser)]
-#[command(name = "kvstore", version, about)]
+#[command(name = "kvstore", version, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -39,13 +77,44 @@ pub struct GlobalArgs {
     /// Base URL of the gateway (or of one server).
     #[arg(long, global = true, env = "KVSTORE_URL", default_value = DEFAULT_URL)]
     pub url: String,
-    /// Print one JSON object on stdout instead of human-readable text.
+    /// Print JSON on stdout instead of human-readable text (for `put`, `get`, `versions` and
+    /// `servers`: the service's answer as it is).
     #[arg(long, global = true)]
     pub json: bool,
 }
 
+/// Flags of the commands that send requests to `--url`.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Time each request may take, e.g. `10s`, `500ms`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+impl Default for ClientArgs {
+    fn default() -> Self {
+        ClientArgs {
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a local cluster (servers and gateway in this process) until Ctrl-C.
+    Up(UpArgs),
+    /// Store a new version of a key.
+    Put(PutArgs),
+    /// Read the latest version of a key, or `--version N`.
+    Get(GetArgs),
+    /// List a key's versions, oldest first.
+    Versions(VersionsArgs),
+    /// List the servers on the gateway's ring, with their health.
+    Servers(ServersArgs),
+    /// Cache and database statistics of every server, or of `--server NAME`.
+    Stats(StatsArgs),
+    /// Empty every database under a data directory (`--dry-run` to preview).
+    Clean(CleanArgs),
     /// Load generator: N connections sending GETs and PUTs, then throughput and latency
     /// percentiles.
     Bench(BenchArgs),
@@ -53,11 +122,19 @@ pub enum Command {
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    let global = &cli.global;
     let result = match &cli.command {
-        Command::Bench(args) => bench::command(&cli.global, args),
+        Command::Up(args) => up::command(global, args),
+        Command::Put(args) => put::command(global, args),
+        Command::Get(args) => get::command(global, args),
+        Command::Versions(args) => versions::command(global, args),
+        Command::Servers(args) => servers::command(global, args),
+        Command::Stats(args) => stats::command(global, args),
+        Command::Clean(args) => clean::command(args),
+        Command::Bench(args) => bench::command(global, args).map(|()| exit::SUCCESS),
     };
     match result {
-        Ok(()) => ExitCode::from(exit::SUCCESS),
+        Ok(code) => ExitCode::from(code),
         Err(error) => {
             let mut message = format!("error: {error}");
             let mut source = error.source();
@@ -66,9 +143,22 @@ pub fn run(cli: Cli) -> ExitCode {
                 source = cause.source();
             }
             eprintln!("{message}");
-            ExitCode::from(exit::FAILURE)
+            ExitCode::from(error.exit_code())
         }
     }
+}
+
+/// Runs a client command's future on a small runtime: one request at a time needs no pool.
+fn block_on(future: impl Future<Output = Result<u8>>) -> Result<u8> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?
+        .block_on(future)
+}
+
+fn client(global: &GlobalArgs, args: &ClientArgs) -> Result<Client> {
+    Client::new(&global.url, args.timeout)
 }
 
 #[cfg(test)]
@@ -90,7 +180,9 @@ mod tests {
         assert!(cli.global.json);
         let cli = Cli::try_parse_from(["kvstore", "--json", "bench", "-c", "3"]).unwrap();
         assert!(cli.global.json);
-        let Command::Bench(args) = cli.command;
+        let Command::Bench(args) = cli.command else {
+            panic!("not bench");
+        };
         assert_eq!(args.connections, 3);
     }
 
@@ -98,5 +190,28 @@ mod tests {
     fn a_bad_flag_is_a_usage_error() {
         let err = Cli::try_parse_from(["kvstore", "bench", "--read-ratio", "2"]).unwrap_err();
         assert_eq!(err.exit_code(), i32::from(exit::USAGE));
+    }
+
+    #[test]
+    fn values_that_look_like_flags_or_negative_numbers() {
+        let cli = Cli::try_parse_from(["kvstore", "put", "k", "-5", "--json"]).unwrap();
+        let Command::Put(args) = cli.command else {
+            panic!("not put");
+        };
+        assert_eq!(args.value.as_deref(), Some("-5"));
+        assert!(cli.global.json);
+        let cli = Cli::try_parse_from(["kvstore", "put", "k", "-"]).unwrap();
+        let Command::Put(args) = cli.command else {
+            panic!("not put");
+        };
+        assert_eq!(args.value.as_deref(), Some("-"));
+        // A value is required, from the command line or a file, not both.
+        for bad in [
+            &["kvstore", "put", "k"][..],
+            &["kvstore", "put", "k", "v", "--file", "f"],
+        ] {
+            let err = Cli::try_parse_from(bad).unwrap_err();
+            assert_eq!(err.exit_code(), i32::from(exit::USAGE), "{bad:?}");
+        }
     }
 }

@@ -1,0 +1,316 @@
+//! `kvstore up` as a library: N storage servers and a gateway in this process, on one tokio
+//! runtime, each through its crate's `run(listener, config, shutdown)`.
+//!
+//! [`start`] returns once every member and the gateway answer `/ready`, with the bound
+//! addresses; [`Cluster::wait`] returns once the shutdown future has fired and everything has
+//! stopped: the gateway first (no new requests), then the servers, which finish their queued
+//! writes and close their databases.
+//!
+//! Members are named `server-1` ... `server-N` and keep their data in `DATA_DIR/server-i`. The
+//! gateway places keys by member *name* (not address), so the same `--servers` and
+//! `--data-dir` find every key again on the next start, whatever ports the servers get.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kv_server::store::SyncMode;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::client::Client;
+use crate::{Error, Result};
+
+/// Most servers `kvstore up` starts: it is a development cluster on one machine.
+pub const MAX_SERVERS: usize = 64;
+
+/// How to start a local cluster. Flags of `kvstore up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterConfig {
+    /// Number of storage servers (`server-1` ... `server-N`). Keys are placed by server name:
+    /// starting again with another N moves keys to servers that do not hold them.
+    #[arg(long, default_value_t = 3)]
+    pub servers: usize,
+    /// Directory holding each server's data, in `DIR/server-1`, `DIR/server-2`, ...
+    #[arg(long, env = "KV_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Address of the gateway, the cluster's entry point (`127.0.0.1:0`: any free port).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+    /// First port of the servers, on 127.0.0.1 (server-i gets PORT+i-1); default: free ports
+    /// chosen by the system, printed at start.
+    #[arg(long, value_name = "PORT")]
+    pub server_port: Option<u16>,
+    /// Keys in each server's LRU cache (0 disables it).
+    #[arg(long, default_value_t = 100)]
+    pub cache_size: usize,
+    /// `full`: fsync every commit; `normal`: no fsync on commit (faster, may lose the last
+    /// commits on power loss, never on a crash of this process).
+    #[arg(long, value_enum, default_value_t = SyncMode::Full)]
+    pub sync: SyncMode,
+}
+
+impl ClusterConfig {
+    /// The defaults of `kvstore up`, with the given data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> ClusterConfig {
+        ClusterConfig {
+            servers: 3,
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            server_port: None,
+            cache_size: 100,
+            sync: SyncMode::Full,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=MAX_SERVERS).contains(&self.servers) {
+            return Err(Error::Config(format!(
+                "--servers must be from 1 to {MAX_SERVERS}, got {}",
+                self.servers
+            )));
+        }
+        if let Some(port) = self.server_port
+            && (port == 0 || usize::from(port) + self.servers - 1 > usize::from(u16::MAX))
+        {
+            return Err(Error::Config(format!(
+                "--server-port {port} leaves no room for {} servers",
+                self.servers
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One storage server of a running cluster.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServerInfo {
+    /// Its name on the gateway's ring: `server-i`.
+    pub name: String,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+impl ServerInfo {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// A running cluster: where it listens, and the task that stops it.
+#[derive(Debug)]
+pub struct Cluster {
+    pub gateway: SocketAddr,
+    pub servers: Vec<ServerInfo>,
+    supervisor: JoinHandle<Result<()>>,
+}
+
+impl Cluster {
+    pub fn gateway_url(&self) -> String {
+        format!("http://{}", self.gateway)
+    }
+
+    /// The gateway's Swagger UI.
+    pub fn docs_url(&self) -> String {
+        format!("{}/docs", self.gateway_url())
+    }
+
+    /// Waits until the shutdown future given to [`start`] has fired and every part has
+    /// stopped (or one part failed, which stops the others too).
+    pub async fn wait(self) -> Result<()> {
+        self.supervisor
+            .await
+            .map_err(|e| Error::Internal(format!("cluster task failed: {e}")))?
+    }
+}
+
+type ServerTasks = JoinSet<(String, std::result::Result<(), kv_server::Error>)>;
+
+/// Starts the cluster and returns once it serves; `shutdown` stops it (see [`Cluster::wait`]).
+///
+/// Every listener is bound before any database is opened, so a busy port fails fast. A data
+/// directory held by another process gives [`Error::DataDirInUse`], and whatever had started
+/// is stopped again before this returns.
+pub async fn start(
+    config: &ClusterConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Cluster> {
+    config.validate()?;
+    let gateway_listener = bind(config.listen).await?;
+    let gateway = local_addr(&gateway_listener)?;
+    let mut listeners = Vec::new();
+    for i in 0..config.servers {
+        let port = config.server_port.map_or(0, |p| p + i as u16);
+        listeners.push(bind(SocketAddr::from(([127, 0, 0, 1], port))).await?);
+    }
+
+    let mut shutdown = Box::pin(shutdown);
+    let (servers_stop, servers_stopped) = watch::channel(false);
+    let mut tasks = ServerTasks::new();
+    let mut servers = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let info = ServerInfo {
+            name: format!("server-{}", i + 1),
+            addr: local_addr(&listener)?,
+            data_dir: config.data_dir.join(format!("server-{}", i + 1)),
+        };
+        let mut server = kv_server::ServerConfig::new(&info.data_dir);
+        server.listen = info.addr;
+        server.node_name = info.name.clone();
+        server.cache_size = config.cache_size;
+        server.sync = config.sync;
+        let name = info.name.clone();
+        let stop = stopped(servers_stopped.clone());
+        tasks.spawn(async move { (name, kv_server::run(listener, server, stop).await) });
+        servers.push(info);
+    }
+    // Wait for every server to open its database; give up on the first failure.
+    for server in &servers {
+        tokio::select! {
+            () = wait_ready(server.url()) => {}
+            Some(joined) = tasks.join_next() => {
+                let error = server_error(joined, &servers)
+                    .unwrap_or_else(|| Error::Internal("a server stopped while starting".into()));
+                stop_servers(&servers_stop, tasks).await;
+                return Err(error);
+            }
+            () = &mut shutdown => {
+                stop_servers(&servers_stop, tasks).await;
+                return Err(Error::Interrupted);
+            }
+        }
+    }
+
+    let backends = servers.iter().map(|s| (s.name.clone(), s.url()));
+    let mut gateway_config = match kv_gateway::GatewayConfig::with_backends(backends) {
+        Ok(config) => config,
+        Err(e) => {
+            stop_servers(&servers_stop, tasks).await;
+            return Err(Error::Gateway(e));
+        }
+    };
+    gateway_config.listen = gateway;
+    let (gateway_stop, gateway_stopped) = watch::channel(false);
+    let mut gateway_task = tokio::spawn(kv_gateway::run(
+        gateway_listener,
+        gateway_config,
+        stopped(gateway_stopped),
+    ));
+    // Ready = the gateway's first health checks have found the servers.
+    let early = tokio::select! {
+        () = wait_ready(format!("http://{gateway}")) => None,
+        joined = &mut gateway_task => Some(gateway_result(joined).err().unwrap_or_else(|| {
+            Error::Internal("the gateway stopped while starting".into())
+        })),
+        () = &mut shutdown => Some(Error::Interrupted),
+    };
+    if let Some(error) = early {
+        let _ = gateway_stop.send(true);
+        if !gateway_task.is_finished() {
+            let _ = gateway_task.await;
+        }
+        stop_servers(&servers_stop, tasks).await;
+        return Err(error);
+    }
+
+    let supervisor = tokio::spawn({
+        let servers = servers.clone();
+        async move {
+            let mut failure = None;
+            let mut gateway_done = false;
+            tokio::select! {
+                () = shutdown => {}
+                joined = &mut gateway_task => {
+                    gateway_done = true;
+                    failure = gateway_result(joined).err();
+                }
+                Some(joined) = tasks.join_next() => failure = server_error(joined, &servers),
+            }
+            // The gateway first, so no request reaches a server that is closing.
+            let _ = gateway_stop.send(true);
+            if !gateway_done {
+                let result = gateway_result(gateway_task.await);
+                failure = failure.or(result.err());
+            }
+            let _ = servers_stop.send(true);
+            while let Some(joined) = tasks.join_next().await {
+                failure = failure.or(server_error(joined, &servers));
+            }
+            failure.map_or(Ok(()), Err)
+        }
+    });
+    Ok(Cluster {
+        gateway,
+        servers,
+        supervisor,
+    })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+fn local_addr(listener: &TcpListener) -> Result<SocketAddr> {
+    listener
+        .local_addr()
+        .map_err(|e| Error::Internal(format!("cannot read a listener's address: {e}")))
+}
+
+/// Resolves once `true` is sent, or the sender is gone (nobody can stop us any more).
+async fn stopped(mut receiver: watch::Receiver<bool>) {
+    let _ = receiver.wait_for(|stop| *stop).await;
+}
+
+/// Polls `GET {url}/ready` until it answers 200. Callers race it against the task it probes,
+/// so a server that fails to start is noticed at once rather than by a timeout.
+async fn wait_ready(url: String) {
+    let Ok(client) = Client::new(&url, Duration::from_secs(2)) else {
+        return std::future::pending().await;
+    };
+    loop {
+        if let Ok(answer) = client.get("/ready").await
+            && answer.status.is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn stop_servers(stop: &watch::Sender<bool>, mut tasks: ServerTasks) {
+    let _ = stop.send(true);
+    while tasks.join_next().await.is_some() {}
+}
+
+/// The error of a server task that ended, if it failed; a locked database gets its own error.
+fn server_error(
+    joined: std::result::Result<(String, kv_server::Result<()>), tokio::task::JoinError>,
+    servers: &[ServerInfo],
+) -> Option<Error> {
+    match joined {
+        Ok((_, Ok(()))) => None,
+        Ok((_, Err(kv_server::Error::DatabaseInUse { path }))) => {
+            // Name the server's directory, which is what the user gave (via --data-dir).
+            let dir = servers
+                .iter()
+                .find(|s| path.starts_with(&s.data_dir))
+                .map_or(path, |s| s.data_dir.clone());
+            Some(Error::DataDirInUse { path: dir })
+        }
+        Ok((name, Err(source))) => Some(Error::Server { name, source }),
+        Err(e) => Some(Error::Internal(format!("a server task failed: {e}"))),
+    }
+}
+
+fn gateway_result(
+    joined: std::result::Result<kv_gateway::Result<()>, tokio::task::JoinError>,
+) -> Result<()> {
+    match joined {
+        Ok(result) => result.map_err(Error::Gateway),
+        Err(e) => Err(Error::Internal(format!("the gateway task failed: {e}"))),
+    }
+}

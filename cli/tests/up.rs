@@ -1,0 +1,175 @@
+//! `kvstore up`: through the library (restart on the same data directory keeps every version;
+//! a data directory in use is refused; `kvstore clean`), and the real binary once, stopped
+//! with SIGINT.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BIN, TestCluster, assert_code, json, kvstore_at, stderr, stdout};
+
+#[test]
+fn a_restart_on_the_same_data_dir_finds_every_key_and_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::start(dir.path());
+    // key -> (owner, values in version order)
+    let mut written: BTreeMap<String, (String, Vec<serde_json::Value>)> = BTreeMap::new();
+    for i in 0..12 {
+        let key = format!("k/{i}");
+        for v in 0..=(i % 3) {
+            let value = format!("{i}-{v}");
+            let put = json(&cluster.kvstore(&["put", &key, &value, "--json"]));
+            let entry = written.entry(key.clone()).or_default();
+            entry.0 = put["server_used"].as_str().unwrap().to_owned();
+            entry.1.push(value.into());
+        }
+    }
+    let ports: Vec<u16> = cluster.servers.iter().map(|s| s.addr.port()).collect();
+    cluster.stop();
+
+    let cluster = TestCluster::start(dir.path());
+    for (key, (owner, values)) in &written {
+        let all = json(&cluster.kvstore(&["versions", key, "--all", "--json"]));
+        let got: Vec<_> = all["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["value"].clone())
+            .collect();
+        assert_eq!(&got, values, "{key}");
+        // Placement follows names, not ports: the same member owns the key.
+        assert_eq!(all["server_used"], owner.as_str(), "{key}");
+    }
+    let new_ports: Vec<u16> = cluster.servers.iter().map(|s| s.addr.port()).collect();
+    assert_ne!(
+        ports, new_ports,
+        "ephemeral ports (a coincidence is possible but unlikely)"
+    );
+    for (i, s) in cluster.servers.iter().enumerate() {
+        assert_eq!(s.data_dir, dir.path().join(format!("server-{}", i + 1)));
+        assert!(s.data_dir.join("kv_store.db").is_file());
+    }
+    cluster.stop();
+}
+
+#[test]
+fn a_data_dir_in_use_is_refused_and_the_running_cluster_is_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::start(dir.path());
+    assert_code(&cluster.kvstore(&["put", "k", "v"]), 0);
+
+    let err = TestCluster::try_start(dir.path()).err().expect("refused");
+    assert!(matches!(err, kvstore::Error::DataDirInUse { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&dir.path().join("server-").display().to_string()),
+        "{message}"
+    );
+    assert!(message.contains("in use by another process"), "{message}");
+
+    // While it runs, the clean-up refuses too (kv-server clean's exit code 2).
+    let data_dir = dir.path().to_str().unwrap();
+    assert_code(
+        &cluster.kvstore(&["clean", "--data-dir", data_dir, "--yes"]),
+        2,
+    );
+    assert_eq!(
+        json(&cluster.kvstore(&["get", "k", "--json"]))["value"],
+        "v"
+    );
+    cluster.stop();
+}
+
+#[test]
+fn clean_previews_then_empties_the_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let cluster = TestCluster::start(dir.path());
+    for i in 0..10 {
+        assert_code(&cluster.kvstore(&["put", &format!("key-{i}"), "x"]), 0);
+    }
+    cluster.stop();
+
+    let out = kvstore_at(
+        "http://unused",
+        &["clean", "--data-dir", data_dir, "--dry-run"],
+        None,
+    );
+    assert_code(&out, 0);
+    let preview = stdout(&out);
+    for i in 1..=3 {
+        assert!(preview.contains(&format!("server-{i}")), "{preview}");
+    }
+    let cluster = TestCluster::start(dir.path());
+    assert_code(&cluster.kvstore(&["get", "key-3"]), 0);
+    cluster.stop();
+
+    assert_code(
+        &kvstore_at(
+            "http://unused",
+            &["clean", "--data-dir", data_dir, "--yes"],
+            None,
+        ),
+        0,
+    );
+    let cluster = TestCluster::start(dir.path());
+    assert_code(&cluster.kvstore(&["get", "key-3"]), 3);
+    cluster.stop();
+}
+
+/// The binary as a user runs it: `kvstore up`, then Ctrl-C (SIGINT) stops it with exit code 0.
+#[test]
+fn the_up_binary_serves_until_sigint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["up", "--json", "--listen", "127.0.0.1:0", "--servers", "2"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The summary comes once everything is ready.
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("summary {line:?}: {e}"));
+    let url = summary["gateway"].as_str().unwrap().to_owned();
+    assert_eq!(summary["docs"], format!("{url}/docs"));
+    assert_eq!(summary["servers"].as_array().unwrap().len(), 2);
+    assert_eq!(summary["servers"][1]["name"], "server-2");
+
+    assert_code(&kvstore_at(&url, &["put", "greeting", "hello"], None), 0);
+    let got = kvstore_at(&url, &["get", "greeting", "--json"], None);
+    assert_eq!(json(&got)["value"], "hello");
+
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kvstore up did not stop on SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("every server stopped cleanly"),
+        "{}",
+        stderr(&out)
+    );
+}
