@@ -42,26 +42,55 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     config.validate()?;
+    let client = match &config.kubernetes.service {
+        Some(_) => Some(
+            kube::Client::try_default()
+                .await
+                .map_err(|e| Error::Kube(Box::new(e)))?,
+        ),
+        None => None,
+    };
+    serve(listener, config, client, shutdown).await
+}
+
+/// [`run`] with a given Kubernetes client (used only with `--k8s-service`), e.g. one talking
+/// to a test's fake API server.
+pub async fn run_with_client(
+    listener: tokio::net::TcpListener,
+    config: GatewayConfig,
+    client: kube::Client,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    config.validate()?;
+    serve(listener, config, Some(client), shutdown).await
+}
+
+async fn serve(
+    listener: tokio::net::TcpListener,
+    config: GatewayConfig,
+    client: Option<kube::Client>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let state = AppState::new(&config)?;
     let mut tasks = tokio::task::JoinSet::new();
-    if let Some(service) = &config.kubernetes.service {
-        let client = kube::Client::try_default()
-            .await
-            .map_err(|e| Error::Kube(Box::new(e)))?;
-        let discovery = Discovery {
-            namespace: config
-                .kubernetes
-                .namespace
-                .clone()
-                .unwrap_or_else(|| client.default_namespace().to_owned()),
-            service: service.clone(),
-            port_name: config.kubernetes.port_name.clone(),
-            removal_grace: std::time::Duration::from_secs(config.kubernetes.removal_grace_secs),
-        };
-        tracing::info!(?discovery, "discovering servers from EndpointSlices");
-        tasks.spawn(kubernetes::watch(client, discovery, state.topology.clone()));
-    } else {
-        state.topology.update(config.backends.clone());
+    match (&config.kubernetes.service, client) {
+        (Some(service), Some(client)) => {
+            let discovery = Discovery {
+                namespace: config
+                    .kubernetes
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| client.default_namespace().to_owned()),
+                service: service.clone(),
+                port_name: config.kubernetes.port_name.clone(),
+                removal_grace: std::time::Duration::from_secs(config.kubernetes.removal_grace_secs),
+            };
+            tracing::info!(?discovery, "discovering servers from EndpointSlices");
+            tasks.spawn(kubernetes::watch(client, discovery, state.topology.clone()));
+        }
+        _ => {
+            state.topology.update(config.backends.clone());
+        }
     }
     tasks.spawn(health::run_checks(
         state.topology.clone(),
