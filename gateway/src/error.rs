@@ -124,7 +124,8 @@ impl IntoResponse for Error {
         } else {
             // A down member is logged once, when it goes down (see `health`); logging each
             // refused request would flood the log exactly when it matters.
-            if let Error::ServerDown { .. } = self {
+            // `/ready` polled before the first health check is expected at start-up.
+            if let Error::ServerDown { .. } | Error::NotReady = self {
                 tracing::debug!(error = %self, "member unavailable");
             } else if status.is_server_error() {
                 tracing::warn!(error = %self, "member unavailable");

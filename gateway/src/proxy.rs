@@ -34,7 +34,7 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// and are the gateway's own business.
 const PASSED_HEADERS: [HeaderName; 3] = [header::CONTENT_TYPE, header::ALLOW, header::RETRY_AFTER];
 
-/// `PUT|POST /put/{key}`, optionally `?if_version=N`.
+/// Store a new version of a key (compare-and-set with if_version).
 #[utoipa::path(put, path = "/put/{key}", tag = "keys",
     params(("key" = String, Path, description = "The key, one percent-encoded path segment"),
            ("if_version" = Option<u64>, Query, description = "Only write if the latest version is this one (412 otherwise)")),
@@ -76,7 +76,7 @@ pub async fn put(
     .await
 }
 
-/// `POST /put/{key}`: the seed's method, same as `PUT`.
+/// Store a new version of a key (the seed's method, same as PUT).
 #[utoipa::path(post, path = "/put/{key}", tag = "keys",
     params(("key" = String, Path), ("if_version" = Option<u64>, Query)),
     request_body = kv_common::api::PutBody,
@@ -84,7 +84,7 @@ pub async fn put(
 #[allow(dead_code)] // Documentation only: the route is served by `put`.
 fn put_post_doc() {}
 
-/// `GET /get/{key}`, optionally `?version=N`.
+/// Read the latest version of a key, or an exact version.
 #[utoipa::path(get, path = "/get/{key}", tag = "keys",
     params(("key" = String, Path), ("version" = Option<u64>, Query, description = "A past version; the latest if absent")),
     responses((status = 200, body = kv_common::api::GetResponse),
@@ -98,7 +98,7 @@ pub async fn get(
     forward(&state, Method::GET, "get", key, query, None).await
 }
 
-/// `GET /versions/{key}?after=N&limit=M`.
+/// List a key's versions, oldest first, a page at a time.
 #[utoipa::path(get, path = "/versions/{key}", tag = "keys",
     params(("key" = String, Path), ("after" = Option<u64>, Query), ("limit" = Option<u64>, Query)),
     responses((status = 200, body = kv_common::api::VersionsResponse),

@@ -21,8 +21,8 @@ pub struct StatsQuery {
     server: Option<String>,
 }
 
-/// `GET /servers`: the seed's `servers` and `count`, plus each member's URL, health and ring
-/// share, and the ring epoch.
+/// The servers on the ring: the seed's servers and count, plus each member's URL, health and
+/// ring share, and the ring epoch.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ServersResponse {
     /// Member names, sorted.

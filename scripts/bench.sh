@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The benchmarks of docs/benchmarks.md: durable PUT and cached GET at 32 connections, against
+# one kv-server, then through the gateway over 3 servers. Release builds, everything on
+# 127.0.0.1, the load generator (`kvstore bench`) on the same machine. Reports (table and
+# JSON) go to target/bench/. Usage: scripts/bench.sh [seconds per run, default 10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${1:-10}"
+TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
+BIN="$TARGET/release"
+OUT="$PWD/target/bench"
+DATA=$(mktemp -d)
+mkdir -p "$OUT"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$DATA"
+}
+trap cleanup EXIT
+
+wait_ready() {
+    for _ in $(seq 1 100); do
+        curl -fsS "$1/ready" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "FAIL: $1 never became ready" >&2
+    exit 1
+}
+
+bench() { # name url read-ratio
+    echo
+    echo "== $1"
+    "$BIN/kvstore" --url "$2" bench --connections 32 --duration "${DURATION}s" \
+        --keys 1000 --value-size 100 --read-ratio "$3" 2>/dev/null | tee "$OUT/$1.txt"
+    "$BIN/kvstore" --json --url "$2" bench --connections 32 --duration 2s \
+        --keys 1000 --value-size 100 --read-ratio "$3" >"$OUT/$1.json" 2>/dev/null
+}
+
+cargo build --release -q -p kv-server -p kv-gateway -p kvstore
+echo "machine: $(nproc) cores, $(uname -r); commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
+echo "load before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# One server; its cache holds every key, so GETs are cache hits.
+"$BIN/kv-server" --listen 127.0.0.1:18180 --data-dir "$DATA/single" --cache-size 100000 \
+    --log-level warn &
+pids+=("$!")
+wait_ready http://127.0.0.1:18180
+bench server-put http://127.0.0.1:18180 0
+bench server-get http://127.0.0.1:18180 1
+kill -TERM "${pids[0]}"
+wait "${pids[0]}" || true
+pids=()
+
+# Three servers and the gateway.
+backends=()
+for i in 1 2 3; do
+    "$BIN/kv-server" --listen "127.0.0.1:1818$i" --data-dir "$DATA/server-$i" \
+        --node-name "server-$i" --cache-size 100000 --log-level warn &
+    pids+=("$!")
+    backends+=(--backend "server-$i=http://127.0.0.1:1818$i")
+    wait_ready "http://127.0.0.1:1818$i"
+done
+"$BIN/kv-gateway" --listen 127.0.0.1:18100 "${backends[@]}" --log-level warn &
+pids+=("$!")
+wait_ready http://127.0.0.1:18100
+bench gateway-put http://127.0.0.1:18100 0
+bench gateway-get http://127.0.0.1:18100 1
+bench gateway-mixed http://127.0.0.1:18100 0.5
+echo
+echo "load after the run: $(cut -d' ' -f1-3 /proc/loadavg); reports in $OUT"
