@@ -23,8 +23,13 @@ use crate::metrics::Metrics;
 use crate::reconcile::{Context, error_policy, reconcile};
 
 /// Fails with a message saying how to install the CRD when the API server does not serve it.
-pub async fn check_crd(client: &Client) -> Result<()> {
-    let api: Api<KvCluster> = Api::all(client.clone());
+/// Lists in the watched namespace only (when there is one), so a namespaced install needs no
+/// cluster-wide permission for the check.
+pub async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<()> {
+    let api: Api<KvCluster> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     match api.list(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.is_not_found() => Err(Error::CrdMissing(format!(
@@ -64,7 +69,7 @@ pub async fn run(
             .into_future(),
     );
 
-    check_crd(&client).await?;
+    check_crd(&client, config.watch_namespace.as_deref()).await?;
 
     let mut leadership = None;
     if config.leader.no_leader_election {

@@ -351,6 +351,16 @@ async fn api_error_goes_to_error_policy_with_backoff_and_counted_by_reason() {
 
 #[tokio::test]
 async fn missing_crd_is_reported_with_install_instructions() {
+    missing_crd_check(None, "/apis/kvstore.dev/v1alpha1/kvclusters").await;
+    // A namespaced operator checks in its namespace only: no cluster-wide permission needed.
+    missing_crd_check(
+        Some("team-a"),
+        "/apis/kvstore.dev/v1alpha1/namespaces/team-a/kvclusters",
+    )
+    .await;
+}
+
+async fn missing_crd_check(namespace: Option<&str>, path: &'static str) {
     let (client, mut api) = mock_client();
     let server = tokio::spawn(async move {
         let seen = api
@@ -362,9 +372,11 @@ async fn missing_crd_is_reported_with_install_instructions() {
                 )
             })
             .await;
-        assert_eq!(seen.path, "/apis/kvstore.dev/v1alpha1/kvclusters");
+        assert_eq!(seen.path, path);
     });
-    let err = kv_operator::check_crd(&client).await.expect_err("no CRD");
+    let err = kv_operator::check_crd(&client, namespace)
+        .await
+        .expect_err("no CRD");
     server.await.unwrap();
     assert_eq!(err.metric_label(), "crd_missing");
     let message = err.to_string();
