@@ -4,11 +4,12 @@
 //! Codemap: `ring` (pure placement), `membership` (static list or Kubernetes EndpointSlices
 //! -> the atomically swapped `Topology`), `health` (active checks + passive marking),
 //! `client` (pooled HTTP to members), `proxy` (key routes), `stats` (`/servers`, per-member
-//! stats), `auth`, `openapi`, `routes` (the router), `config`, `error`, `metrics`.
+//! stats), `admin` (member snapshots, streamed), `auth`, `openapi`, `routes` (the router), `config`, `error`, `metrics`.
 //!
 //! Architecture Invariant: the gateway holds no durable state, and a key is only ever sent to
 //! its owner on the current ring.
 
+pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod config;

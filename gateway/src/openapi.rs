@@ -6,7 +6,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::state::AppState;
-use crate::{proxy, routes, stats};
+use crate::{admin, proxy, routes, stats};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,7 +17,8 @@ use crate::{proxy, routes, stats};
             `X-Server-Used` header. When a key's owner is down the answer is 503 with \
             `Retry-After`; the gateway never sends a key elsewhere. When an API token is \
             configured, every route but /health, /ready and /metrics needs \
-            `Authorization: Bearer TOKEN`."
+            `Authorization: Bearer TOKEN`. `/admin/snapshot` streams a member's database: \
+            with authentication off it is as open as every other route."
     ),
     paths(
         proxy::put,
@@ -27,6 +28,7 @@ use crate::{proxy, routes, stats};
         stats::servers,
         stats::cache_stats,
         stats::db_stats,
+        admin::snapshot,
         routes::health,
         routes::ready,
         routes::metrics,
@@ -76,6 +78,7 @@ mod tests {
             "/servers",
             "/cache/stats",
             "/db/stats",
+            "/admin/snapshot",
             "/health",
             "/ready",
             "/metrics",

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::error::Error;
 use crate::state::AppState;
-use crate::{auth, openapi, proxy, stats};
+use crate::{admin, auth, openapi, proxy, stats};
 
 /// The gateway's HTTP application. Tests drive it with `tower::ServiceExt::oneshot`.
 pub fn app(state: AppState) -> Router {
@@ -30,6 +30,7 @@ pub fn app(state: AppState) -> Router {
         .route("/servers", get(stats::servers))
         .route("/cache/stats", get(stats::cache_stats))
         .route("/db/stats", get(stats::db_stats))
+        .route("/admin/snapshot", get(admin::snapshot))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))

@@ -2,11 +2,13 @@
 //! rely on. Each subcommand builds the runtime it needs, so a quick client command does not pay
 //! for a thread pool sized for a load test.
 
+mod backup;
 mod bench;
 mod clean;
 mod get;
 mod output;
 mod put;
+mod restore;
 mod servers;
 mod stats;
 mod up;
@@ -24,9 +26,11 @@ use crate::bench::config::parse_duration;
 use crate::client::{Client, DEFAULT_TIMEOUT};
 use crate::{Error, Result};
 
+pub use backup::{BackupArgs, Manifest};
 pub use clean::CleanArgs;
 pub use get::GetArgs;
 pub use put::PutArgs;
+pub use restore::{MigrateSeedArgs, RestoreArgs};
 pub use servers::ServersArgs;
 pub use stats::StatsArgs;
 pub use up::UpArgs;
@@ -56,7 +60,9 @@ Exit codes:
   2  bad command line, or a request the service refused (4xx other than 3 and 4)
   3  not found: no such key, or no such version of it (404)
   4  conflict: `put --if-version N` and the key is not at version N (412)
-`kvstore clean` keeps `kv-server clean`'s codes: 2 when a running server holds a database.";
+`kvstore clean` keeps `kv-server clean`'s codes: 2 when a running server holds a database.
+`kvstore restore` and `migrate-seed`: 1 when the backup is corrupted or incomplete, 2 when a
+target database is held by a running server or exists (without --force).";
 
 /// kvstore: a distributed versioned key-value store.
 ///
@@ -115,6 +121,13 @@ pub enum Command {
     Stats(StatsArgs),
     /// Empty every database under a data directory (`--dry-run` to preview).
     Clean(CleanArgs),
+    /// Snapshot every server of the ring, consistently while it serves, into `--out DIR`
+    /// (`<name>.db` each, plus `manifest.json`).
+    Backup(BackupArgs),
+    /// Check a backup (manifest and checksums), then write it into `--data-dir DIR`.
+    Restore(RestoreArgs),
+    /// Copy a seed cluster's `data/server-N/kv_store.db` files into a kvstore data directory.
+    MigrateSeed(MigrateSeedArgs),
     /// Load generator: N connections sending GETs and PUTs, then throughput and latency
     /// percentiles.
     Bench(BenchArgs),
@@ -131,6 +144,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Servers(args) => servers::command(global, args),
         Command::Stats(args) => stats::command(global, args),
         Command::Clean(args) => clean::command(args),
+        Command::Backup(args) => backup::command(global, args),
+        Command::Restore(args) => restore::restore(args),
+        Command::MigrateSeed(args) => restore::migrate_seed(args),
         Command::Bench(args) => bench::command(global, args).map(|()| exit::SUCCESS),
     };
     match result {

@@ -1,6 +1,7 @@
 //! End-to-end tests: real kv-server instances and the gateway, in-process, on 127.0.0.1
 //! ephemeral ports, driven over HTTP with reqwest.
 
+mod admin;
 mod edges;
 mod failover;
 mod harness;

@@ -1,6 +1,7 @@
 //! The HTTP face of the server: `app(state)` builds the whole router, so tests drive it with
 //! `oneshot` and `run` serves it.
 
+pub mod admin;
 mod error;
 mod extract;
 mod openapi;
@@ -71,6 +72,7 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
         .route("/metrics", get(routes::metrics))
+        .route("/admin/snapshot", get(admin::snapshot))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

@@ -15,6 +15,7 @@ use super::routes;
     paths(
         routes::put, routes::post, routes::get, routes::versions,
         routes::cache_stats, routes::db_stats, routes::health, routes::ready, routes::metrics,
+        super::admin::snapshot,
     ),
     tags(
         (name = "keys", description = "Versioned reads and writes"),

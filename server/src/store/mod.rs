@@ -11,6 +11,7 @@ mod checkpoint;
 pub mod db;
 pub mod lock;
 pub mod model;
+pub mod snapshot;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ pub use db::SyncMode;
 pub use model::{
     DbCounts, PutOutcome, PutRequest, ReadSource, Versioned, VersionsPage, validate_key,
 };
+pub use snapshot::SnapshotInfo;
 
 use crate::error::{Error, Result};
 use crate::metrics::StoreMetrics;
@@ -172,6 +174,32 @@ impl Store {
     pub async fn db_stats(&self) -> Result<DbCounts> {
         let path = self.inner.db_path.clone();
         self.read(move |conn| db::counts(conn, &path)).await
+    }
+
+    /// A consistent copy of the database as of one commit, taken while puts go on: an open
+    /// file (its temporary path already removed, so nothing is left behind whatever the
+    /// caller does) and what it holds. See `snapshot.rs`.
+    pub async fn snapshot(&self) -> Result<(std::fs::File, SnapshotInfo)> {
+        let db_path = self.inner.db_path.clone();
+        tokio::task::spawn_blocking(move || {
+            let dir = db_path.parent().unwrap_or(Path::new("."));
+            let temp = snapshot::temp_path(dir);
+            let taken = snapshot::copy_database(&db_path, &temp).and_then(|info| {
+                let file = std::fs::File::open(&temp).map_err(|source| Error::Io {
+                    context: format!("open snapshot {}", temp.display()),
+                    source,
+                })?;
+                Ok((file, info))
+            });
+            if let Err(err) = std::fs::remove_file(&temp)
+                && err.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %temp.display(), %err, "cannot remove a snapshot file");
+            }
+            taken
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("snapshot task failed: {e}")))?
     }
 
     /// Ok when the writer is alive and can take the database's write lock.

@@ -7,4 +7,5 @@ mod crash;
 mod http;
 mod model;
 mod seed;
+mod snapshot;
 mod support;
