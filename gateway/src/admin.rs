@@ -63,24 +63,8 @@ pub async fn snapshot(
     query: Result<Query<SnapshotQuery>, QueryRejection>,
 ) -> Result<Response> {
     let Query(query) = query.map_err(|e| Error::InvalidQuery(e.body_text()))?;
-    let topology = state.topology.load();
-    let valid = || topology.ring.members().to_vec();
-    let name = query
-        .server
-        .ok_or_else(|| Error::MissingServer { valid: valid() })?;
-    let backend = topology
-        .backends
-        .get(&name)
-        .ok_or_else(|| Error::UnknownServer {
-            name: name.clone(),
-            valid: valid(),
-        })?;
-    if backend.health.is_down() {
-        return Err(Error::ServerDown {
-            name,
-            retry_after_secs: state.retry_after_secs,
-        });
-    }
+    let backend = crate::stats::member(&state, query.server)?;
+    let name = backend.name.clone();
     let uri = backend
         .url
         .join("/admin/snapshot")

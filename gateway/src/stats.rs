@@ -3,6 +3,8 @@
 //! Architecture Invariant: `server` only ever selects a member by its ring name; the URL
 //! contacted is that member's, with a fixed path. No request parameter reaches another host.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -12,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{Error, Result};
+use crate::membership::Backend;
 use crate::proxy::{decorate, upstream_error};
 use crate::state::AppState;
 
@@ -93,20 +96,16 @@ pub async fn db_stats(
     member_stats(&state, query, "/db/stats").await
 }
 
-async fn member_stats(
-    state: &AppState,
-    query: Result<Query<StatsQuery>, QueryRejection>,
-    path: &'static str,
-) -> Result<Response> {
-    let Query(query) = query.map_err(|e| Error::InvalidQuery(e.body_text()))?;
+/// The ring member a `?server=NAME` parameter names, if it is up. Only ring members can be
+/// named: no request parameter makes the gateway contact another host.
+pub(crate) fn member(state: &AppState, server: Option<String>) -> Result<Arc<Backend>> {
     let topology = state.topology.load();
     let valid = || topology.ring.members().to_vec();
-    let name = query
-        .server
-        .ok_or_else(|| Error::MissingServer { valid: valid() })?;
+    let name = server.ok_or_else(|| Error::MissingServer { valid: valid() })?;
     let backend = topology
         .backends
         .get(&name)
+        .cloned()
         .ok_or_else(|| Error::UnknownServer {
             name: name.clone(),
             valid: valid(),
@@ -117,9 +116,20 @@ async fn member_stats(
             retry_after_secs: state.retry_after_secs,
         });
     }
+    Ok(backend)
+}
+
+async fn member_stats(
+    state: &AppState,
+    query: Result<Query<StatsQuery>, QueryRejection>,
+    path: &'static str,
+) -> Result<Response> {
+    let Query(query) = query.map_err(|e| Error::InvalidQuery(e.body_text()))?;
+    let backend = member(state, query.server)?;
+    let name = backend.name.clone();
     let response = state
         .client
-        .send(backend, Method::GET, path, None)
+        .send(&backend, Method::GET, path, None)
         .await
         .map_err(|e| upstream_error(state, &name, e))?;
     Ok(decorate(response, &name))
