@@ -56,14 +56,7 @@ async fn docs_openapi_and_metrics() {
     let gw = &cluster.gateway;
     gw.put("/put/k", json!(1)).send().await.unwrap();
 
-    let doc: Value = gw
-        .get("/openapi.json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = gw.get_json("/openapi.json").await;
     assert!(doc["paths"]["/servers"].is_object());
     let ui = gw.get("/docs/").send().await.unwrap();
     assert_eq!(ui.status(), 200);

@@ -45,24 +45,10 @@ async fn a_stopped_owner_gives_503_and_comes_back_with_every_version() {
     }
 
     // kv-1's keys keep working, and the ring did not change.
-    let r: Value = gw
-        .get(&format!("/get/{up_key}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = gw.get_json(&format!("/get/{up_key}")).await;
     assert_eq!(r["version"], 3);
     assert_eq!(gw.get("/ready").send().await.unwrap().status(), 200);
-    let servers: Value = gw
-        .get("/servers")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let servers: Value = gw.get_json("/servers").await;
     assert_eq!(servers["count"], 2);
     assert_eq!(servers["epoch"], 1);
     assert_eq!(servers["members"][0]["health"], "down");
@@ -70,14 +56,7 @@ async fn a_stopped_owner_gives_503_and_comes_back_with_every_version() {
     assert_eq!(stats.status(), 503);
 
     // The write refused while kv-0 was down went nowhere: kv-1 never saw the key.
-    let kv1: Value = gw
-        .get("/db/stats?server=kv-1")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let kv1: Value = gw.get_json("/db/stats?server=kv-1").await;
     assert_eq!(kv1["total_keys"], 1);
 
     cluster.servers[0].restart().await;
@@ -91,14 +70,7 @@ async fn a_stopped_owner_gives_503_and_comes_back_with_every_version() {
             == 200
     })
     .await;
-    let versions: Value = gw
-        .get(&format!("/versions/{down_key}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let versions: Value = gw.get_json(&format!("/versions/{down_key}")).await;
     let values: Vec<&Value> = versions["versions"]
         .as_array()
         .unwrap()
@@ -125,14 +97,7 @@ async fn a_gateway_with_no_reachable_server_is_not_ready() {
     config.health_interval_ms = 100;
     let gateway = crate::harness::Gateway::start(config).await;
     wait_until("the ghost is marked down", || async {
-        let s: Value = gateway
-            .get("/servers")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s: Value = gateway.get_json("/servers").await;
         s["members"][0]["health"] == "down"
     })
     .await;

@@ -90,6 +90,11 @@ impl Gateway {
         }
     }
 
+    /// GETs `path` and parses the answer as JSON, whatever its status.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.get(path).send().await.unwrap().json().await.unwrap()
+    }
+
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
         self.http.get(format!("{}{path}", self.url))
     }

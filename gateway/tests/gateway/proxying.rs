@@ -90,13 +90,8 @@ async fn put_get_versions_reach_the_owner_with_awkward_keys() {
     let mut total = 0;
     for server in &cluster.servers {
         let stats: Value = gw
-            .get(&format!("/db/stats?server={}", server.name))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .get_json(&format!("/db/stats?server={}", server.name))
+            .await;
         total += stats["total_keys"].as_u64().unwrap();
     }
     assert_eq!(total, 8);
@@ -135,15 +130,7 @@ async fn server_errors_pass_through_with_their_status_and_code() {
 #[tokio::test]
 async fn servers_lists_members_health_shares_and_epoch() {
     let cluster = Cluster::start(&["kv-0", "kv-1"]).await;
-    let body: Value = cluster
-        .gateway
-        .get("/servers")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = cluster.gateway.get_json("/servers").await;
     assert_eq!(body["servers"], json!(["kv-0", "kv-1"]));
     assert_eq!(body["count"], 2);
     assert_eq!(body["epoch"], 1);
