@@ -1,11 +1,14 @@
 //! Pieces shared by every kvstore binary: the JSON wire types of the storage API, the error
-//! body every service answers with, tracing set-up, HTTP request metrics and shutdown signals.
+//! body every service answers with, the consistent-hash ring (the gateway routes by it, the
+//! servers replicate by it, so both must compute the same one), tracing set-up, HTTP request
+//! metrics and shutdown signals.
 //!
-//! This crate is a leaf: it knows nothing of SQLite, hashing rings or Kubernetes, so the
-//! gateway and the CLI can depend on it without pulling in storage code.
+//! This crate is a leaf: it knows nothing of SQLite or Kubernetes, so the gateway and the CLI
+//! can depend on it without pulling in storage code.
 
 pub mod api;
 pub mod http_metrics;
+pub mod ring;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -1,10 +1,12 @@
 //! kvstore gateway: the single entry point, routing every key to its owner on a SHA-256
 //! consistent-hash ring of storage servers.
 //!
-//! Codemap: `ring` (pure placement), `membership` (static list or Kubernetes EndpointSlices
-//! -> the atomically swapped `Topology`), `health` (active checks + passive marking),
-//! `client` (pooled HTTP to members), `proxy` (key routes), `stats` (`/servers`, per-member
-//! stats), `admin` (member snapshots, streamed), `auth`, `openapi`, `routes` (the router), `config`, `error`, `metrics`.
+//! Codemap: `ring` (re-exported from kv-common: placement and preference lists),
+//! `membership` (static list or Kubernetes EndpointSlices -> the atomically swapped
+//! `Topology`), `health` (active checks + passive marking), `client` (pooled HTTP to
+//! members), `proxy` (key routes), `stats` (`/servers`, per-member stats), `admin` (member
+//! snapshots, streamed), `auth`, `openapi`, `routes` (the router), `config`, `error`,
+//! `metrics`.
 //!
 //! Architecture Invariant: the gateway holds no durable state, and a key is only ever sent to
 //! its owner on the current ring.
@@ -19,10 +21,12 @@ pub mod membership;
 pub mod metrics;
 pub mod openapi;
 pub mod proxy;
-pub mod ring;
 pub mod routes;
 pub mod state;
 pub mod stats;
+
+/// The ring lives in `kv-common` because the servers compute the same preference lists.
+pub use kv_common::ring;
 
 use std::future::Future;
 

@@ -71,6 +71,40 @@ impl Ring {
         Some(&self.members[point.member as usize])
     }
 
+    /// The key's preference list: the first `r` distinct members clockwise from the key (all
+    /// members when there are fewer than `r`). The first is the key's primary, the owner
+    /// [`Ring::owner`] names; the others hold its replicas. Empty for an empty ring.
+    ///
+    /// One binary search, then a walk that stops as soon as `r` members are found: a few
+    /// points per member in practice, the whole ring at worst.
+    pub fn preference_list(&self, key: &str, r: usize) -> Vec<&str> {
+        let want = r.min(self.members.len());
+        let mut found: Vec<&str> = Vec::with_capacity(want);
+        if want == 0 {
+            return found;
+        }
+        let hash = sha256(key.as_bytes());
+        let start = self.points.partition_point(|p| p.hash < hash);
+        let mut seen = vec![false; self.members.len()];
+        for offset in 0..self.points.len() {
+            let point = &self.points[(start + offset) % self.points.len()];
+            let member = point.member as usize;
+            if !seen[member] {
+                seen[member] = true;
+                found.push(&self.members[member]);
+                if found.len() == want {
+                    break;
+                }
+            }
+        }
+        found
+    }
+
+    /// Whether `name` is one of the `r` members holding `key`.
+    pub fn replicates(&self, name: &str, key: &str, r: usize) -> bool {
+        self.preference_list(key, r).contains(&name)
+    }
+
     /// Member names, sorted.
     pub fn members(&self) -> &[String] {
         &self.members
@@ -265,6 +299,53 @@ mod tests {
                 assert_eq!(old, now, "{key} moved although its owner stayed");
             }
         }
+    }
+
+    #[test]
+    fn preference_lists_start_at_the_owner_and_hold_distinct_members() {
+        let ring = Ring::new(names(5), DEFAULT_VNODES);
+        for i in 0..2_000 {
+            let key = format!("key{i}");
+            let list = ring.preference_list(&key, 3);
+            assert_eq!(list.len(), 3, "{key}");
+            assert_eq!(Some(list[0]), ring.owner(&key), "{key}");
+            let mut unique = list.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), 3, "{key}: {list:?}");
+            // A shorter list is a prefix of a longer one: R can grow without moving primaries.
+            assert_eq!(ring.preference_list(&key, 2), list[..2], "{key}");
+            assert!(ring.replicates(list[2], &key, 3) && !ring.replicates(list[2], &key, 2));
+        }
+        // Asking for more members than exist gives all of them, once each.
+        let mut all = ring.preference_list("k", 9);
+        all.sort();
+        assert_eq!(all, names(5));
+        assert!(ring.preference_list("k", 0).is_empty());
+        assert!(
+            Ring::new(Vec::<String>::new(), 3)
+                .preference_list("k", 3)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn preference_lists_follow_the_ring_clockwise() {
+        // The second member of a list is the owner of the first point after the primary's
+        // run of points: checked against a brute-force walk over the seed ring.
+        let ring = Ring::new(SEED, DEFAULT_VNODES);
+        for key in ["mykey", "baz", "été"] {
+            let list = ring.preference_list(key, 2);
+            let mut other: Vec<&str> = SEED.to_vec();
+            other.retain(|m| *m != list[0]);
+            assert_eq!(list[1], other[0], "{key}");
+        }
+        // Each member is a replica of about R/n of the keys.
+        let ring = Ring::new(names(4), DEFAULT_VNODES);
+        let held = (0..20_000)
+            .filter(|i| ring.replicates("kv-server-1", &format!("key{i}"), 2))
+            .count() as f64;
+        assert!((0.40..=0.60).contains(&(held / 20_000.0)), "{held}");
     }
 
     #[test]
