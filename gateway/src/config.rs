@@ -19,6 +19,8 @@ const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
 /// A page of versions can hold many values.
 const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 << 20;
 const DEFAULT_REMOVAL_GRACE_SECS: u64 = 60;
+/// Replicas per key where there are that many servers.
+pub const DEFAULT_REPLICATION_FACTOR: usize = 3;
 
 /// Flatten it into a binary's own parser (`#[command(flatten)]`), as `kv-gateway` does.
 #[derive(Debug, Clone, clap::Args)]
@@ -36,6 +38,16 @@ pub struct GatewayConfig {
     /// Virtual nodes per server. 150 is the seed's placement.
     #[arg(long, env = "KV_VNODES", default_value_t = DEFAULT_VNODES)]
     pub vnodes: usize,
+
+    /// Servers holding each key; capped at the number of servers. Must match the servers'
+    /// `--replication-factor` (1 = no replication).
+    #[arg(long, env = "KV_REPLICATION_FACTOR", default_value_t = DEFAULT_REPLICATION_FACTOR)]
+    pub replication_factor: usize,
+
+    /// Servers that must hold a version before a put is answered (default: a majority of the
+    /// replication factor in force).
+    #[arg(long, env = "KV_WRITE_QUORUM")]
+    pub write_quorum: Option<usize>,
 
     #[command(flatten)]
     pub kubernetes: KubernetesConfig,
@@ -116,6 +128,8 @@ impl GatewayConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
             backends,
             vnodes: DEFAULT_VNODES,
+            replication_factor: DEFAULT_REPLICATION_FACTOR,
+            write_quorum: None,
             kubernetes: KubernetesConfig {
                 port_name: "http".into(),
                 removal_grace_secs: DEFAULT_REMOVAL_GRACE_SECS,
@@ -150,6 +164,17 @@ impl GatewayConfig {
         if self.vnodes == 0 {
             return fail("--vnodes must be at least 1");
         }
+        if self.replication_factor == 0 {
+            return fail("--replication-factor must be at least 1");
+        }
+        if let Some(w) = self.write_quorum
+            && (w == 0 || w > self.replication_factor)
+        {
+            return Err(Error::Config(format!(
+                "--write-quorum must be from 1 to --replication-factor ({}), got {w}",
+                self.replication_factor
+            )));
+        }
         if self.connect_timeout_ms == 0
             || self.request_timeout_ms == 0
             || self.health_interval_ms == 0
@@ -157,6 +182,14 @@ impl GatewayConfig {
             return fail("timeouts and the health interval must be positive");
         }
         Ok(())
+    }
+
+    /// The replication factor and write quorum in force with `members` servers: R is capped
+    /// at the member count, W at R, and W defaults to a majority of R.
+    pub fn replication(&self, members: usize) -> (usize, usize) {
+        let r = self.replication_factor.min(members).max(1);
+        let w = self.write_quorum.unwrap_or(r / 2 + 1).clamp(1, r);
+        (r, w)
     }
 
     pub fn connect_timeout(&self) -> Duration {

@@ -39,6 +39,144 @@ pub struct ServerConfig {
     /// Puts that may queue for the writer before new ones wait (back-pressure).
     #[arg(long, env = "KV_WRITE_QUEUE", default_value_t = 4096)]
     pub write_queue: usize,
+
+    #[command(flatten)]
+    pub replication: ReplicationConfig,
+}
+
+/// Replication (see docs/replication.md). Without `--peers` the server is standalone.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplicationConfig {
+    /// Every server of the cluster as NAME=URL (`kv-1=http://10.0.0.2:8080`), this one
+    /// included or not; names are ring names and must match the gateway's. Repeat the flag or
+    /// give a comma-separated list. Turns replication on.
+    #[arg(long = "peers", env = "KV_PEERS", value_delimiter = ',', value_parser = parse_peer)]
+    pub peers: Vec<Peer>,
+    /// Servers holding each key (default: 3, or every server when there are fewer).
+    #[arg(long, env = "KV_REPLICATION_FACTOR")]
+    pub replication_factor: Option<usize>,
+    /// Servers that must hold a version before a put is answered, when the put does not say
+    /// (the gateway does); default: a majority of the replication factor.
+    #[arg(long, env = "KV_WRITE_QUORUM")]
+    pub write_quorum: Option<usize>,
+    /// Virtual nodes per server on the ring; must be the gateway's.
+    #[arg(long, env = "KV_VNODES", default_value_t = kv_common::ring::DEFAULT_VNODES)]
+    pub vnodes: usize,
+    /// How long a put waits for its write quorum, in milliseconds.
+    #[arg(long, env = "KV_REPLICATION_TIMEOUT_MS", default_value_t = 2_000)]
+    pub replication_timeout_ms: u64,
+    /// Pause between two catch-up pulls from a peer that had nothing new, in milliseconds.
+    #[arg(long, env = "KV_CATCH_UP_INTERVAL_MS", default_value_t = 500)]
+    pub catch_up_interval_ms: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> ReplicationConfig {
+        ReplicationConfig {
+            peers: Vec::new(),
+            replication_factor: None,
+            write_quorum: None,
+            vnodes: kv_common::ring::DEFAULT_VNODES,
+            replication_timeout_ms: 2_000,
+            catch_up_interval_ms: 500,
+        }
+    }
+}
+
+/// Default replication factor where there are enough servers.
+pub const DEFAULT_REPLICATION_FACTOR: usize = 3;
+
+/// A member of the cluster as `--peers` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    /// `http://host:port`, no trailing slash.
+    pub url: String,
+}
+
+/// Parses `NAME=http://host:port`.
+pub fn parse_peer(raw: &str) -> Result<Peer, String> {
+    let (name, url) = raw
+        .split_once('=')
+        .ok_or_else(|| format!("'{raw}' is not NAME=URL"))?;
+    let name = name.trim();
+    let url = url.trim().trim_end_matches('/');
+    if name.is_empty() {
+        return Err(format!("'{raw}' has an empty name"));
+    }
+    let authority = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("'{url}' must start with http://"))?;
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+        return Err(format!("'{url}' must be http://host:port, nothing more"));
+    }
+    Ok(Peer {
+        name: name.to_owned(),
+        url: url.to_owned(),
+    })
+}
+
+impl ReplicationConfig {
+    /// Whether replication is on.
+    pub fn enabled(&self) -> bool {
+        !self.peers.is_empty()
+    }
+
+    /// Every member name, this server's included, sorted and unique.
+    pub fn members(&self, me: &str) -> Vec<String> {
+        let mut names: Vec<String> = self.peers.iter().map(|p| p.name.clone()).collect();
+        names.push(me.to_owned());
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The replication factor in force: the flag, or 3, never more than the members.
+    pub fn factor(&self, me: &str) -> usize {
+        if !self.enabled() {
+            return 1;
+        }
+        let members = self.members(me).len();
+        self.replication_factor
+            .unwrap_or(DEFAULT_REPLICATION_FACTOR)
+            .min(members)
+    }
+
+    /// The default write quorum: the flag, or a majority of the factor.
+    pub fn quorum(&self, me: &str) -> usize {
+        let factor = self.factor(me);
+        self.write_quorum.unwrap_or(factor / 2 + 1).clamp(1, factor)
+    }
+
+    fn validate(&self, me: &str) -> Result<(), String> {
+        if self.replication_factor == Some(0) {
+            return Err("--replication-factor must be at least 1".into());
+        }
+        if let Some(w) = self.write_quorum {
+            let r = self
+                .replication_factor
+                .unwrap_or(DEFAULT_REPLICATION_FACTOR);
+            if w == 0 || w > r {
+                return Err(format!(
+                    "--write-quorum must be from 1 to the replication factor ({r}), got {w}"
+                ));
+            }
+        }
+        if self.vnodes == 0 {
+            return Err("--vnodes must be at least 1".into());
+        }
+        let mut names: Vec<&str> = self.peers.iter().map(|p| p.name.as_str()).collect();
+        names.sort();
+        if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("--peers names '{}' twice", pair[0]));
+        }
+        if self.enabled() && self.peers.iter().all(|p| p.name == me) {
+            return Err(format!(
+                "--peers lists only this server ('{me}'); list the others too, or drop --peers"
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl ServerConfig {
@@ -54,6 +192,7 @@ impl ServerConfig {
             sync: SyncMode::Full,
             readers: 8,
             write_queue: 4096,
+            replication: ReplicationConfig::default(),
         }
     }
 
@@ -75,7 +214,7 @@ impl ServerConfig {
         if self.node_name.trim().is_empty() {
             return Err("--node-name must not be empty".into());
         }
-        Ok(())
+        self.replication.validate(&self.node_name)
     }
 
     pub fn store_config(&self) -> StoreConfig {
@@ -103,5 +242,58 @@ mod tests {
         c.cache_ttl_minutes = 1.0;
         c.max_value_bytes = 0;
         assert!(c.validate().unwrap_err().contains("--max-value-bytes"));
+    }
+
+    #[test]
+    fn peers_parse_and_replication_defaults_follow_the_member_count() {
+        assert_eq!(
+            parse_peer("kv-1=http://10.0.0.1:8080/").unwrap(),
+            Peer {
+                name: "kv-1".into(),
+                url: "http://10.0.0.1:8080".into()
+            }
+        );
+        for bad in [
+            "kv-1",
+            "=http://a:1",
+            "kv-1=https://a:1",
+            "kv-1=http://a:1/x",
+            "k=http://",
+        ] {
+            assert!(parse_peer(bad).is_err(), "{bad}");
+        }
+        let mut c = ServerConfig::new("/tmp/x");
+        c.node_name = "a".into();
+        assert_eq!(
+            (c.replication.factor("a"), c.replication.quorum("a")),
+            (1, 1)
+        );
+        c.replication.peers = vec![parse_peer("b=http://b:1").unwrap()];
+        assert_eq!(
+            (c.replication.factor("a"), c.replication.quorum("a")),
+            (2, 2)
+        );
+        c.replication
+            .peers
+            .push(parse_peer("a=http://a:1").unwrap());
+        c.replication
+            .peers
+            .push(parse_peer("c=http://c:1").unwrap());
+        c.replication
+            .peers
+            .push(parse_peer("d=http://d:1").unwrap());
+        assert_eq!(c.replication.members("a"), ["a", "b", "c", "d"]);
+        assert_eq!(
+            (c.replication.factor("a"), c.replication.quorum("a")),
+            (3, 2)
+        );
+        assert_eq!(c.validate(), Ok(()));
+        c.replication.write_quorum = Some(4);
+        assert!(c.validate().unwrap_err().contains("--write-quorum"));
+        c.replication.write_quorum = None;
+        c.replication
+            .peers
+            .push(parse_peer("b=http://b:2").unwrap());
+        assert!(c.validate().unwrap_err().contains("twice"));
     }
 }
