@@ -145,6 +145,14 @@ pub enum ErrorCode {
     BadGateway,
     Unauthorized,
     Unavailable,
+    /// A server with a new database has not caught up with its peers yet (replication).
+    Syncing,
+    /// The primary stored the version but not enough replicas confirmed it in time.
+    QuorumFailed,
+    /// A put reached a server that is not the key's primary on its ring.
+    NotPrimary,
+    /// A replica already holds a different value for that (key, version).
+    ReplicaConflict,
     Internal,
 }
 
@@ -172,6 +180,10 @@ impl ErrorCode {
             ErrorCode::BadGateway => "bad_gateway",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Syncing => "syncing",
+            ErrorCode::QuorumFailed => "quorum_failed",
+            ErrorCode::NotPrimary => "not_primary",
+            ErrorCode::ReplicaConflict => "replica_conflict",
             ErrorCode::Internal => "internal",
         }
     }
@@ -188,6 +200,8 @@ mod tests {
             ErrorCode::NonFiniteNumber,
             ErrorCode::Internal,
             ErrorCode::UnknownServer,
+            ErrorCode::QuorumFailed,
+            ErrorCode::NotPrimary,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod http_metrics;
+pub mod replication;
 pub mod ring;
 pub mod shutdown;
 pub mod telemetry;
