@@ -50,12 +50,15 @@ pub struct Conflict {
     pub version: u64,
 }
 
-/// A record with its place in the sending server's change sequence.
+/// A record with its place in the sending server's change sequence. (Not `#[serde(flatten)]`
+/// over [`Record`]: flattening buffers the value and cannot hold a `RawValue`.)
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Change {
     pub seq: u64,
-    #[serde(flatten)]
-    pub record: Record,
+    pub key: String,
+    pub version: u64,
+    pub value: Box<RawValue>,
+    pub timestamp: f64,
 }
 
 /// `GET /internal/changes?after=&for=&limit=`.

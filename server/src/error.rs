@@ -43,6 +43,29 @@ pub enum Error {
     },
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error(
+        "Key '{key}' version {version} is stored on {} but only {} of the {needed} servers \
+         required confirmed it in time; it reaches the others when they are back, but treat \
+         this write as uncertain", acked.join(", "), acked.len()
+    )]
+    QuorumFailed {
+        key: String,
+        version: u64,
+        acked: Vec<String>,
+        needed: usize,
+    },
+    #[error(
+        "this server ('{me}') is not the primary of key '{key}'; '{primary}' is: the gateway and the servers disagree on the ring (check --peers, --vnodes and --replication-factor)"
+    )]
+    NotPrimary {
+        key: String,
+        me: String,
+        primary: String,
+    },
+    #[error("server '{0}' has a new database and is still catching up with its peers")]
+    Syncing(String),
+    #[error("peer '{peer}': {message}")]
+    Peer { peer: String, message: String },
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("internal error: {0}")]
@@ -64,6 +87,10 @@ impl Error {
             Error::DatabaseInUse { .. } => "database_in_use",
             Error::Io { .. } => "io",
             Error::ShuttingDown => "shutting_down",
+            Error::QuorumFailed { .. } => "quorum_failed",
+            Error::NotPrimary { .. } => "not_primary",
+            Error::Syncing(_) => "syncing",
+            Error::Peer { .. } => "peer",
             Error::Config(_) => "config",
             Error::Internal(_) => "internal",
         }

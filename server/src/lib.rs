@@ -1,7 +1,8 @@
 //! kvstore storage server: versioned keys over SQLite with a write-through LRU cache.
 //!
 //! - `store/`: the domain (cache, SQLite schema and reads, the group-commit writer); no HTTP.
-//! - `http/`: the axum router over a [`store::Store`].
+//! - `http/`: the axum router over a [`store::Store`] (`/internal/*` for peers).
+//! - `replication/`: pushing versions to replicas, write quorums, catch-up from peers.
 //! - `clean`: the database clean-up command.
 //!
 //! [`run`] serves on a listener until `shutdown` resolves, then lets queued writes finish.
@@ -11,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod replication;
 pub mod store;
 
 use std::future::Future;
@@ -25,10 +27,7 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    // Opening may migrate a large seed database: keep it off the async workers.
-    let state = tokio::task::spawn_blocking(move || http::AppState::open(config))
-        .await
-        .map_err(|e| Error::Internal(format!("open task failed: {e}")))??;
+    let state = http::AppState::start(config).await?;
     let addr = listener.local_addr().map_err(|source| Error::Io {
         context: "read listener address".into(),
         source,
@@ -37,9 +36,13 @@ pub async fn run(
     tracing::info!(%addr, node = %config.node_name, data_dir = %config.data_dir.display(),
         cache_size = config.cache_size, "kv-server listening");
     let store = state.store.clone();
+    let replication = state.replication.clone();
     let served = axum::serve(listener, http::app(state))
         .with_graceful_shutdown(shutdown)
         .await;
+    if let Some(replication) = replication {
+        replication.stop();
+    }
     store.close().await;
     tracing::info!(%addr, "kv-server stopped");
     served.map_err(|source| Error::Io {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use kv_common::http_metrics::HttpMetrics;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -18,6 +19,8 @@ pub struct StoreMetrics {
     pub batch_size: Histogram,
     pub commit_seconds: Histogram,
     pub write_errors: Counter,
+    /// Replicated versions refused because a different value was held.
+    pub replica_conflicts: Counter,
 }
 
 impl Default for StoreMetrics {
@@ -28,7 +31,45 @@ impl Default for StoreMetrics {
             // 50 µs .. ~1.6 s per commit (fsync included).
             commit_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             write_errors: Counter::default(),
+            replica_conflicts: Counter::default(),
         }
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Replication metrics, shared by the senders, the pullers and the put path.
+#[derive(Clone, Default)]
+pub struct ReplicationMetrics {
+    /// `head - cursor` per peer, in change-sequence numbers.
+    pub lag: Family<Labels, Gauge>,
+    /// Versions pushed to each peer, by outcome (`ok`, `conflict`, `refused`, `unreachable`).
+    pub pushed: Family<Labels, Counter>,
+    /// Versions this server stored from catch-up pulls, by peer.
+    pub pulled: Family<Labels, Counter>,
+    pub quorum_failures: Counter,
+}
+
+impl ReplicationMetrics {
+    pub fn pushed(&self, peer: &str, outcome: &'static str, versions: u64) {
+        self.pushed
+            .get_or_create(&vec![
+                ("peer", peer.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc_by(versions);
+    }
+
+    pub fn pulled(&self, peer: &str, versions: u64) {
+        self.pulled
+            .get_or_create(&vec![("peer", peer.to_owned())])
+            .inc_by(versions);
+    }
+
+    pub fn set_lag(&self, peer: &str, lag: u64) {
+        self.lag
+            .get_or_create(&vec![("peer", peer.to_owned())])
+            .set(lag.min(i64::MAX as u64) as i64);
     }
 }
 
@@ -38,6 +79,7 @@ pub struct Metrics {
     pub http: Arc<HttpMetrics>,
     pub store: StoreMetrics,
     pub cache: CacheCounters,
+    pub replication: ReplicationMetrics,
     hit_ratio: Gauge<f64, AtomicU64>,
 }
 
@@ -64,6 +106,32 @@ impl Metrics {
             store.write_errors.clone(),
         );
         registry.register(
+            "replica_conflicts",
+            "Replicated versions refused because this server holds another value for them",
+            store.replica_conflicts.clone(),
+        );
+        let replication = ReplicationMetrics::default();
+        registry.register(
+            "replication_lag",
+            "Change-sequence numbers of a peer this server has not pulled yet",
+            replication.lag.clone(),
+        );
+        registry.register(
+            "replication_pushed_versions",
+            "Versions pushed to a peer, by outcome",
+            replication.pushed.clone(),
+        );
+        registry.register(
+            "replication_pulled_versions",
+            "Versions stored from catch-up pulls, by peer",
+            replication.pulled.clone(),
+        );
+        registry.register(
+            "replication_quorum_failures",
+            "Puts answered 503 because too few replicas confirmed them in time",
+            replication.quorum_failures.clone(),
+        );
+        registry.register(
             "cache_hits",
             "Reads answered from the cache",
             cache.hits.clone(),
@@ -88,6 +156,7 @@ impl Metrics {
             http,
             store,
             cache,
+            replication,
             hit_ratio,
         }
     }

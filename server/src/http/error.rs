@@ -43,6 +43,11 @@ impl From<Error> for ApiError {
             }
             Error::VersionOverflow { .. } => (StatusCode::CONFLICT, ErrorCode::VersionConflict),
             Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+            Error::QuorumFailed { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::QuorumFailed)
+            }
+            Error::Syncing(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Syncing),
+            Error::NotPrimary { .. } => (StatusCode::MISDIRECTED_REQUEST, ErrorCode::NotPrimary),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         };
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {

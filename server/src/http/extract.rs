@@ -48,7 +48,7 @@ impl QueryParams {
         Ok(QueryParams(pairs))
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    pub fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .rev()

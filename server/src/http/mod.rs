@@ -4,6 +4,7 @@
 pub mod admin;
 mod error;
 mod extract;
+mod internal;
 mod openapi;
 mod routes;
 
@@ -21,16 +22,21 @@ pub use openapi::ApiDoc;
 
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
+use crate::replication::Replication;
 use crate::store::Store;
 
 /// Bytes a put body may hold beyond the value itself (`{"value": ...}` and extra fields).
 const BODY_OVERHEAD: usize = 64 * 1024;
+/// Largest `/internal/replicate` body: a sender batches up to 512 versions.
+const REPLICATE_BODY_LIMIT: usize = 256 << 20;
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub config: Arc<ServerConfig>,
+    /// `None` on a standalone server (no `--peers`).
+    pub replication: Option<Arc<Replication>>,
 }
 
 impl AppState {
@@ -48,7 +54,22 @@ impl AppState {
             store,
             metrics,
             config: Arc::new(config),
+            replication: None,
         })
+    }
+
+    /// Opens the store (on a blocking thread) and starts replication when `--peers` is set.
+    pub async fn start(config: ServerConfig) -> crate::Result<AppState> {
+        let mut state = tokio::task::spawn_blocking(move || AppState::open(config))
+            .await
+            .map_err(|e| crate::Error::Internal(format!("open task failed: {e}")))??;
+        state.replication = Replication::start(
+            &state.config,
+            &state.store,
+            state.metrics.replication.clone(),
+        )
+        .await?;
+        Ok(state)
     }
 }
 
@@ -73,6 +94,13 @@ pub fn app(state: AppState) -> Router {
         .route("/ready", get(routes::ready))
         .route("/metrics", get(routes::metrics))
         .route("/admin/snapshot", get(admin::snapshot))
+        .route(
+            "/internal/replicate",
+            axum::routing::post(internal::replicate)
+                .layer(DefaultBodyLimit::max(REPLICATE_BODY_LIMIT)),
+        )
+        .route("/internal/changes", get(internal::changes))
+        .route("/internal/status", get(internal::status))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

@@ -5,11 +5,12 @@ use std::fmt::Write as _;
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use kv_common::ErrorCode;
 use kv_common::api::{CacheStats, DbStats, Operation, PutResponse, VersionEntry, VersionsResponse};
+use kv_common::replication::{ACKED_BY_HEADER, HealthBody, WRITE_QUORUM_HEADER};
 use serde_json::value::RawValue;
 
 use super::AppState;
@@ -42,21 +43,43 @@ pub async fn put(
     State(state): State<AppState>,
     path: KeyPath,
     params: Params,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<PutResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let key = extract::key(path)?;
     let if_version = QueryParams::from(params)?.count("if_version")?;
     let value = extract::put_value(body, state.config.max_value_bytes)?;
+    // Replicated: only the key's primary assigns versions, and not before it has caught up.
+    let quorum = match &state.replication {
+        Some(replication) => {
+            replication.check_synced()?;
+            replication.check_primary(&key)?;
+            Some(replication.quorum(write_quorum(&headers)?))
+        }
+        None => None,
+    };
     let value: Box<str> = value.into();
+    let value: std::sync::Arc<str> = value.into();
     let outcome = state
         .store
         .put(PutRequest {
             key: key.as_str().into(),
-            value: value.into(),
+            value: value.clone(),
             if_version,
         })
         .await?;
-    Ok(Json(PutResponse {
+    let acked_by = match (&state.replication, quorum) {
+        (Some(replication), Some(quorum)) => {
+            let stored = Versioned {
+                version: outcome.version,
+                value,
+                timestamp: outcome.timestamp,
+            };
+            Some(replication.replicate(&key, &stored, quorum).await?)
+        }
+        _ => None,
+    };
+    let mut response = Json(PutResponse {
         operation: if outcome.previous_version.is_none() {
             Operation::Create
         } else {
@@ -68,7 +91,32 @@ pub async fn put(
         previous_version: outcome.previous_version,
         total_versions: outcome.total_versions,
         timestamp: outcome.timestamp,
-    }))
+    })
+    .into_response();
+    if let Some(acked_by) = acked_by
+        && let Ok(value) = HeaderValue::from_str(&acked_by.join(","))
+    {
+        response.headers_mut().insert(ACKED_BY_HEADER, value);
+    }
+    Ok(response)
+}
+
+/// The `x-kv-write-quorum` header of a put, if any.
+fn write_quorum(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+    let Some(raw) = headers.get(WRITE_QUORUM_HEADER) else {
+        return Ok(None);
+    };
+    raw.to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .filter(|w| *w >= 1)
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                ErrorCode::InvalidQuery,
+                format!("Invalid {WRITE_QUORUM_HEADER} header: expected a whole number from 1"),
+            )
+        })
 }
 
 /// Same as `PUT /put/{key}` (the seed's method).
@@ -82,9 +130,10 @@ pub async fn post(
     state: State<AppState>,
     path: KeyPath,
     params: Params,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<PutResponse>, ApiError> {
-    put(state, path, params, body).await
+) -> Result<Response, ApiError> {
+    put(state, path, params, headers, body).await
 }
 
 /// Read the latest version of a key, or exactly `?version=N`.
@@ -107,6 +156,7 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let key = extract::key(path)?;
     let version = QueryParams::from(params)?.version()?;
+    check_synced(&state)?;
     let (found, source) = state.store.get(&key, version).await?;
     Ok(json_response(get_body(&found, source)))
 }
@@ -128,6 +178,14 @@ fn get_body(v: &Versioned, source: ReadSource) -> String {
         v.version, v.timestamp
     );
     out
+}
+
+/// A new database may lack versions its peers hold: it answers nothing until it caught up.
+fn check_synced(state: &AppState) -> Result<(), ApiError> {
+    match &state.replication {
+        Some(replication) => Ok(replication.check_synced()?),
+        None => Ok(()),
+    }
 }
 
 fn json_response(body: String) -> Response {
@@ -162,6 +220,7 @@ pub async fn versions(
             format!("Invalid limit: {limit} is out of range: expected 1 to {MAX_PAGE}"),
         ));
     }
+    check_synced(&state)?;
     let page = state.store.versions(&key, after, limit as u32).await?;
     let next_after = page
         .versions
@@ -229,8 +288,11 @@ pub async fn db_stats(State(state): State<AppState>) -> Result<Json<DbStats>, Ap
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/health", tag = "operations",
     responses((status = 200, description = "Alive")))]
-pub async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+pub async fn health(State(state): State<AppState>) -> Json<HealthBody> {
+    Json(HealthBody {
+        status: "ok".into(),
+        replication: state.replication.as_ref().map(|r| r.health()),
+    })
 }
 
 /// Readiness: the database is open and its write lock can be taken.

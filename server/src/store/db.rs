@@ -5,7 +5,8 @@
 //! `keys(key TEXT PRIMARY KEY, created_at REAL, updated_at REAL)` and
 //! `"values"(id INTEGER PRIMARY KEY AUTOINCREMENT, key, value TEXT /* JSON */, version, timestamp)`.
 //! `PRAGMA user_version` records what kvstore added on top (see [`migrate`]). `values.id`
-//! only grows, which makes it a local change sequence for later replication.
+//! only grows (AUTOINCREMENT: never reused) and the one writer assigns it in commit order, so
+//! it is the server's change sequence, which replicas pull from (see [`changes`]).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -15,8 +16,21 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use super::model::{DbCounts, Versioned, VersionsPage};
 use crate::error::{Error, Result};
 
-/// Schema version this build writes. 1 = seed tables + unique (key, version) + WAL.
-pub const SCHEMA_VERSION: i64 = 1;
+/// Schema version this build writes. 1 = seed tables + unique (key, version) + WAL;
+/// 2 = `kv_meta` (the database's instance id) and `peer_cursors` (replication catch-up).
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// What opening the database found out.
+#[derive(Debug, Clone)]
+pub struct OpenInfo {
+    /// Random id of this database, made when it was created (or first opened by a kvstore
+    /// with replication). Peers keep their cursors per instance, so a server that comes back
+    /// with a new database is read again from the start.
+    pub instance: String,
+    /// The database was created by this open and holds no version: the server may be the
+    /// primary of keys whose versions only its peers hold.
+    pub fresh: bool,
+}
 
 /// How hard a commit waits for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -34,7 +48,7 @@ fn db_err(context: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
 }
 
 /// Opens (creating if needed) the database for writing, migrated to [`SCHEMA_VERSION`].
-pub fn open_writer(path: &Path, sync: SyncMode) -> Result<Connection> {
+pub fn open_writer(path: &Path, sync: SyncMode) -> Result<(Connection, OpenInfo)> {
     let conn = Connection::open(path).map_err(db_err("open database"))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(db_err("set busy timeout"))?;
@@ -58,7 +72,46 @@ pub fn open_writer(path: &Path, sync: SyncMode) -> Result<Connection> {
     ))
     .map_err(db_err("set checkpoint threshold"))?;
     migrate(&conn)?;
-    Ok(conn)
+    let info = instance(&conn)?;
+    Ok((conn, info))
+}
+
+/// Reads this database's instance id, making one if it has none yet.
+fn instance(conn: &Connection) -> Result<OpenInfo> {
+    let existing: Option<String> = conn
+        .query_row(
+            "SELECT value FROM kv_meta WHERE name = 'instance'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db_err("read instance id"))?;
+    if let Some(instance) = existing {
+        return Ok(OpenInfo {
+            instance,
+            fresh: false,
+        });
+    }
+    let instance = new_instance_id();
+    conn.execute(
+        "INSERT INTO kv_meta(name, value) VALUES ('instance', ?1)",
+        [&instance],
+    )
+    .map_err(db_err("store instance id"))?;
+    let empty: bool = conn
+        .query_row(r#"SELECT NOT EXISTS (SELECT 1 FROM "values")"#, [], |r| {
+            r.get(0)
+        })
+        .map_err(db_err("count rows"))?;
+    Ok(OpenInfo {
+        instance,
+        fresh: empty,
+    })
+}
+
+/// 128 random bits, hex.
+pub fn new_instance_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 /// Opens a read-only connection to an already migrated database.
@@ -89,6 +142,24 @@ fn migrate(conn: &Connection) -> Result<()> {
         to = SCHEMA_VERSION,
         "migrating database schema"
     );
+    if version < 1 {
+        migrate_to_1(conn)?;
+    }
+    // 2: the instance id and the replication cursors. New tables only: nothing to rewrite.
+    conn.execute_batch(&format!(
+        r#"BEGIN;
+           CREATE TABLE IF NOT EXISTS kv_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+           CREATE TABLE IF NOT EXISTS peer_cursors (
+               peer TEXT PRIMARY KEY, instance TEXT NOT NULL, seq INTEGER NOT NULL);
+           PRAGMA user_version = {SCHEMA_VERSION};
+           COMMIT;"#
+    ))
+    .map_err(db_err("create replication tables"))?;
+    Ok(())
+}
+
+/// Seed (or empty) database -> 1: the seed's tables, a unique (key, version) index.
+fn migrate_to_1(conn: &Connection) -> Result<()> {
     conn.execute_batch(
         r#"CREATE TABLE IF NOT EXISTS keys (
                key TEXT PRIMARY KEY, created_at REAL, updated_at REAL);
@@ -113,12 +184,12 @@ fn migrate(conn: &Connection) -> Result<()> {
              \"values\" table, then start again"
         )));
     }
-    conn.execute_batch(&format!(
+    conn.execute_batch(
         r#"BEGIN;
            CREATE UNIQUE INDEX IF NOT EXISTS values_key_version ON "values"(key, version);
-           PRAGMA user_version = {SCHEMA_VERSION};
-           COMMIT;"#
-    ))
+           PRAGMA user_version = 1;
+           COMMIT;"#,
+    )
     .map_err(db_err("create unique index"))?;
     Ok(())
 }
@@ -206,6 +277,85 @@ pub fn page(conn: &Connection, key: &str, after: u64, limit: u32) -> Result<Opti
     }))
 }
 
+/// One row of the change feed.
+#[derive(Debug, Clone)]
+pub struct ChangeRow {
+    pub seq: u64,
+    pub key: String,
+    pub stored: Versioned,
+}
+
+/// A page of the change feed: rows after `after` whose key `wanted` accepts, scanning at
+/// most `scan` rows and stopping early once `max_bytes` of values are gathered (at least one
+/// row is always returned, so a huge value cannot block the feed). `next` is the last
+/// sequence examined, `head` the newest.
+pub fn changes(
+    conn: &Connection,
+    after: u64,
+    scan: u32,
+    max_bytes: usize,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Result<(Vec<ChangeRow>, u64, u64)> {
+    let head = head(conn)?;
+    let mut stmt = conn
+        .prepare_cached(
+            r#"SELECT id, key, version, value, timestamp FROM "values" WHERE id > ?1
+               ORDER BY id LIMIT ?2"#,
+        )
+        .map_err(db_err("read changes"))?;
+    let mut rows = stmt
+        .query(params![after.min(i64::MAX as u64) as i64, scan])
+        .map_err(db_err("read changes"))?;
+    let mut out = Vec::new();
+    let mut next = after;
+    let mut bytes = 0;
+    while let Some(row) = rows.next().map_err(db_err("read changes"))? {
+        let seq: i64 = row.get(0).map_err(db_err("read changes"))?;
+        let key: String = row.get(1).map_err(db_err("read changes"))?;
+        next = seq as u64;
+        if !wanted(&key) {
+            continue;
+        }
+        let (version, value, ts): Row = (
+            row.get(2).map_err(db_err("read changes"))?,
+            row.get(3).map_err(db_err("read changes"))?,
+            row.get(4).map_err(db_err("read changes"))?,
+        );
+        let stored = to_versioned(&key, version, value, ts)?;
+        bytes += stored.value.len() + key.len();
+        out.push(ChangeRow {
+            seq: seq as u64,
+            key,
+            stored,
+        });
+        if bytes >= max_bytes {
+            break;
+        }
+    }
+    Ok((out, next, head))
+}
+
+/// The newest change sequence (0 for an empty database).
+pub fn head(conn: &Connection) -> Result<u64> {
+    conn.query_row(r#"SELECT COALESCE(MAX(id), 0) FROM "values""#, [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|v| v as u64)
+    .map_err(db_err("read change sequence"))
+}
+
+/// Where catch-up stands with each peer: `(peer, instance, seq)`.
+pub fn cursors(conn: &Connection) -> Result<Vec<(String, String, u64)>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT peer, instance, seq FROM peer_cursors")
+        .map_err(db_err("read cursors"))?;
+    stmt.query_map([], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+    })
+    .and_then(|rows| rows.collect())
+    .map_err(db_err("read cursors"))
+}
+
 pub fn counts(conn: &Connection, path: &Path) -> Result<DbCounts> {
     let (total_keys, total_versions): (i64, i64) = conn
         .query_row(
@@ -290,6 +440,62 @@ mod tests {
             .unwrap();
         let err = open_writer(&path, SyncMode::Full).unwrap_err().to_string();
         assert!(err.contains("newer"), "{err}");
+    }
+
+    #[test]
+    fn a_database_keeps_its_instance_and_only_a_new_empty_one_is_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv_store.db");
+        let (conn, first) = open_writer(&path, SyncMode::Full).unwrap();
+        assert!(first.fresh);
+        assert_eq!(first.instance.len(), 32);
+        drop(conn);
+        let (conn, again) = open_writer(&path, SyncMode::Full).unwrap();
+        assert_eq!(
+            (again.instance.as_str(), again.fresh),
+            (first.instance.as_str(), false)
+        );
+        drop(conn);
+        // A seed database with data gets an instance but is not fresh: it has versions.
+        let seed = dir.path().join("seed.db");
+        Connection::open(&seed)
+            .unwrap()
+            .execute_batch(
+                r#"CREATE TABLE keys (key TEXT PRIMARY KEY, created_at REAL, updated_at REAL);
+                   CREATE TABLE "values" (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT,
+                       value TEXT, version INTEGER, timestamp REAL);
+                   INSERT INTO "values"(key, value, version, timestamp) VALUES ('k', '1', 1, 0);"#,
+            )
+            .unwrap();
+        let (_conn, info) = open_writer(&seed, SyncMode::Full).unwrap();
+        assert!(!info.fresh);
+    }
+
+    #[test]
+    fn the_change_feed_filters_keys_but_moves_past_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv_store.db");
+        let (conn, _) = open_writer(&path, SyncMode::Normal).unwrap();
+        for (i, key) in ["a", "b", "a", "c"].iter().enumerate() {
+            conn.execute(
+                r#"INSERT INTO "values"(key, value, version, timestamp) VALUES (?1, '1', ?2, 0)"#,
+                params![key, i as i64 + 1],
+            )
+            .unwrap();
+        }
+        let only_a = |k: &str| k == "a";
+        let (rows, next, head) = changes(&conn, 0, 10, 1 << 20, &only_a).unwrap();
+        assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!((next, head), (4, 4));
+        // A page that scans only other keys still advances the cursor.
+        let (rows, next, _) = changes(&conn, 3, 1, 1 << 20, &only_a).unwrap();
+        assert!(rows.is_empty());
+        assert_eq!(next, 4);
+        // The byte limit stops the page early, after at least one row.
+        let all = |_: &str| true;
+        let (rows, next, _) = changes(&conn, 0, 10, 1, &all).unwrap();
+        assert_eq!((rows.len(), next), (1, 1));
+        assert_eq!(changes(&conn, 4, 10, 1, &all).unwrap().1, 4);
     }
 
     #[test]

@@ -22,8 +22,10 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use cache::{CacheCounters, CacheSnapshot};
 pub use db::SyncMode;
+pub use db::{ChangeRow, OpenInfo};
 pub use model::{
-    DbCounts, PutOutcome, PutRequest, ReadSource, Versioned, VersionsPage, validate_key,
+    Cursor, DbCounts, MAX_VERSION, PutOutcome, PutRequest, ReadSource, ReplicaBatch,
+    ReplicaOutcome, ReplicaRecord, Versioned, VersionsPage, validate_key,
 };
 pub use snapshot::SnapshotInfo;
 
@@ -51,6 +53,7 @@ pub struct StoreConfig {
 
 struct Inner {
     db_path: PathBuf,
+    info: OpenInfo,
     cache: Arc<Cache>,
     readers: Arc<ReaderPool>,
     tx: mpsc::Sender<writer::Command>,
@@ -78,7 +81,7 @@ impl Store {
         })?;
         let db_path = config.data_dir.join(DB_FILE);
         let lock = DbLock::acquire(&db_path)?;
-        let conn = db::open_writer(&db_path, config.sync)?;
+        let (conn, info) = db::open_writer(&db_path, config.sync)?;
         let cache = Arc::new(Cache::new(config.cache_size, config.cache_ttl, counters));
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
         let writer_cache = cache.clone();
@@ -91,11 +94,13 @@ impl Store {
                 context: "start the writer thread".into(),
                 source,
             })?;
-        tracing::info!(path = %db_path.display(), sync = ?config.sync, "database open");
+        tracing::info!(path = %db_path.display(), sync = ?config.sync, instance = %info.instance,
+            fresh = info.fresh, "database open");
         Ok(Store {
             inner: Arc::new(Inner {
                 readers: Arc::new(ReaderPool::new(&db_path, config.readers.max(1))),
                 db_path,
+                info,
                 cache,
                 tx,
                 writer: Mutex::new(Some(writer)),
@@ -117,6 +122,41 @@ impl Store {
             .await
             .map_err(|_| Error::ShuttingDown)?;
         answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Instance id of the database, and whether it was created empty by this open.
+    pub fn open_info(&self) -> &OpenInfo {
+        &self.inner.info
+    }
+
+    /// Stores versions exactly as a primary assigned them (see `writer.rs`), with the
+    /// catch-up cursor if any, durably, in the writer's next group commit.
+    pub async fn replicate(&self, batch: ReplicaBatch) -> Result<ReplicaOutcome> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .tx
+            .send(writer::Command::Replicate(batch, reply))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// A page of the change feed after `after`, keys filtered by `wanted`: rows, the last
+    /// sequence examined, and the newest sequence. See [`db::changes`].
+    pub async fn changes(
+        &self,
+        after: u64,
+        scan: u32,
+        max_bytes: usize,
+        wanted: impl Fn(&str) -> bool + Send + 'static,
+    ) -> Result<(Vec<ChangeRow>, u64, u64)> {
+        self.read(move |conn| db::changes(conn, after, scan, max_bytes, &wanted))
+            .await
+    }
+
+    /// Catch-up cursors by peer name: `(instance, seq)`.
+    pub async fn cursors(&self) -> Result<Vec<(String, String, u64)>> {
+        self.read(db::cursors).await
     }
 
     /// The latest version, or exactly `version`.

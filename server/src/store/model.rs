@@ -39,6 +39,40 @@ pub struct PutOutcome {
     pub timestamp: f64,
 }
 
+/// Versions to store exactly as a primary assigned them, from a push or a catch-up pull.
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaBatch {
+    pub records: Vec<ReplicaRecord>,
+    /// Saved in the same transaction as the records, so catch-up resumes exactly there.
+    pub cursor: Option<Cursor>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplicaRecord {
+    pub key: Arc<str>,
+    /// Version, value and timestamp as the primary stored them.
+    pub stored: Versioned,
+}
+
+/// How far catch-up has read a peer's change sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub peer: String,
+    /// The peer database's instance id the sequence belongs to.
+    pub instance: String,
+    pub seq: u64,
+}
+
+/// What storing a [`ReplicaBatch`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicaOutcome {
+    pub stored: u64,
+    /// Already held with the same value: a harmless repeat.
+    pub duplicates: u64,
+    /// Already held with a different value: refused, the held value stays.
+    pub conflicts: Vec<(String, u64)>,
+}
+
 /// A page of a key's versions, oldest first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VersionsPage {

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::cache::Cache;
 use super::checkpoint::Checkpointer;
-use super::model::{PutOutcome, PutRequest, Versioned, unix_now};
+use super::model::{PutOutcome, PutRequest, ReplicaBatch, ReplicaOutcome, Versioned, unix_now};
 use crate::error::{Error, Result};
 use crate::metrics::StoreMetrics;
 
@@ -27,9 +27,12 @@ const MAX_BATCH: usize = 1024;
 const KNOWN_LATEST: usize = 65_536;
 
 pub type PutReply = oneshot::Sender<Result<PutOutcome>>;
+pub type ReplicaReply = oneshot::Sender<Result<ReplicaOutcome>>;
 
 pub enum Command {
     Put(PutRequest, PutReply),
+    /// Versions assigned by a primary elsewhere, stored exactly as given.
+    Replicate(ReplicaBatch, ReplicaReply),
     /// Readiness probe: answered once the writer has taken and released the write lock.
     Ping(oneshot::Sender<Result<()>>),
     /// Finish everything queued before this, then exit.
@@ -65,21 +68,29 @@ impl Writer {
 
     /// Runs the writer loop until [`Command::Stop`] or until every sender is gone.
     pub fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let mut batch: Vec<(PutRequest, PutReply)> = Vec::with_capacity(MAX_BATCH);
+        let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
         let mut pings = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut stop = false;
             let mut next = Some(first);
+            let mut writes = 0;
             while let Some(cmd) = next.take() {
                 match cmd {
-                    Command::Put(req, reply) => batch.push((req, reply)),
+                    Command::Put(req, reply) => {
+                        writes += 1;
+                        batch.push(Op::Put(req, reply));
+                    }
+                    Command::Replicate(replicas, reply) => {
+                        writes += replicas.records.len().max(1);
+                        batch.push(Op::Replicate(replicas, reply));
+                    }
                     Command::Ping(reply) => pings.push(reply),
                     Command::Stop => {
                         stop = true;
                         break;
                     }
                 }
-                if batch.len() < MAX_BATCH {
+                if writes < MAX_BATCH {
                     next = rx.try_recv().ok();
                 }
             }
@@ -106,7 +117,7 @@ impl Writer {
             })
     }
 
-    fn commit_batch(&mut self, batch: &mut Vec<(PutRequest, PutReply)>) {
+    fn commit_batch(&mut self, batch: &mut Vec<Op>) {
         let started = Instant::now();
         let result = self.apply(batch);
         let metrics = &self.metrics;
@@ -117,29 +128,54 @@ impl Writer {
         match result {
             Ok(applied) => {
                 self.checkpointer.committed();
-                for ((req, reply), outcome) in batch.drain(..).zip(applied) {
-                    let answer = outcome.map(|(outcome, stored)| {
-                        self.known_latest.put(req.key.clone(), stored.version);
-                        // Write-through, after the commit is durable and before the caller hears.
-                        self.cache.on_commit(&req.key, stored);
-                        outcome
-                    });
-                    let _ = reply.send(answer);
+                // Write-through, after the commit is durable and before any caller hears.
+                for (key, stored, is_latest) in applied.committed {
+                    let known = self.known_latest.get(&key).copied().unwrap_or(0);
+                    if stored.version > known {
+                        self.known_latest.put(key.clone(), stored.version);
+                    }
+                    if is_latest {
+                        self.cache.on_commit(&key, stored);
+                    }
+                }
+                for (op, answer) in batch.drain(..).zip(applied.answers) {
+                    match (op, answer) {
+                        (Op::Put(_, reply), Answer::Put(answer)) => {
+                            let _ = reply.send(answer);
+                        }
+                        (Op::Replicate(_, reply), Answer::Replicate(answer)) => {
+                            if !answer.conflicts.is_empty() {
+                                metrics
+                                    .replica_conflicts
+                                    .inc_by(answer.conflicts.len() as u64);
+                            }
+                            let _ = reply.send(Ok(answer));
+                        }
+                        _ => unreachable!("answers are made in batch order"),
+                    }
                 }
             }
             Err(err) => {
                 tracing::error!(error = %err, writes = batch.len(), "batch commit failed");
                 metrics.write_errors.inc_by(batch.len() as u64);
                 let message = err.to_string();
-                for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(Error::WriteFailed(message.clone())));
+                for op in batch.drain(..) {
+                    let failed = Error::WriteFailed(message.clone());
+                    match op {
+                        Op::Put(_, reply) => {
+                            let _ = reply.send(Err(failed));
+                        }
+                        Op::Replicate(_, reply) => {
+                            let _ = reply.send(Err(failed));
+                        }
+                    }
                 }
             }
         }
     }
 
     /// Runs the whole batch in one transaction. An `Err` means nothing was committed.
-    fn apply(&mut self, batch: &[(PutRequest, PutReply)]) -> Result<Vec<Applied>> {
+    fn apply(&mut self, batch: &[Op]) -> Result<Applied> {
         let db = |context| move |source| Error::Database { context, source };
         let known_latest = &mut self.known_latest;
         // IMMEDIATE takes the write lock up front, through the busy handler, instead of
@@ -148,7 +184,10 @@ impl Writer {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db("begin"))?;
-        let mut results = Vec::with_capacity(batch.len());
+        let mut applied = Applied {
+            answers: Vec::with_capacity(batch.len()),
+            committed: Vec::with_capacity(batch.len()),
+        };
         {
             let mut latest_stmt = tx
                 .prepare_cached(r#"SELECT MAX(version) FROM "values" WHERE key = ?1"#)
@@ -161,71 +200,176 @@ impl Writer {
             let mut upsert_key = tx
                 .prepare_cached(
                     "INSERT INTO keys(key, created_at, updated_at) VALUES (?1, ?2, ?2) \
-                     ON CONFLICT(key) DO UPDATE SET updated_at = excluded.updated_at",
+                     ON CONFLICT(key) DO UPDATE SET \
+                     created_at = MIN(created_at, excluded.created_at), \
+                     updated_at = MAX(updated_at, excluded.updated_at)",
+                )
+                .map_err(db("prepare"))?;
+            let mut existing_stmt = tx
+                .prepare_cached(r#"SELECT value FROM "values" WHERE key = ?1 AND version = ?2"#)
+                .map_err(db("prepare"))?;
+            let mut save_cursor = tx
+                .prepare_cached(
+                    "INSERT INTO peer_cursors(peer, instance, seq) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT(peer) DO UPDATE SET instance = excluded.instance, seq = excluded.seq",
                 )
                 .map_err(db("prepare"))?;
             // Latest versions of keys already written in this batch (not committed yet, so
             // not in `known_latest`).
-            let mut latest_in_batch: HashMap<&str, u64> = HashMap::new();
-            for (req, _) in batch {
-                let known = latest_in_batch
-                    .get(&*req.key)
-                    .copied()
-                    .or_else(|| known_latest.get(&req.key).copied());
-                let latest = match known {
-                    Some(v) => Some(v),
-                    None => latest_stmt
-                        .query_row([&*req.key], |r| r.get::<_, Option<i64>>(0))
+            let mut latest_in_batch: HashMap<Arc<str>, u64> = HashMap::new();
+            let mut latest_of =
+                |key: &Arc<str>, latest_in_batch: &HashMap<Arc<str>, u64>| -> Result<Option<u64>> {
+                    if let Some(v) = latest_in_batch.get(key) {
+                        return Ok(Some(*v));
+                    }
+                    if let Some(v) = known_latest.get(key) {
+                        return Ok(Some(*v));
+                    }
+                    Ok(latest_stmt
+                        .query_row([&**key], |r| r.get::<_, Option<i64>>(0))
                         .optional()
                         .map_err(db("read latest version"))?
                         .flatten()
-                        .map(|v| v as u64),
+                        .map(|v| v as u64))
                 };
-                let current = latest.unwrap_or(0);
-                if let Some(expected) = req.if_version
-                    && expected != current
-                {
-                    results.push(Err(Error::VersionConflict {
-                        key: req.key.to_string(),
-                        expected,
-                        actual: current,
-                    }));
-                    continue;
+            for op in batch {
+                match op {
+                    Op::Put(req, _) => {
+                        let latest = latest_of(&req.key, &latest_in_batch)?;
+                        let current = latest.unwrap_or(0);
+                        if let Some(expected) = req.if_version
+                            && expected != current
+                        {
+                            applied
+                                .answers
+                                .push(Answer::Put(Err(Error::VersionConflict {
+                                    key: req.key.to_string(),
+                                    expected,
+                                    actual: current,
+                                })));
+                            continue;
+                        }
+                        let Some(version) =
+                            current.checked_add(1).filter(|v| *v <= i64::MAX as u64)
+                        else {
+                            applied
+                                .answers
+                                .push(Answer::Put(Err(Error::VersionOverflow {
+                                    key: req.key.to_string(),
+                                })));
+                            continue;
+                        };
+                        let timestamp = unix_now();
+                        insert_value
+                            .execute(params![&*req.key, &*req.value, version as i64, timestamp])
+                            .map_err(db("insert version"))?;
+                        upsert_key
+                            .execute(params![&*req.key, timestamp])
+                            .map_err(db("update key"))?;
+                        latest_in_batch.insert(req.key.clone(), version);
+                        applied.answers.push(Answer::Put(Ok(PutOutcome {
+                            version,
+                            previous_version: latest,
+                            total_versions: version,
+                            timestamp,
+                        })));
+                        applied.committed.push((
+                            req.key.clone(),
+                            Versioned {
+                                version,
+                                value: req.value.clone(),
+                                timestamp,
+                            },
+                            true,
+                        ));
+                    }
+                    Op::Replicate(replicas, _) => {
+                        let mut outcome = ReplicaOutcome::default();
+                        for record in &replicas.records {
+                            let held: Option<String> = existing_stmt
+                                .query_row(
+                                    params![&*record.key, record.stored.version as i64],
+                                    |r| r.get::<_, Option<String>>(0),
+                                )
+                                .optional()
+                                .map_err(db("read replica version"))?
+                                .map(|v| v.unwrap_or_else(|| "null".into()));
+                            match held {
+                                Some(value) if *value == *record.stored.value => {
+                                    outcome.duplicates += 1;
+                                }
+                                Some(_) => {
+                                    tracing::error!(key = %record.key, version = record.stored.version,
+                                        "replica conflict: this server holds another value for \
+                                         that version; keeping its own");
+                                    outcome
+                                        .conflicts
+                                        .push((record.key.to_string(), record.stored.version));
+                                }
+                                None => {
+                                    let latest = latest_of(&record.key, &latest_in_batch)?;
+                                    let stored = &record.stored;
+                                    insert_value
+                                        .execute(params![
+                                            &*record.key,
+                                            &*stored.value,
+                                            record.stored.version as i64,
+                                            stored.timestamp
+                                        ])
+                                        .map_err(db("insert replica version"))?;
+                                    upsert_key
+                                        .execute(params![&*record.key, stored.timestamp])
+                                        .map_err(db("update key"))?;
+                                    let is_latest =
+                                        latest.is_none_or(|l| record.stored.version > l);
+                                    if is_latest {
+                                        latest_in_batch
+                                            .insert(record.key.clone(), record.stored.version);
+                                    }
+                                    outcome.stored += 1;
+                                    applied.committed.push((
+                                        record.key.clone(),
+                                        stored.clone(),
+                                        is_latest,
+                                    ));
+                                }
+                            }
+                        }
+                        if let Some(cursor) = &replicas.cursor {
+                            save_cursor
+                                .execute(params![
+                                    &cursor.peer,
+                                    &cursor.instance,
+                                    cursor.seq.min(i64::MAX as u64) as i64
+                                ])
+                                .map_err(db("save catch-up cursor"))?;
+                        }
+                        applied.answers.push(Answer::Replicate(outcome));
+                    }
                 }
-                let Some(version) = current.checked_add(1).filter(|v| *v <= i64::MAX as u64) else {
-                    results.push(Err(Error::VersionOverflow {
-                        key: req.key.to_string(),
-                    }));
-                    continue;
-                };
-                let timestamp = unix_now();
-                insert_value
-                    .execute(params![&*req.key, &*req.value, version as i64, timestamp])
-                    .map_err(db("insert version"))?;
-                upsert_key
-                    .execute(params![&*req.key, timestamp])
-                    .map_err(db("update key"))?;
-                latest_in_batch.insert(&req.key, version);
-                results.push(Ok((
-                    PutOutcome {
-                        version,
-                        previous_version: latest,
-                        total_versions: version,
-                        timestamp,
-                    },
-                    Versioned {
-                        version,
-                        value: req.value.clone(),
-                        timestamp,
-                    },
-                )));
             }
         }
         tx.commit().map_err(db("commit"))?;
-        Ok(results)
+        Ok(applied)
     }
 }
 
-/// Either a stored version or the reason this one put was refused (a failed condition
-/// does not abort the batch).
-type Applied = Result<(PutOutcome, Versioned)>;
+/// One queued write: a client's put, or versions from a primary or a catch-up pull.
+enum Op {
+    Put(PutRequest, PutReply),
+    Replicate(ReplicaBatch, ReplicaReply),
+}
+
+enum Answer {
+    /// Either the stored version or why this one put was refused (a failed condition does
+    /// not abort the batch).
+    Put(Result<PutOutcome>),
+    Replicate(ReplicaOutcome),
+}
+
+/// What a committed batch did: one answer per op, and every version stored, with whether
+/// it became its key's latest (only those may enter the cache's "latest").
+struct Applied {
+    answers: Vec<Answer>,
+    committed: Vec<(Arc<str>, Versioned, bool)>,
+}

@@ -6,6 +6,7 @@ mod concurrency;
 mod crash;
 mod http;
 mod model;
+mod replication;
 mod seed;
 mod snapshot;
 mod support;

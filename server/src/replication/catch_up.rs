@@ -1,0 +1,145 @@
+//! Catch-up: pulling from one peer, in a loop, the versions this server should hold and does
+//! not. Cheap when there is nothing to do (one small request per interval), incremental (a
+//! cursor into the peer's change sequence) and resumable (the cursor is committed with the
+//! versions it covers).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use kv_common::replication::{ChangesResponse, MAX_CHANGES_PAGE};
+
+use super::Shared;
+use crate::store::{Cursor, ReplicaBatch, ReplicaRecord, Store, Versioned};
+
+/// Longest pause after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Runs until aborted. `start` is the saved cursor for this peer, if any.
+pub async fn run(
+    shared: Arc<Shared>,
+    store: Store,
+    peer: String,
+    url: String,
+    start: Option<(String, u64)>,
+) {
+    let (mut instance, mut seq) = start.unwrap_or_default();
+    let mut failures = 0u32;
+    loop {
+        match pull(&shared, &store, &peer, &url, &mut instance, &mut seq).await {
+            Ok(more) => {
+                failures = 0;
+                if more {
+                    continue;
+                }
+                shared.set_progress(&peer, |p| p.caught_up_once = true);
+                tokio::time::sleep(shared.catch_up_interval).await;
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                if failures == 1 {
+                    tracing::warn!(%peer, %error, "catch-up pull failed; retrying");
+                }
+                shared.set_progress(&peer, |p| p.last_error = Some(error.clone()));
+                let backoff = shared.catch_up_interval * failures.min(10);
+                tokio::time::sleep(backoff.min(MAX_BACKOFF)).await;
+            }
+        }
+    }
+}
+
+/// One page. Returns whether the peer has more right away.
+async fn pull(
+    shared: &Shared,
+    store: &Store,
+    peer: &str,
+    url: &str,
+    instance: &mut String,
+    seq: &mut u64,
+) -> Result<bool, String> {
+    let page = fetch(shared, url, *seq).await?;
+    if page.instance != *instance {
+        // A new database behind that name (or the first pull): its sequence numbers mean
+        // nothing to the old cursor. Start it over.
+        if *seq != 0 {
+            tracing::info!(%peer, old = %instance, new = %page.instance,
+                "peer has a new database; reading it from the start");
+        }
+        *instance = page.instance;
+        *seq = 0;
+        return Ok(true);
+    }
+    let records = page
+        .records
+        .into_iter()
+        .map(|change| ReplicaRecord {
+            key: change.key.as_str().into(),
+            stored: Versioned {
+                version: change.version,
+                value: change.value.get().into(),
+                timestamp: change.timestamp,
+            },
+        })
+        .collect();
+    let outcome = store
+        .replicate(ReplicaBatch {
+            records,
+            cursor: Some(Cursor {
+                peer: peer.to_owned(),
+                instance: instance.clone(),
+                seq: page.next,
+            }),
+        })
+        .await
+        .map_err(|e| format!("storing pulled versions: {e}"))?;
+    if outcome.stored > 0 {
+        tracing::info!(%peer, stored = outcome.stored, duplicates = outcome.duplicates,
+            "caught up versions from a peer");
+    }
+    shared.metrics.pulled(peer, outcome.stored);
+    *seq = page.next;
+    shared.set_progress(peer, |p| {
+        p.cursor = page.next;
+        p.head = page.head;
+        p.last_error = None;
+    });
+    Ok(page.next < page.head)
+}
+
+async fn fetch(shared: &Shared, url: &str, after: u64) -> Result<ChangesResponse, String> {
+    let target = format!(
+        "{url}/internal/changes?after={after}&limit={MAX_CHANGES_PAGE}&for={}",
+        percent_encode(&shared.me)
+    );
+    match shared.client.call(Method::GET, &target, None).await? {
+        (StatusCode::OK, body) => {
+            serde_json::from_slice(&body).map_err(|e| format!("unreadable change page: {e}"))
+        }
+        (status, body) => Err(format!(
+            "answered {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        )),
+    }
+}
+
+/// Member names are DNS-like, but nothing forbids other characters: escape the query value.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_are_escaped_for_the_query() {
+        assert_eq!(super::percent_encode("kv-0"), "kv-0");
+        assert_eq!(super::percent_encode("a b&c=d"), "a%20b%26c%3Dd");
+    }
+}

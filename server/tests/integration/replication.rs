@@ -1,0 +1,469 @@
+//! Replication between real servers on 127.0.0.1 (in-process, each on its own listener):
+//! quorum writes, idempotent and conflicting replica writes, the change feed, catch-up after
+//! a restart, and the "syncing" gate of a server whose database is new.
+
+use std::time::{Duration, Instant};
+
+use kv_common::replication::{ChangesResponse, ReplicationStatus};
+use kv_common::ring::Ring;
+use kv_server::ServerConfig;
+use kv_server::config::{Peer, ReplicationConfig};
+use kv_server::store::SyncMode;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+const NAMES: [&str; 3] = ["r0", "r1", "r2"];
+
+/// One server of the test cluster: a fixed port, a data directory, stop and start.
+struct Node {
+    name: &'static str,
+    port: u16,
+    dir: std::path::PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<kv_server::Result<()>>>,
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    peers: Vec<Peer>,
+    http: reqwest::Client,
+    _root: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let root = tempfile::tempdir().unwrap();
+        let nodes: Vec<Node> = NAMES
+            .iter()
+            .map(|name| Node {
+                name,
+                port: free_port(),
+                dir: root.path().join(name),
+                stop: None,
+                task: None,
+            })
+            .collect();
+        let peers = nodes
+            .iter()
+            .map(|n| Peer {
+                name: n.name.into(),
+                url: format!("http://127.0.0.1:{}", n.port),
+            })
+            .collect();
+        Cluster {
+            nodes,
+            peers,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            _root: root,
+        }
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.nodes[i].port)
+    }
+
+    fn index(&self, name: &str) -> usize {
+        NAMES.iter().position(|n| *n == name).unwrap()
+    }
+
+    async fn start(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let mut config = ServerConfig::new(&node.dir);
+        config.node_name = node.name.into();
+        config.sync = SyncMode::Normal;
+        config.replication = ReplicationConfig {
+            peers: self.peers.clone(),
+            replication_factor: Some(3),
+            write_quorum: Some(2),
+            catch_up_interval_ms: 50,
+            replication_timeout_ms: 2_000,
+            ..ReplicationConfig::default()
+        };
+        // The port was free a moment ago; after a stop it is free again (SO_REUSEADDR).
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", node.port))
+            .await
+            .unwrap();
+        let (stop, stopped) = oneshot::channel();
+        node.stop = Some(stop);
+        node.task = Some(tokio::spawn(kv_server::run(listener, config, async {
+            let _ = stopped.await;
+        })));
+        let url = format!("http://127.0.0.1:{}/health", node.port);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.http.get(&url).send().await.is_err() {
+            assert!(Instant::now() < deadline, "{} did not start", node.name);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts every server and waits until they have seen each other: a new cluster serves
+    /// once each new database has caught up with every peer (there is nothing to fetch).
+    async fn start_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.start(i).await;
+        }
+        self.wait_caught_up(&[0, 1, 2]).await;
+    }
+
+    async fn stop(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if let Some(stop) = node.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = node.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    async fn put(&self, i: usize, key: &str, value: Value) -> reqwest::Response {
+        self.http
+            .put(format!("{}/put/{key}", self.url(i)))
+            .json(&json!({ "value": value }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn get(&self, i: usize, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url(i)))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn status(&self, i: usize) -> ReplicationStatus {
+        let (code, body) = self.get(i, "/internal/status").await;
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_value(body).unwrap()
+    }
+
+    /// Waits until every running server is synced and has nothing left to pull.
+    async fn wait_caught_up(&self, running: &[usize]) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut done = true;
+            let mut seen = Vec::new();
+            for &i in running {
+                let s = self.status(i).await;
+                done &= s.synced && s.lag == 0 && s.peers.iter().all(|p| p.last_error.is_none());
+                seen.push(s);
+            }
+            if done {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replication did not catch up: {seen:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn ring() -> Ring {
+    Ring::new(NAMES, kv_common::ring::DEFAULT_VNODES)
+}
+
+/// A key whose primary is `primary`.
+fn key_of(primary: &str, n: usize) -> String {
+    let ring = ring();
+    (0..)
+        .map(|i| format!("k{n}-{i}"))
+        .find(|k| ring.owner(k) == Some(primary))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_put_is_confirmed_by_a_quorum_and_reaches_every_replica() {
+    let mut c = Cluster::new();
+    c.start_all().await;
+    let key = key_of("r0", 0);
+    let r = c.put(0, &key, json!({"n": 1})).await;
+    assert_eq!(r.status(), 200);
+    let acked: Vec<String> = r.headers()["x-kv-acked-by"]
+        .to_str()
+        .unwrap()
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(acked[0], "r0");
+    assert!(acked.len() >= 2, "{acked:?}");
+    // Beyond the quorum, the third copy arrives shortly after.
+    c.wait_caught_up(&[0, 1, 2]).await;
+    for i in 0..3 {
+        let (code, body) = c.get(i, &format!("/get/{key}")).await;
+        assert_eq!(
+            (code, &body["value"], &body["version"]),
+            (200, &json!({"n": 1}), &json!(1))
+        );
+    }
+    // Only the primary takes client writes: the ring says who that is.
+    let r = c.put(1, &key, json!(2)).await;
+    assert_eq!(r.status(), 421);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "not_primary");
+    assert!(
+        body["detail"].as_str().unwrap().contains("'r0' is"),
+        "{body}"
+    );
+    // The gateway's quorum header is honoured, and checked.
+    let r = c
+        .http
+        .put(format!("{}/put/{key}", c.url(0)))
+        .header("x-kv-write-quorum", "3")
+        .json(&json!({"value": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["x-kv-acked-by"]
+            .to_str()
+            .unwrap()
+            .split(',')
+            .count(),
+        3
+    );
+    let r = c
+        .http
+        .put(format!("{}/put/{key}", c.url(0)))
+        .header("x-kv-write-quorum", "zero")
+        .json(&json!({"value": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    for i in 0..3 {
+        c.stop(i).await;
+    }
+}
+
+#[tokio::test]
+async fn replica_writes_are_idempotent_and_a_different_value_is_refused() {
+    let mut c = Cluster::new();
+    c.start_all().await;
+    let record = json!({"from": "r0", "records": [
+        {"key": "k", "version": 1, "value": {"a": 1}, "timestamp": 1700000000.5},
+        {"key": "k", "version": 2, "value": [1, 2], "timestamp": 1700000001.0},
+    ]});
+    let send = |body: Value| {
+        c.http
+            .post(format!("{}/internal/replicate", c.url(1)))
+            .json(&body)
+            .send()
+    };
+    let r = send(record.clone()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"stored": 2, "duplicates": 0})
+    );
+    let r = send(record).await.unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"stored": 0, "duplicates": 2})
+    );
+    // Version 2 with another value: refused and reported; version 3 in the same batch is kept.
+    let r = send(json!({"from": "r0", "records": [
+        {"key": "k", "version": 2, "value": "other", "timestamp": 1.0},
+        {"key": "k", "version": 3, "value": 3, "timestamp": 1700000002.0},
+    ]}))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "replica_conflict");
+    assert_eq!(body["conflicts"], json!([{"key": "k", "version": 2}]));
+    assert_eq!(body["stored"], 1);
+    // The replica serves exactly what the primary assigned, timestamps included.
+    let (_, v2) = c.get(1, "/get/k?version=2").await;
+    assert_eq!(v2["value"], json!([1, 2]));
+    assert_eq!(v2["timestamp"].as_f64(), Some(1700000001.0));
+    let (_, latest) = c.get(1, "/get/k").await;
+    assert_eq!(latest["version"], 3);
+    let (code, metrics) = (
+        200,
+        c.http
+            .get(format!("{}/metrics", c.url(1)))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("kv_server_replica_conflicts_total 1"),
+        "{metrics}"
+    );
+    // Bad records are a 400, not a 500.
+    let r = send(
+        json!({"from": "r0", "records": [{"key": "", "version": 1, "value": 1, "timestamp": 1.0}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = send(json!({"from": "r0", "records": [{"key": "k", "version": 0, "value": 1, "timestamp": 1.0}]}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    for i in 0..3 {
+        c.stop(i).await;
+    }
+}
+
+#[tokio::test]
+async fn the_change_feed_gives_each_peer_only_its_keys() {
+    let mut c = Cluster::new();
+    c.start_all().await;
+    let ring = ring();
+    let mut keys = Vec::new();
+    for n in 0..30 {
+        let key = key_of("r0", n);
+        assert_eq!(c.put(0, &key, json!(n)).await.status(), 200);
+        keys.push(key);
+    }
+    // With R = 3 on 3 servers every peer holds every key; with R = 2 only some.
+    let text = c
+        .http
+        .get(format!(
+            "{}/internal/changes?after=0&for=r1&limit=1000",
+            c.url(0)
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let page: ChangesResponse = serde_json::from_str(&text).unwrap();
+    assert_eq!(page.records.len(), 30);
+    assert_eq!((page.next, page.head), (30, 30));
+    assert!(page.records.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert!(keys.iter().all(|k| ring.replicates("r1", k, 3)));
+    let (code, body) = c.get(0, "/internal/changes?after=10&for=r1&limit=5").await;
+    assert_eq!(code, 200);
+    assert_eq!(body["records"][0]["seq"], 11);
+    assert_eq!(body["next"], 15);
+    let (code, body) = c.get(0, "/internal/changes?after=0").await;
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (400, Some("missing_parameter"))
+    );
+    for i in 0..3 {
+        c.stop(i).await;
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_replica_catches_up_and_lag_returns_to_zero() {
+    let mut c = Cluster::new();
+    c.start_all().await;
+    c.stop(2).await;
+    // r2 is down: keys of r0 still reach their quorum (r0 + r1).
+    let mut written = Vec::new();
+    for n in 0..40 {
+        let key = key_of("r0", n);
+        for v in 0..3 {
+            let r = c.put(0, &key, json!(format!("{n}-{v}"))).await;
+            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        }
+        written.push(key);
+    }
+    let behind = c.status(0).await;
+    assert!(
+        behind
+            .peers
+            .iter()
+            .any(|p| p.name == "r2" && p.last_error.is_some())
+    );
+    c.start(2).await;
+    c.wait_caught_up(&[0, 1, 2]).await;
+    for key in &written {
+        for v in 1..=3u64 {
+            let (code, body) = c.get(2, &format!("/get/{key}?version={v}")).await;
+            assert_eq!(code, 200, "{key} v{v}: {body}");
+        }
+        let (_, latest) = c.get(2, &format!("/get/{key}")).await;
+        assert_eq!(latest["version"], 3, "{key}");
+    }
+    let status = c.status(2).await;
+    assert_eq!(status.lag, 0);
+    assert!(status.synced);
+    for i in 0..3 {
+        c.stop(i).await;
+    }
+}
+
+#[tokio::test]
+async fn a_server_with_a_new_database_serves_nothing_until_it_caught_up() {
+    let mut c = Cluster::new();
+    c.start_all().await;
+    let key = key_of("r2", 0);
+    for v in 0..3 {
+        assert_eq!(c.put(2, &key, json!(v)).await.status(), 200);
+    }
+    c.wait_caught_up(&[0, 1, 2]).await;
+    // r2 loses its disk; r1 is down while it comes back, so r2 cannot know what r1 holds.
+    c.stop(2).await;
+    c.stop(1).await;
+    std::fs::remove_dir_all(&c.nodes[2].dir).unwrap();
+    c.start(2).await;
+    let (code, body) = c.get(2, &format!("/get/{key}")).await;
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (503, Some("syncing")),
+        "{body}"
+    );
+    let r = c.put(2, &key, json!("forked?")).await;
+    assert_eq!(
+        r.status(),
+        503,
+        "a new database must not assign version 1 again"
+    );
+    let health: Value = c.get(2, "/health").await.1;
+    assert_eq!(health["replication"]["synced"], false);
+    // r1 returns: r2 pulls from both and serves again, with the history intact.
+    c.start(1).await;
+    c.wait_caught_up(&[0, 1, 2]).await;
+    let (code, body) = c.get(2, &format!("/get/{key}")).await;
+    assert_eq!((code, &body["version"]), (200, &json!(3)));
+    let r = c.put(2, &key, json!("next")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["version"], 4);
+    assert_eq!(c.index("r2"), 2);
+    for i in 0..3 {
+        c.stop(i).await;
+    }
+}
+
+#[tokio::test]
+async fn without_peers_the_internal_routes_do_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new(dir.path());
+    config.sync = SyncMode::Normal;
+    let state = kv_server::http::AppState::start(config).await.unwrap();
+    assert!(state.replication.is_none());
+    let app = kv_server::http::app(state);
+    use tower::ServiceExt;
+    let request = axum::http::Request::get("/internal/status")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 404);
+}
