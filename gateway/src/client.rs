@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -78,10 +78,24 @@ impl BackendClient {
         path_and_query: &str,
         body: Option<(Bytes, HeaderValue)>,
     ) -> Result<Response<Bytes>, CallError> {
+        self.send_with_headers(backend, method, path_and_query, body, &[])
+            .await
+    }
+
+    /// [`BackendClient::send`] with request headers of the gateway's own (the write quorum of
+    /// a put); client headers are never passed on.
+    pub async fn send_with_headers(
+        &self,
+        backend: &Backend,
+        method: Method,
+        path_and_query: &str,
+        body: Option<(Bytes, HeaderValue)>,
+        headers: &[(HeaderName, HeaderValue)],
+    ) -> Result<Response<Bytes>, CallError> {
         let started = Instant::now();
         let result = tokio::time::timeout(
             self.request_timeout,
-            self.exchange(backend, method, path_and_query, body),
+            self.exchange(backend, method, path_and_query, body, headers),
         )
         .await
         .unwrap_or(Err(CallError::Timeout(self.request_timeout)));
@@ -108,12 +122,16 @@ impl BackendClient {
         method: Method,
         path_and_query: &str,
         body: Option<(Bytes, HeaderValue)>,
+        headers: &[(HeaderName, HeaderValue)],
     ) -> Result<Response<Bytes>, CallError> {
         let uri = backend
             .url
             .join(path_and_query)
             .map_err(|e| CallError::Transport(e.into()))?;
         let mut request = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
         let body = match body {
             Some((bytes, content_type)) => {
                 request = request.header(header::CONTENT_TYPE, content_type);

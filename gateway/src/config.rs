@@ -22,6 +22,24 @@ const DEFAULT_REMOVAL_GRACE_SECS: u64 = 60;
 /// Replicas per key where there are that many servers.
 pub const DEFAULT_REPLICATION_FACTOR: usize = 3;
 
+/// Replication as configured. What is in force also depends on how many members there are
+/// (see [`Replication::in_force`]), which Kubernetes discovery changes at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replication {
+    pub factor: usize,
+    pub write_quorum: Option<usize>,
+}
+
+impl Replication {
+    /// `(R, W)` with `members` servers: R is capped at the member count (at least 1), W at R,
+    /// and W defaults to a majority of R.
+    pub fn in_force(self, members: usize) -> (usize, usize) {
+        let r = self.factor.min(members).max(1);
+        let w = self.write_quorum.unwrap_or(r / 2 + 1).clamp(1, r);
+        (r, w)
+    }
+}
+
 /// Flatten it into a binary's own parser (`#[command(flatten)]`), as `kv-gateway` does.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayConfig {
@@ -187,9 +205,16 @@ impl GatewayConfig {
     /// The replication factor and write quorum in force with `members` servers: R is capped
     /// at the member count, W at R, and W defaults to a majority of R.
     pub fn replication(&self, members: usize) -> (usize, usize) {
-        let r = self.replication_factor.min(members).max(1);
-        let w = self.write_quorum.unwrap_or(r / 2 + 1).clamp(1, r);
-        (r, w)
+        self.replication_settings().in_force(members)
+    }
+
+    /// R and W as configured, for the state to recompute what is in force as members come
+    /// and go.
+    pub fn replication_settings(&self) -> Replication {
+        Replication {
+            factor: self.replication_factor,
+            write_quorum: self.write_quorum,
+        }
     }
 
     pub fn connect_timeout(&self) -> Duration {
@@ -238,6 +263,21 @@ mod tests {
         assert_eq!(config.backends[1].url.to_string(), "http://server-2:8080");
         assert_eq!(config.vnodes, 150);
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn replication_in_force_follows_the_member_count() {
+        let mut config = GatewayConfig::with_backends([("a", "http://x:1")]).unwrap();
+        assert_eq!(config.replication(0), (1, 1));
+        assert_eq!(config.replication(1), (1, 1));
+        assert_eq!(config.replication(2), (2, 2));
+        assert_eq!(config.replication(5), (3, 2));
+        config.replication_factor = 5;
+        assert_eq!(config.replication(9), (5, 3));
+        config.write_quorum = Some(4);
+        assert_eq!(config.replication(9), (5, 4));
+        // A quorum above the capped factor is capped too: three members cannot hold four.
+        assert_eq!(config.replication(3), (3, 3));
     }
 
     #[test]

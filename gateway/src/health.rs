@@ -1,13 +1,15 @@
-//! Member health: active checks of every member plus passive marking by the proxy.
+//! Member health: active checks of every member plus passive marking by the proxy, and what
+//! each member's `/health` says about its replication (lag, synced).
 //!
 //! Health never changes the ring (that would move keys and fork their versions); it only
 //! decides whether the gateway tries the owner of a key or answers 503 at once.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::Method;
+use kv_common::replication::{HealthBody, ReplicationHealth};
 
 use crate::client::BackendClient;
 use crate::membership::{Backend, TopologyHandle};
@@ -49,6 +51,61 @@ impl HealthState {
     }
 }
 
+/// Stands for "no lag known" in [`ReplicationState`]: no real lag gets that large.
+const NO_LAG: u64 = u64::MAX;
+const SYNCED_UNKNOWN: u8 = 0;
+const SYNCED_NO: u8 = 1;
+const SYNCED_YES: u8 = 2;
+
+/// What a member's last readable `/health` said about its replication: nothing for a
+/// standalone server or before the first answer. Shown by `/servers`; routing does not use
+/// it (a syncing primary says so itself, with a 503 the proxy falls back on).
+///
+/// Two atomics, not a lock: a reader may see the lag of one check with the flag of the
+/// previous one, which a status page can afford.
+#[derive(Debug)]
+pub struct ReplicationState {
+    lag: AtomicU64,
+    synced: AtomicU8,
+}
+
+impl Default for ReplicationState {
+    fn default() -> Self {
+        ReplicationState {
+            lag: AtomicU64::new(NO_LAG),
+            synced: AtomicU8::new(SYNCED_UNKNOWN),
+        }
+    }
+}
+
+impl ReplicationState {
+    pub fn record(&self, health: Option<ReplicationHealth>) {
+        let (lag, synced) = match health {
+            Some(h) => (
+                h.lag.min(NO_LAG - 1),
+                if h.synced { SYNCED_YES } else { SYNCED_NO },
+            ),
+            None => (NO_LAG, SYNCED_UNKNOWN),
+        };
+        self.lag.store(lag, Ordering::Relaxed);
+        self.synced.store(synced, Ordering::Relaxed);
+    }
+
+    /// Versions the member has yet to pull from its peers.
+    pub fn lag(&self) -> Option<u64> {
+        Some(self.lag.load(Ordering::Relaxed)).filter(|&lag| lag != NO_LAG)
+    }
+
+    /// False while a member with a new database catches up.
+    pub fn synced(&self) -> Option<bool> {
+        match self.synced.load(Ordering::Relaxed) {
+            SYNCED_NO => Some(false),
+            SYNCED_YES => Some(true),
+            _ => None,
+        }
+    }
+}
+
 /// Checks every member's `/health` each `interval`, and at once when the topology changes.
 /// Runs until the task is aborted.
 pub async fn run_checks(topology: Arc<TopologyHandle>, client: BackendClient, interval: Duration) {
@@ -68,11 +125,24 @@ pub async fn run_checks(topology: Arc<TopologyHandle>, client: BackendClient, in
 
 /// One check. A probe must answer within the check interval: a member slower than that to
 /// say it is healthy is not one to send traffic to.
+///
+/// A 200 is healthy whatever its body; a body that is not a `HealthBody` (an older server)
+/// leaves the replication figures as they were.
 async fn probe(client: &BackendClient, backend: &Arc<Backend>, timeout: Duration) {
-    let ok = matches!(
-        tokio::time::timeout(timeout, client.send(backend, Method::GET, "/health", None)).await,
-        Ok(Ok(response)) if response.status().is_success()
-    );
+    let answer =
+        tokio::time::timeout(timeout, client.send(backend, Method::GET, "/health", None)).await;
+    let ok = match answer {
+        Ok(Ok(response)) if response.status().is_success() => {
+            if let Ok(body) = serde_json::from_slice::<HealthBody>(response.body()) {
+                backend.replication.record(body.replication);
+                client
+                    .metrics()
+                    .replication_lag(&backend.name, backend.replication.lag());
+            }
+            true
+        }
+        _ => false,
+    };
     set(client, backend, ok);
 }
 
@@ -108,5 +178,25 @@ mod tests {
         assert!(state.mark_down());
         assert!(!state.mark_down());
         assert_eq!(state.as_str(), "down");
+    }
+
+    #[test]
+    fn replication_figures_are_absent_until_a_replicated_member_reports_them() {
+        let state = ReplicationState::default();
+        assert_eq!((state.lag(), state.synced()), (None, None));
+        state.record(Some(ReplicationHealth {
+            factor: 3,
+            lag: 7,
+            synced: false,
+        }));
+        assert_eq!((state.lag(), state.synced()), (Some(7), Some(false)));
+        state.record(Some(ReplicationHealth {
+            factor: 3,
+            lag: 0,
+            synced: true,
+        }));
+        assert_eq!((state.lag(), state.synced()), (Some(0), Some(true)));
+        state.record(None);
+        assert_eq!((state.lag(), state.synced()), (None, None));
     }
 }

@@ -3,13 +3,15 @@
 //!
 //! Codemap: `ring` (re-exported from kv-common: placement and preference lists),
 //! `membership` (static list or Kubernetes EndpointSlices -> the atomically swapped
-//! `Topology`), `health` (active checks + passive marking), `client` (pooled HTTP to
-//! members), `proxy` (key routes), `stats` (`/servers`, per-member stats), `admin` (member
-//! snapshots, streamed), `auth`, `openapi`, `routes` (the router), `config`, `error`,
-//! `metrics`.
+//! `Topology`), `health` (active checks + passive marking, members' replication lag),
+//! `client` (pooled HTTP to members), `proxy` (key routes; writes go to the key's primary
+//! only), `replicas` (reads from the rest of a key's preference list when its primary cannot
+//! answer), `stats` (`/servers`, per-member stats), `admin` (member snapshots, streamed),
+//! `auth`, `openapi`, `routes` (the router), `config`, `error`, `metrics`.
 //!
 //! Architecture Invariant: the gateway holds no durable state, and a key is only ever sent to
-//! its owner on the current ring.
+//! its owner on the current ring, or for a read its primary cannot answer, to the other
+//! members of its preference list.
 
 pub mod admin;
 pub mod auth;
@@ -21,6 +23,7 @@ pub mod membership;
 pub mod metrics;
 pub mod openapi;
 pub mod proxy;
+pub mod replicas;
 pub mod routes;
 pub mod state;
 pub mod stats;

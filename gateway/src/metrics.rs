@@ -1,5 +1,5 @@
-//! Gateway-specific metrics: per-member requests, latencies and errors, member health, and
-//! the ring's epoch and size. Per-route metrics come from `kv_common::http_metrics`.
+//! Gateway-specific metrics: per-member requests, latencies and errors, member health and
+//! replication lag, reads served by replicas, and the ring's epoch and size. Per-route metrics come from `kv_common::http_metrics`.
 
 use std::sync::Arc;
 
@@ -23,10 +23,18 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FallbackLabels {
+    /// `served` (a replica answered) or `unavailable` (none had the key: 503).
+    pub outcome: &'static str,
+}
+
 pub struct GatewayMetrics {
     member_requests: Family<OutcomeLabels, Counter>,
     member_latency: Family<MemberLabels, Histogram>,
     member_up: Family<MemberLabels, Gauge>,
+    member_replication_lag: Family<MemberLabels, Gauge>,
+    fallback_reads: Family<FallbackLabels, Counter>,
     ring_epoch: Gauge,
     ring_members: Gauge,
 }
@@ -40,6 +48,8 @@ impl GatewayMetrics {
                 Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
             }),
             member_up: Family::default(),
+            member_replication_lag: Family::default(),
+            fallback_reads: Family::default(),
             ring_epoch: Gauge::default(),
             ring_members: Gauge::default(),
         };
@@ -57,6 +67,17 @@ impl GatewayMetrics {
             "gateway_member_up",
             "1 when the member's last check or request succeeded, 0 when it failed",
             metrics.member_up.clone(),
+        );
+        registry.register(
+            "gateway_member_replication_lag",
+            "Versions the member has yet to pull from its peers, from its last health check \
+             (absent for standalone members)",
+            metrics.member_replication_lag.clone(),
+        );
+        registry.register(
+            "gateway_fallback_reads",
+            "Reads whose primary could not answer, by whether a replica served them",
+            metrics.fallback_reads.clone(),
         );
         registry.register(
             "gateway_ring_epoch",
@@ -95,11 +116,38 @@ impl GatewayMetrics {
             .set(i64::from(up));
     }
 
-    /// Drops a departed member's health gauge, so dashboards do not show it forever.
-    pub fn forget_member(&self, member: &str) {
-        self.member_up.remove(&MemberLabels {
+    /// Sets a member's lag, or drops its gauge when it reports none (standalone).
+    pub fn replication_lag(&self, member: &str, lag: Option<u64>) {
+        let labels = MemberLabels {
             member: member.to_owned(),
-        });
+        };
+        match lag {
+            Some(lag) => {
+                self.member_replication_lag
+                    .get_or_create(&labels)
+                    .set(i64::try_from(lag).unwrap_or(i64::MAX));
+            }
+            None => {
+                self.member_replication_lag.remove(&labels);
+            }
+        }
+    }
+
+    /// Counts a read that went to the replicas; `served` when one of them answered it.
+    pub fn fallback_read(&self, served: bool) {
+        let outcome = if served { "served" } else { "unavailable" };
+        self.fallback_reads
+            .get_or_create(&FallbackLabels { outcome })
+            .inc();
+    }
+
+    /// Drops a departed member's gauges, so dashboards do not show it forever.
+    pub fn forget_member(&self, member: &str) {
+        let labels = MemberLabels {
+            member: member.to_owned(),
+        };
+        self.member_up.remove(&labels);
+        self.member_replication_lag.remove(&labels);
     }
 
     pub fn ring_changed(&self, epoch: u64, members: usize) {

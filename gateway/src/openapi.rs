@@ -14,8 +14,10 @@ use crate::{admin, proxy, routes, stats};
         title = "kvstore gateway",
         description = "The single entry point of kvstore: every key is served by its owner on a \
             SHA-256 consistent-hash ring. Answers from a server carry `server_used` and the \
-            `X-Server-Used` header. When a key's owner is down the answer is 503 with \
-            `Retry-After`; the gateway never sends a key elsewhere. When an API token is \
+            `X-Server-Used` header. Writes go to the key's primary only: when it is down \
+            the answer is 503 with `Retry-After`. With replication (R > 1), a read whose \
+            primary is down or still syncing is answered by the key's other replicas, \
+            with `X-Kv-Primary-Unavailable` naming the primary. When an API token is \
             configured, every route but /health, /ready and /metrics needs \
             `Authorization: Bearer TOKEN`. `/admin/snapshot` streams a member's database: \
             with authentication off it is as open as every other route."
@@ -88,5 +90,16 @@ mod tests {
         assert!(paths["/put/{key}"].get("put").is_some());
         assert!(paths["/put/{key}"].get("post").is_some());
         assert!(doc["components"]["schemas"].get("PutResponse").is_some());
+        let get = &paths["/get/{key}"]["get"]["responses"];
+        assert!(
+            get["200"]["headers"]
+                .get("x-kv-primary-unavailable")
+                .is_some()
+        );
+        assert!(get["503"]["headers"].get("retry-after").is_some());
+        let put = &paths["/put/{key}"]["put"]["responses"];
+        assert!(put["200"]["headers"].get("x-kv-acked-by").is_some());
+        let member = &doc["components"]["schemas"]["MemberStatus"]["properties"];
+        assert!(member.get("replication_lag").is_some() && member.get("synced").is_some());
     }
 }

@@ -1,8 +1,10 @@
-//! Forwarding the storage API (`/put`, `/get`, `/versions`) to the owner of the key.
+//! Forwarding the storage API (`/put`, `/get`, `/versions`) to the owner (primary) of the key.
 //!
-//! Architecture Invariant: a key is only ever sent to its owner on the current ring. When the
-//! owner is down the answer is a 503 naming it, never a detour to another member: a write
-//! elsewhere would fork the key's versions (the seed did that and lost data).
+//! Architecture Invariant: writes and version listings only ever go to the key's primary on
+//! the current ring. When it is down the answer is a 503 naming it, never a detour to another
+//! member: a write elsewhere would fork the key's versions (the seed did that and lost data).
+//! Only a read of one version may go to the key's replicas, the other members of its
+//! preference list, when the primary cannot answer (`replicas`).
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -12,10 +14,12 @@ use bytes::Bytes;
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, Method, header};
 use http_body_util::{BodyExt, Limited};
+use kv_common::replication::{ACKED_BY_HEADER, WRITE_QUORUM_HEADER};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::de::IgnoredAny;
 
 use crate::error::{Error, Result};
+use crate::replicas;
 use crate::state::AppState;
 
 /// Names the member that answered, on every proxied answer.
@@ -30,18 +34,51 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
+/// Tells the primary how many servers must hold a put's version before it answers.
+const WRITE_QUORUM: HeaderName = HeaderName::from_static(WRITE_QUORUM_HEADER);
+
 /// Answer headers worth passing on; the rest (server, date, location...) describe the member
-/// and are the gateway's own business.
-const PASSED_HEADERS: [HeaderName; 3] = [header::CONTENT_TYPE, header::ALLOW, header::RETRY_AFTER];
+/// and are the gateway's own business. `x-kv-acked-by` names the servers holding a put.
+const PASSED_HEADERS: [HeaderName; 4] = [
+    header::CONTENT_TYPE,
+    header::ALLOW,
+    header::RETRY_AFTER,
+    HeaderName::from_static(ACKED_BY_HEADER),
+];
+
+/// Which key route a request is for: each has its own rule for leaving the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Put,
+    Get,
+    Versions,
+}
+
+impl Route {
+    fn path(self) -> &'static str {
+        match self {
+            Route::Put => "put",
+            Route::Get => "get",
+            Route::Versions => "versions",
+        }
+    }
+}
 
 /// Store a new version of a key (compare-and-set with if_version).
 #[utoipa::path(put, path = "/put/{key}", tag = "keys",
     params(("key" = String, Path, description = "The key, one percent-encoded path segment"),
            ("if_version" = Option<u64>, Query, description = "Only write if the latest version is this one (412 otherwise)")),
     request_body = kv_common::api::PutBody,
-    responses((status = 200, description = "Stored; `server_used` names the owner", body = kv_common::api::PutResponse),
+    responses((status = 200, description = "Stored on at least the write quorum of the key's replicas; `server_used` names the primary",
+                  body = kv_common::api::PutResponse,
+                  headers(("x-server-used" = String, description = "The key's primary, which assigned the version"),
+                          ("x-kv-acked-by" = String, description = "The servers holding the version, primary first, comma-separated (replicated servers only)"))),
               (status = 412, description = "`if_version` is not the latest", body = kv_common::ErrorBody),
-              (status = 503, description = "The key's owner is down", body = kv_common::ErrorBody)))]
+              (status = 503, description = "The key's primary is down (`server_unavailable`, with `Retry-After`; the put is never sent to another server), \
+                  still syncing a new database (`syncing`), or stored the version but too few replicas confirmed it in time \
+                  (`quorum_failed`: the write is indeterminate, it may or may not become visible)",
+                  body = kv_common::ErrorBody,
+                  headers(("retry-after" = u64, description = "Seconds to wait before retrying")))))]
 pub async fn put(
     State(state): State<AppState>,
     key: Result<Path<String>, PathRejection>,
@@ -68,7 +105,7 @@ pub async fn put(
     forward(
         &state,
         method,
-        "put",
+        Route::Put,
         key,
         query,
         Some((body, content_type)),
@@ -87,29 +124,40 @@ fn put_post_doc() {}
 /// Read the latest version of a key, or an exact version.
 #[utoipa::path(get, path = "/get/{key}", tag = "keys",
     params(("key" = String, Path), ("version" = Option<u64>, Query, description = "A past version; the latest if absent")),
-    responses((status = 200, body = kv_common::api::GetResponse),
-              (status = 404, description = "No such key or version", body = kv_common::ErrorBody),
-              (status = 503, description = "The key's owner is down", body = kv_common::ErrorBody)))]
+    responses((status = 200, description = "From the key's primary or, when it is down or still syncing, from the replica \
+                  holding the highest version (for `?version=N`, the first replica holding it)",
+                  body = kv_common::api::GetResponse,
+                  headers(("x-server-used" = String, description = "The server that answered"),
+                          ("x-kv-primary-unavailable" = String, description = "Only on an answer from a replica: the primary that could not answer"))),
+              (status = 404, description = "No such key or version (only the primary says so)", body = kv_common::ErrorBody),
+              (status = 503, description = "Neither the key's primary nor any of its replicas could answer (`server_unavailable`, \
+                  naming the primary, with `Retry-After`): with the primary unreachable the gateway cannot tell \
+                  \"no such key\" from \"not here yet\", so this is never a 404",
+                  body = kv_common::ErrorBody,
+                  headers(("retry-after" = u64, description = "Seconds to wait before retrying"))),
+              (status = 504, description = "The key's primary did not answer in time (without replication)", body = kv_common::ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     key: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
-    forward(&state, Method::GET, "get", key, query, None).await
+    forward(&state, Method::GET, Route::Get, key, query, None).await
 }
 
 /// List a key's versions, oldest first, a page at a time.
 #[utoipa::path(get, path = "/versions/{key}", tag = "keys",
     params(("key" = String, Path), ("after" = Option<u64>, Query), ("limit" = Option<u64>, Query)),
-    responses((status = 200, body = kv_common::api::VersionsResponse),
+    responses((status = 200, description = "From the key's primary only: a page from a lagging replica could miss versions",
+                  body = kv_common::api::VersionsResponse),
               (status = 404, body = kv_common::ErrorBody),
-              (status = 503, body = kv_common::ErrorBody)))]
+              (status = 503, description = "The key's primary is down (`server_unavailable`, with `Retry-After`) or still syncing (`syncing`)",
+                  body = kv_common::ErrorBody)))]
 pub async fn versions(
     State(state): State<AppState>,
     key: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
 ) -> Result<Response> {
-    forward(&state, Method::GET, "versions", key, query, None).await
+    forward(&state, Method::GET, Route::Versions, key, query, None).await
 }
 
 /// `/put/`, `/get/`, `/versions/`: a key route without a key.
@@ -120,7 +168,7 @@ pub async fn empty_key() -> Error {
 async fn forward(
     state: &AppState,
     method: Method,
-    route: &str,
+    route: Route,
     key: Result<Path<String>, PathRejection>,
     query: Option<String>,
     body: Option<(Bytes, HeaderValue)>,
@@ -128,6 +176,17 @@ async fn forward(
     // The only rejection left once the route matched is a segment that is not UTF-8.
     let Path(key) = key.map_err(|e| Error::InvalidKey(e.body_text()))?;
     let topology = state.topology.load();
+    let (r, w) = state.replication(topology.ring.len());
+    // The query passes through as the client wrote it: it only ever lands after the path, on
+    // a member the ring chose for the key.
+    let mut path = format!("/{}/{}", route.path(), utf8_percent_encode(&key, SEGMENT));
+    if let Some(query) = query {
+        path.push('?');
+        path.push_str(&query);
+    }
+    if route == Route::Get {
+        return replicas::get(state, &topology.preference_list(&key, r), &path).await;
+    }
     let backend = topology.owner(&key).ok_or(Error::NoServers)?;
     if backend.health.is_down() {
         state
@@ -139,16 +198,13 @@ async fn forward(
             retry_after_secs: state.retry_after_secs,
         });
     }
-    // The query passes through as the client wrote it: it only ever lands after the path, on
-    // the owner the ring chose.
-    let mut path = format!("/{route}/{}", utf8_percent_encode(&key, SEGMENT));
-    if let Some(query) = query {
-        path.push('?');
-        path.push_str(&query);
-    }
+    let headers = match route {
+        Route::Put => vec![(WRITE_QUORUM, HeaderValue::from(w))],
+        Route::Get | Route::Versions => Vec::new(),
+    };
     let response = state
         .client
-        .send(backend, method, &path, body)
+        .send_with_headers(backend, method, &path, body, &headers)
         .await
         .map_err(|e| upstream_error(state, &backend.name, e))?;
     Ok(decorate(response, &backend.name))

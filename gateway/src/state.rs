@@ -8,7 +8,7 @@ use prometheus_client::registry::Registry;
 
 use crate::auth::ApiToken;
 use crate::client::BackendClient;
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, Replication};
 use crate::error::Result;
 use crate::membership::TopologyHandle;
 use crate::metrics::GatewayMetrics;
@@ -27,6 +27,8 @@ pub struct Shared {
     pub max_body_bytes: usize,
     /// The `Retry-After` of a 503 for a down member: by then the next check has run.
     pub retry_after_secs: u64,
+    /// As configured; [`AppState::replication`] gives what is in force.
+    pub replication: Replication,
 }
 
 impl Deref for AppState {
@@ -58,6 +60,13 @@ impl AppState {
             token: ApiToken::load(config)?,
             max_body_bytes: config.max_body_bytes,
             retry_after_secs: config.health_interval().as_secs_f64().ceil().max(1.0) as u64,
+            replication: config.replication_settings(),
         })))
+    }
+
+    /// `(R, W)` in force with `members` servers. Recomputed per request from the topology
+    /// the request reads (a couple of comparisons), so it follows membership changes.
+    pub fn replication(&self, members: usize) -> (usize, usize) {
+        self.replication.in_force(members)
     }
 }

@@ -24,8 +24,8 @@ pub struct StatsQuery {
     server: Option<String>,
 }
 
-/// The servers on the ring: the seed's servers and count, plus each member's URL, health and
-/// ring share, and the ring epoch.
+/// The servers on the ring: the seed's servers and count, plus each member's URL, health,
+/// ring share and replication lag, the ring epoch, and the replication in force.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ServersResponse {
     /// Member names, sorted.
@@ -34,6 +34,10 @@ pub struct ServersResponse {
     /// Goes up by one each time the set of members changes.
     pub epoch: u64,
     pub vnodes: usize,
+    /// Servers holding each key: the configured factor, capped at `count`.
+    pub replication_factor: usize,
+    /// Servers that must hold a version before a put is answered (sent to primaries).
+    pub write_quorum: usize,
     pub members: Vec<MemberStatus>,
 }
 
@@ -45,12 +49,19 @@ pub struct MemberStatus {
     pub health: String,
     /// Fraction of the hash space (and so, on average, of the keys) this member owns.
     pub ring_share: f64,
+    /// Versions the member has yet to pull from its peers, from its last health check; null
+    /// for a standalone member or before the first check.
+    pub replication_lag: Option<u64>,
+    /// False while a member with a new database catches up (its reads then go to replicas);
+    /// null for a standalone member or before the first check.
+    pub synced: Option<bool>,
 }
 
 #[utoipa::path(get, path = "/servers", tag = "cluster",
-    responses((status = 200, body = ServersResponse)))]
+    responses((status = 200, description = "Members with health, ring share and replication lag; the replication factor and write quorum in force", body = ServersResponse)))]
 pub async fn servers(State(state): State<AppState>) -> Json<ServersResponse> {
     let topology = state.topology.load();
+    let (replication_factor, write_quorum) = state.replication(topology.ring.len());
     let members = topology
         .ring
         .shares()
@@ -62,6 +73,8 @@ pub async fn servers(State(state): State<AppState>) -> Json<ServersResponse> {
                 url: backend.url.to_string(),
                 health: backend.health.as_str().to_owned(),
                 ring_share: share,
+                replication_lag: backend.replication.lag(),
+                synced: backend.replication.synced(),
             })
         })
         .collect();
@@ -70,6 +83,8 @@ pub async fn servers(State(state): State<AppState>) -> Json<ServersResponse> {
         count: topology.ring.len(),
         epoch: topology.epoch,
         vnodes: topology.ring.vnodes(),
+        replication_factor,
+        write_quorum,
         members,
     })
 }

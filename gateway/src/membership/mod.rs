@@ -19,7 +19,7 @@ use http::Uri;
 use http::uri::{Authority, Scheme};
 use tokio::sync::Notify;
 
-use crate::health::HealthState;
+use crate::health::{HealthState, ReplicationState};
 use crate::metrics::GatewayMetrics;
 use crate::ring::Ring;
 
@@ -82,6 +82,8 @@ pub struct Backend {
     pub name: String,
     pub url: BackendUrl,
     pub health: HealthState,
+    /// What its last readable `/health` said about replication.
+    pub replication: ReplicationState,
 }
 
 /// An immutable view of the cluster: the ring and where each member is.
@@ -100,6 +102,16 @@ impl Topology {
         self.ring
             .owner(key)
             .and_then(|name| self.backends.get(name))
+    }
+
+    /// The members holding `key` with `r` replicas, primary first (see
+    /// [`Ring::preference_list`]).
+    pub fn preference_list(&self, key: &str, r: usize) -> Vec<&Arc<Backend>> {
+        self.ring
+            .preference_list(key, r)
+            .into_iter()
+            .filter_map(|name| self.backends.get(name))
+            .collect()
     }
 
     /// Ready means it can serve some keys: a non-empty ring with a member that answered.
@@ -151,6 +163,7 @@ impl TopologyHandle {
                     name: member.name.clone(),
                     url: member.url,
                     health: HealthState::default(),
+                    replication: ReplicationState::default(),
                 }),
             };
             backends.insert(member.name, backend);

@@ -1,9 +1,11 @@
-//! End-to-end tests: real kv-server instances and the gateway, in-process, on 127.0.0.1
-//! ephemeral ports, driven over HTTP with reqwest.
+//! End-to-end tests: real kv-server instances (or scripted fake members) and the gateway,
+//! in-process, on 127.0.0.1 ephemeral ports, driven over HTTP with reqwest.
 
 mod admin;
 mod edges;
 mod failover;
+mod fake_member;
+mod fallback;
 mod harness;
 mod proxying;
 mod stats;
