@@ -97,8 +97,11 @@ pub struct ReplicationStatus {
     pub write_quorum: usize,
     /// False while a server with a new database has not caught up with every peer.
     pub synced: bool,
-    /// Sum of the peers' lags.
+    /// Sum of the peers' lags, as of each peer's last pull (so 0 right after a write that
+    /// no pull has seen yet; compare `peers[].cursor` with each peer's own `head` to know).
     pub lag: u64,
+    /// This server's own newest change sequence.
+    pub head: u64,
     pub peers: Vec<PeerStatus>,
 }
 

@@ -161,5 +161,7 @@ pub async fn changes(
 
 /// Where catch-up stands with every peer.
 pub async fn status(State(state): State<AppState>) -> Result<Json<ReplicationStatus>, ApiError> {
-    Ok(Json(replication(&state)?.status()))
+    let replication = replication(&state)?;
+    let head = state.store.head().await?;
+    Ok(Json(replication.status(head)))
 }

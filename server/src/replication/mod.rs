@@ -258,8 +258,8 @@ impl Replication {
         }
     }
 
-    /// `/internal/status`.
-    pub fn status(&self) -> ReplicationStatus {
+    /// `/internal/status`; `head` is this server's newest change sequence.
+    pub fn status(&self, head: u64) -> ReplicationStatus {
         let progress = self
             .shared
             .progress
@@ -282,13 +282,14 @@ impl Replication {
             write_quorum: self.quorum,
             synced: self.shared.synced.load(Ordering::Relaxed),
             lag: peers.iter().map(|p| p.lag).sum(),
+            head,
             peers,
         }
     }
 
     /// The `replication` part of `/health`.
     pub fn health(&self) -> ReplicationHealth {
-        let status = self.status();
+        let status = self.status(0);
         ReplicationHealth {
             factor: status.replication_factor,
             lag: status.lag,

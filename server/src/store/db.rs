@@ -27,8 +27,9 @@ pub struct OpenInfo {
     /// with replication). Peers keep their cursors per instance, so a server that comes back
     /// with a new database is read again from the start.
     pub instance: String,
-    /// The database was created by this open and holds no version: the server may be the
-    /// primary of keys whose versions only its peers hold.
+    /// The database is new to its cluster: created by this open, or a seed database, or a
+    /// restored copy (copies carry no instance id). Its server may be the primary of keys
+    /// with versions only its peers hold, so with replication it catches up before serving.
     pub fresh: bool,
 }
 
@@ -98,14 +99,9 @@ fn instance(conn: &Connection) -> Result<OpenInfo> {
         [&instance],
     )
     .map_err(db_err("store instance id"))?;
-    let empty: bool = conn
-        .query_row(r#"SELECT NOT EXISTS (SELECT 1 FROM "values")"#, [], |r| {
-            r.get(0)
-        })
-        .map_err(db_err("count rows"))?;
     Ok(OpenInfo {
         instance,
-        fresh: empty,
+        fresh: true,
     })
 }
 
@@ -443,7 +439,7 @@ mod tests {
     }
 
     #[test]
-    fn a_database_keeps_its_instance_and_only_a_new_empty_one_is_fresh() {
+    fn a_database_keeps_its_instance_and_is_fresh_only_when_it_had_none() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kv_store.db");
         let (conn, first) = open_writer(&path, SyncMode::Full).unwrap();
@@ -456,7 +452,7 @@ mod tests {
             (first.instance.as_str(), false)
         );
         drop(conn);
-        // A seed database with data gets an instance but is not fresh: it has versions.
+        // A seed database (or a restored copy) with data is new to the cluster too.
         let seed = dir.path().join("seed.db");
         Connection::open(&seed)
             .unwrap()
@@ -468,7 +464,7 @@ mod tests {
             )
             .unwrap();
         let (_conn, info) = open_writer(&seed, SyncMode::Full).unwrap();
-        assert!(!info.fresh);
+        assert!(info.fresh);
     }
 
     #[test]

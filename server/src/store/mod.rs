@@ -154,6 +154,11 @@ impl Store {
             .await
     }
 
+    /// The newest change sequence of this database.
+    pub async fn head(&self) -> Result<u64> {
+        self.read(db::head).await
+    }
+
     /// Catch-up cursors by peer name: `(instance, seq)`.
     pub async fn cursors(&self) -> Result<Vec<(String, String, u64)>> {
         self.read(db::cursors).await

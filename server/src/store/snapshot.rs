@@ -91,6 +91,25 @@ fn backup(from: &Path, to: &Path) -> Result<()> {
     target
         .query_row("PRAGMA journal_mode=DELETE", [], |_| Ok(()))
         .map_err(db("finish the copy"))?;
+    // A copy is another database: it must not share the source's instance id, or peers
+    // would take its change sequence (restarting from the snapshot's) for the source's and
+    // skip versions. Without an id, whoever opens it next makes a new one and treats it as
+    // new to the cluster (see db.rs). Restore copies a backup file as it is, so a restored
+    // database has no id either.
+    let has_instance: bool = target
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'kv_meta') \
+             AND EXISTS (SELECT 1 FROM kv_meta WHERE name = 'instance')",
+            [],
+            |r| r.get(0),
+        )
+        .or_else(|_| Ok::<_, rusqlite::Error>(false))
+        .map_err(db("read the copy's instance id"))?;
+    if has_instance {
+        target
+            .execute("DELETE FROM kv_meta WHERE name = 'instance'", [])
+            .map_err(db("clear the copy's instance id"))?;
+    }
     target.close().map_err(|(_, source)| Error::Database {
         context: "close the copy",
         source,

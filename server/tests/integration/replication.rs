@@ -151,17 +151,26 @@ impl Cluster {
         serde_json::from_value(body).unwrap()
     }
 
-    /// Waits until every running server is synced and has nothing left to pull.
+    /// Waits until every running server is synced and has pulled everything every other
+    /// running server holds (its cursor towards each reached that peer's own head).
     async fn wait_caught_up(&self, running: &[usize]) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let mut done = true;
             let mut seen = Vec::new();
             for &i in running {
-                let s = self.status(i).await;
-                done &= s.synced && s.lag == 0 && s.peers.iter().all(|p| p.last_error.is_none());
-                seen.push(s);
+                seen.push(self.status(i).await);
             }
+            let done = seen.iter().all(|s| {
+                s.synced
+                    && s.lag == 0
+                    && s.peers.iter().all(|p| {
+                        p.last_error.is_none()
+                            && seen
+                                .iter()
+                                .find(|other| other.name == p.name)
+                                .is_none_or(|other| p.cursor >= other.head)
+                    })
+            });
             if done {
                 return;
             }

@@ -92,3 +92,20 @@ async fn a_snapshot_under_writes_holds_every_acknowledged_version() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert_eq!(app.put("after", "1").await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_copy_is_a_new_database_instance() {
+    use kv_server::store::{SyncMode, db, snapshot};
+    let app = test_app();
+    app.put("k", "1").await;
+    let original = app.state.store.open_info().instance.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first.db");
+    let info = snapshot::copy_database(app.state.store.db_path(), &first).unwrap();
+    assert_eq!(info.versions, 1);
+    // Opened, the copy gets its own instance id and counts as new to the cluster, so peers
+    // read its change sequence from the start and it catches up before serving.
+    let (_conn, opened) = db::open_writer(&first, SyncMode::Normal).unwrap();
+    assert_ne!(opened.instance, original);
+    assert!(opened.fresh);
+}
