@@ -5,5 +5,7 @@ mod admin;
 mod edges;
 mod failover;
 mod harness;
+mod procs;
 mod proxying;
+mod replication;
 mod stats;
