@@ -37,6 +37,11 @@
 //! StatefulSets of a [`FakeApiServer`]: each pod is a real `kv-server` running in-process on
 //! `127.0.0.1` (an ephemeral port), with a data directory per pod ordinal that outlives
 //! "restarts" (its PersistentVolumeClaim). See `sim/mod.rs` for what it does and does not.
+//!
+//! # [`history`]
+//! A recorded history of puts and gets under faults, and the checker that says whether it
+//! is one the replication contract (docs/replication.md) allows. The checker is pure: no
+//! HTTP, no clock.
 
 mod error;
 mod gc;
@@ -49,6 +54,8 @@ mod sim;
 mod store;
 mod watch;
 mod write;
+
+pub mod history;
 
 pub use error::ApiError;
 pub use server::FakeApiServer;

@@ -7,5 +7,7 @@ mod failover;
 mod fake_member;
 mod fallback;
 mod harness;
+mod procs;
 mod proxying;
+mod replication;
 mod stats;
