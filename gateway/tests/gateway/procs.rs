@@ -254,14 +254,26 @@ impl ProcCluster {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let mut behind = Vec::new();
+            let mut seen = Vec::new();
             for i in 0..self.len() {
                 match self.status(i).await {
-                    Ok(s) if s.synced && s.lag == 0 => {}
-                    Ok(s) => behind.push(format!(
-                        "{}: synced {}, lag {}, peers {:?}",
-                        s.name, s.synced, s.lag, s.peers
-                    )),
+                    Ok(s) => seen.push(s),
                     Err(e) => behind.push(e),
+                }
+            }
+            // `lag` is as of each server's last pull; a pull that has not happened since the
+            // last write shows 0 too. Caught up means every cursor reached that peer's head.
+            for s in &seen {
+                let cursors_reached = s.peers.iter().all(|p| {
+                    seen.iter()
+                        .find(|other| other.name == p.name)
+                        .is_none_or(|other| p.cursor >= other.head)
+                });
+                if !(s.synced && s.lag == 0 && cursors_reached) {
+                    behind.push(format!(
+                        "{}: synced {}, lag {}, head {}, peers {:?}",
+                        s.name, s.synced, s.lag, s.head, s.peers
+                    ));
                 }
             }
             if behind.is_empty() {
