@@ -28,14 +28,19 @@ const DEFAULT_PAGE: u64 = 100;
     params(
         ("key" = String, Path, description = "Any UTF-8 text, percent-encoded, 1 to 1024 bytes"),
         ("if_version" = Option<u64>, Query, description = "Store only if the latest version is this; 0 = only if the key does not exist"),
+        ("x-kv-write-quorum" = Option<u64>, Header, description = "Replication: servers that must hold the version before the answer (the gateway sends it)"),
     ),
     request_body = kv_common::api::PutBody,
     responses(
-        (status = 200, description = "Stored", body = PutResponse),
+        (status = 200, description = "Stored", body = PutResponse,
+            headers(("x-kv-acked-by" = String, description = "Replication: the servers holding the version, primary first"))),
         (status = 400, description = "Invalid JSON, empty key or bad parameter", body = kv_common::ErrorBody),
         (status = 412, description = "`if_version` did not match", body = kv_common::ErrorBody),
         (status = 413, description = "Value over the size limit", body = kv_common::ErrorBody),
         (status = 414, description = "Key over 1024 bytes", body = kv_common::ErrorBody),
+        (status = 421, description = "Replication: this server is not the key's primary (`not_primary`)", body = kv_common::ErrorBody),
+        (status = 503, description = "Replication: a new database still catching up (`syncing`), or the version was stored here but too few replicas confirmed it in time (`quorum_failed`: the write is uncertain)", body = kv_common::ErrorBody,
+            headers(("retry-after" = u64, description = "Seconds to wait"))),
         (status = 422, description = "Body is not an object with a `value`, or has a non-finite number", body = kv_common::ErrorBody),
     )
 )]
@@ -287,7 +292,7 @@ pub async fn db_stats(State(state): State<AppState>) -> Result<Json<DbStats>, Ap
 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/health", tag = "operations",
-    responses((status = 200, description = "Alive")))]
+    responses((status = 200, description = "Alive; with replication, the catch-up lag and whether a new database has caught up", body = HealthBody)))]
 pub async fn health(State(state): State<AppState>) -> Json<HealthBody> {
     Json(HealthBody {
         status: "ok".into(),
