@@ -149,6 +149,10 @@ pub struct FinalState {
     pub servers: BTreeMap<String, BTreeMap<String, Listing>>,
     /// Key -> its primary's name: whose listing must be gap-free.
     pub primaries: BTreeMap<String, String>,
+    /// Key -> the other servers that must hold it (its preference list after the primary).
+    /// Once catch-up is done each must list exactly the primary's versions (check
+    /// [`Check::Diverged`]); empty when the test does not know or care.
+    pub replicas: BTreeMap<String, Vec<String>>,
     /// (key, version) -> the value read through the gateway at the end (`None`: not
     /// readable). Check (a) requires an entry, with the acknowledged value, for every
     /// acknowledged put; a test that cannot read through the gateway leaves it empty and
@@ -198,6 +202,8 @@ pub enum Check {
     Phantom,
     /// (c) One put's value at two versions.
     Duplicate,
+    /// (c) After catch-up, a replica of a key does not hold exactly its primary's versions.
+    Diverged,
     /// (d) A client read an older latest than it had seen.
     NonMonotonic,
     /// (d) A read missed a put acknowledged before it was invoked.

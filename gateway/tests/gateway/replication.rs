@@ -328,8 +328,14 @@ async fn final_state(
         state.servers.insert(name.clone(), held);
     }
     for key in keys {
-        let primary = cluster.names[cluster.replicas(key)[0]].clone();
+        let list = cluster.replicas(key);
+        let primary = cluster.names[list[0]].clone();
         state.primaries.insert(key.clone(), primary);
+        let others = list[1..]
+            .iter()
+            .map(|&i| cluster.names[i].clone())
+            .collect();
+        state.replicas.insert(key.clone(), others);
     }
     let acked: BTreeSet<(&str, u64)> = events
         .iter()

@@ -34,6 +34,7 @@ pub fn check(events: &[Event], state: &FinalState, options: CheckOptions) -> Rep
     c.acked_are_durable();
     c.values_are_unique_and_written();
     c.listings_are_gap_free();
+    c.replicas_converged();
     c.reads_are_fresh();
     let mut violations = c.violations;
     violations.sort_by_key(|v| v.check);
@@ -314,6 +315,47 @@ impl Checker<'_> {
                 .map(|(i, _, _)| i)
                 .collect();
             self.report(Check::Gap, detail, &events);
+        }
+    }
+
+    /// (c): every replica of a key lists exactly what its primary lists, values included.
+    fn replicas_converged(&mut self) {
+        let mut found = Vec::new();
+        for (key, replicas) in &self.state.replicas {
+            let Some(primary) = self.state.primaries.get(key) else {
+                continue;
+            };
+            let listing = |server: &str| -> BTreeSet<(u64, String)> {
+                self.state
+                    .servers
+                    .get(server)
+                    .and_then(|keys| keys.get(key))
+                    .map(|l| l.iter().cloned().collect())
+                    .unwrap_or_default()
+            };
+            let expected = listing(primary);
+            for replica in replicas {
+                let held = listing(replica);
+                if held != expected {
+                    let missing: Vec<u64> = expected.difference(&held).map(|(v, _)| *v).collect();
+                    let extra: Vec<u64> = held.difference(&expected).map(|(v, _)| *v).collect();
+                    found.push((
+                        format!(
+                            "{key}: replica {replica} lacks {missing:?} and has {extra:?} \
+                             compared with primary {primary}"
+                        ),
+                        key.clone(),
+                    ));
+                }
+            }
+        }
+        for (detail, key) in found {
+            let events: Vec<usize> = self
+                .acked()
+                .filter(|(_, p, _)| p.key == key)
+                .map(|(i, _, _)| i)
+                .collect();
+            self.report(Check::Diverged, detail, &events);
         }
     }
 

@@ -236,6 +236,40 @@ fn history_gap_is_reported() {
 }
 
 #[test]
+fn history_diverged_replica_is_reported() {
+    let (events, mut state) = valid();
+    for key in ["a", "b"] {
+        state
+            .replicas
+            .insert(key.into(), vec!["s1".into(), "s2".into()]);
+    }
+    assert!(run(&events, &state).is_ok());
+    // s2 never caught up with a3; s1 never got b at all.
+    let s2 = state.servers.get_mut("s2").unwrap();
+    s2.get_mut("a").unwrap().retain(|(v, _)| *v != 3);
+    state.servers.get_mut("s1").unwrap().remove("b");
+    let report = run(&events, &state);
+    assert_only(&report, &[Check::Diverged]);
+    let details: Vec<&str> = report
+        .violations
+        .iter()
+        .map(|v| v.detail.as_str())
+        .collect();
+    assert!(
+        details
+            .iter()
+            .any(|d| d.contains("a: replica s2 lacks [3]")),
+        "{report}"
+    );
+    assert!(
+        details
+            .iter()
+            .any(|d| d.contains("b: replica s1 lacks [1]")),
+        "{report}"
+    );
+}
+
+#[test]
 fn history_phantom_values_are_reported() {
     // Read a value nobody wrote.
     let (mut events, state) = valid();
