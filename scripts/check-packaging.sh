@@ -158,6 +158,11 @@ for name in servers:
     check(svc["environment"]["KV_NODE_NAME"] == name, f"compose: {name} has KV_NODE_NAME={name}")
     volume = svc["volumes"][0].split(":")[0]
     check(volume in (compose.get("volumes") or {}) and svc["volumes"][0].endswith(":/data"), f"compose: {name} keeps /data in the named volume {volume}")
+gateway_factor = str(services["gateway"]["environment"].get("KV_REPLICATION_FACTOR"))
+for name in servers:
+    env = services[name]["environment"]
+    check(env.get("KV_PEERS", "").split(",") == backends, f"compose: {name} has every server in KV_PEERS, named as in KV_BACKENDS")
+    check(str(env.get("KV_REPLICATION_FACTOR")) == gateway_factor, f"compose: {name} has the gateway's KV_REPLICATION_FACTOR ({gateway_factor})")
 for name, svc in services.items():
     check("healthcheck" in svc, f"compose: {name} has a health check")
 check(services["gateway"].get("ports"), "compose: the gateway publishes its port")

@@ -9,6 +9,10 @@
 //! Members are named `server-1` ... `server-N` and keep their data in `DATA_DIR/server-i`. The
 //! gateway places keys by member *name* (not address), so the same `--servers` and
 //! `--data-dir` find every key again on the next start, whatever ports the servers get.
+//!
+//! With more than one server they replicate (docs/replication.md): every server is given
+//! every other as a peer (`server-i` at its `127.0.0.1` URL, known since the listeners are
+//! bound before any server starts), and the servers and the gateway the same R and W.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -50,7 +54,17 @@ pub struct ClusterConfig {
     /// commits on power loss, never on a crash of this process).
     #[arg(long, value_enum, default_value_t = SyncMode::Full)]
     pub sync: SyncMode,
+    /// Servers holding each key (capped at --servers; 1 = no replication).
+    #[arg(long, default_value_t = DEFAULT_REPLICATION_FACTOR)]
+    pub replication_factor: usize,
+    /// Servers that must hold a version before a put is answered (default: a majority of the
+    /// replication factor in force).
+    #[arg(long)]
+    pub write_quorum: Option<usize>,
 }
+
+/// `--replication-factor` of `kvstore up`: the servers' and the gateway's default.
+pub const DEFAULT_REPLICATION_FACTOR: usize = 3;
 
 impl ClusterConfig {
     /// The defaults of `kvstore up`, with the given data directory.
@@ -62,7 +76,16 @@ impl ClusterConfig {
             server_port: None,
             cache_size: 100,
             sync: SyncMode::Full,
+            replication_factor: DEFAULT_REPLICATION_FACTOR,
+            write_quorum: None,
         }
+    }
+
+    /// The replication factor in force (the flag, capped at the number of servers) and the
+    /// write quorum (the flag, or a majority of that factor).
+    pub fn replication(&self) -> (usize, usize) {
+        let factor = self.replication_factor.min(self.servers).max(1);
+        (factor, self.write_quorum.unwrap_or(factor / 2 + 1))
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -78,6 +101,26 @@ impl ClusterConfig {
             return Err(Error::Config(format!(
                 "--server-port {port} leaves no room for {} servers",
                 self.servers
+            )));
+        }
+        if self.replication_factor == 0 {
+            return Err(Error::Config(
+                "--replication-factor must be at least 1 (1 = no replication)".into(),
+            ));
+        }
+        let (factor, quorum) = self.replication();
+        if quorum == 0 || quorum > factor {
+            let capped = if factor < self.replication_factor {
+                format!(
+                    " (--replication-factor {} capped at --servers)",
+                    self.replication_factor
+                )
+            } else {
+                String::new()
+            };
+            return Err(Error::Config(format!(
+                "--write-quorum must be from 1 to the replication factor, {factor}{capped}; got \
+                 {quorum}"
             )));
         }
         Ok(())
@@ -104,6 +147,9 @@ impl ServerInfo {
 pub struct Cluster {
     pub gateway: SocketAddr,
     pub servers: Vec<ServerInfo>,
+    /// Servers holding each key, and servers that acknowledge each put.
+    pub replication_factor: usize,
+    pub write_quorum: usize,
     supervisor: JoinHandle<Result<()>>,
 }
 
@@ -150,21 +196,38 @@ pub async fn start(
     let (servers_stop, servers_stopped) = watch::channel(false);
     let mut tasks = ServerTasks::new();
     let mut servers = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let info = ServerInfo {
+    for (i, listener) in listeners.iter().enumerate() {
+        servers.push(ServerInfo {
             name: format!("server-{}", i + 1),
-            addr: local_addr(&listener)?,
+            addr: local_addr(listener)?,
             data_dir: config.data_dir.join(format!("server-{}", i + 1)),
-        };
+        });
+    }
+    let (factor, quorum) = config.replication();
+    // Every server, itself included (a lone server has no peers: it is standalone).
+    let peers: Vec<kv_server::config::Peer> = if servers.len() > 1 {
+        servers
+            .iter()
+            .map(|s| kv_server::config::Peer {
+                name: s.name.clone(),
+                url: s.url(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for (listener, info) in listeners.into_iter().zip(&servers) {
         let mut server = kv_server::ServerConfig::new(&info.data_dir);
         server.listen = info.addr;
         server.node_name = info.name.clone();
         server.cache_size = config.cache_size;
         server.sync = config.sync;
+        server.replication.peers = peers.clone();
+        server.replication.replication_factor = Some(factor);
+        server.replication.write_quorum = Some(quorum);
         let name = info.name.clone();
         let stop = stopped(servers_stopped.clone());
         tasks.spawn(async move { (name, kv_server::run(listener, server, stop).await) });
-        servers.push(info);
     }
     // Wait for every server to open its database; give up on the first failure.
     for server in &servers {
@@ -192,6 +255,8 @@ pub async fn start(
         }
     };
     gateway_config.listen = gateway;
+    gateway_config.replication_factor = factor;
+    gateway_config.write_quorum = Some(quorum);
     let (gateway_stop, gateway_stopped) = watch::channel(false);
     let mut gateway_task = tokio::spawn(kv_gateway::run(
         gateway_listener,
@@ -244,6 +309,8 @@ pub async fn start(
     Ok(Cluster {
         gateway,
         servers,
+        replication_factor: factor,
+        write_quorum: quorum,
         supervisor,
     })
 }

@@ -12,8 +12,8 @@ mod status;
 
 pub use spec::{
     AuthSpec, GatewayServiceSpec, GatewaySpec, ImageSpec, KvCluster, KvClusterSpec, PdbSpec,
-    PullPolicy, PvcRetention, RetentionPolicy, Scheduling, ServerSpec, ServiceType, StorageSpec,
-    SyncMode,
+    PullPolicy, PvcRetention, ReplicationSpec, RetentionPolicy, Scheduling, ServerSpec,
+    ServiceType, StorageSpec, SyncMode,
 };
 pub use status::{KvClusterStatus, Phase, condition_types};
 

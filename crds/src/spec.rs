@@ -54,9 +54,13 @@ pub struct KvClusterSpec {
     #[schemars(range(min = 1, max = 64))]
     pub replicas: i32,
 
-    /// Virtual nodes per server on the gateway's hash ring (default 150, the seed's placement).
+    /// Virtual nodes per server on the hash ring shared by the gateway and the servers
+    /// (default 150, the seed's placement).
     #[schemars(range(min = 1, max = 4096))]
     pub vnodes: i32,
+
+    /// Copies of every version (see docs/replication.md).
+    pub replication: ReplicationSpec,
 
     /// Container images (default: the operator's own release of each).
     pub image: ImageSpec,
@@ -86,6 +90,7 @@ impl Default for KvClusterSpec {
         KvClusterSpec {
             replicas: 3,
             vnodes: 150,
+            replication: ReplicationSpec::default(),
             image: ImageSpec::default(),
             storage: StorageSpec::default(),
             server: ServerSpec::default(),
@@ -94,6 +99,48 @@ impl Default for KvClusterSpec {
             pvc_retention: PvcRetention::default(),
             auth: None,
         }
+    }
+}
+
+/// Replication: every version of a key is stored on `factor` servers, and a put is answered
+/// once `writeQuorum` of them hold it. The factor in force is `min(factor, replicas)`, the
+/// quorum `min(writeQuorum, that factor)`.
+// Field-level defaults: `KubeSchema` (for the CEL rule) cannot use a container `default`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.writeQuorum) || self.writeQuorum <= self.factor")
+    .message("writeQuorum must not exceed factor"))]
+pub struct ReplicationSpec {
+    /// Servers holding each key (default 3; 1 = no replication).
+    #[serde(default = "default_factor")]
+    #[schemars(range(min = 1, max = 64))]
+    pub factor: i32,
+    /// Servers that must hold a version before a put is answered (default: a majority of the
+    /// factor, 2 of 3). At most `factor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub write_quorum: Option<i32>,
+}
+
+fn default_factor() -> i32 {
+    3
+}
+
+impl Default for ReplicationSpec {
+    fn default() -> Self {
+        ReplicationSpec {
+            factor: default_factor(),
+            write_quorum: None,
+        }
+    }
+}
+
+impl ReplicationSpec {
+    /// The (factor, write quorum) in force with `servers` servers: the factor capped at the
+    /// number of servers, the quorum (when set) capped at that factor.
+    pub fn effective(&self, servers: i32) -> (i32, Option<i32>) {
+        let factor = self.factor.min(servers).max(1);
+        (factor, self.write_quorum.map(|w| w.clamp(1, factor)))
     }
 }
 
@@ -255,8 +302,9 @@ pub struct Scheduling {
     pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
 }
 
-/// PodDisruptionBudget over the servers: each server owns its keys alone (no replicas yet), so
-/// a drain should take them one at a time.
+/// PodDisruptionBudget over the servers: a key is readable while one of its `factor` servers
+/// is up, but writable only while its primary is (and acknowledged with `writeQuorum` of them),
+/// so a drain should take servers one at a time.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct PdbSpec {

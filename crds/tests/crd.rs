@@ -31,6 +31,7 @@ fn generated_crd_has_subresources_columns_and_rules() {
         "status: {}",
         "name: Phase",
         "rule: \"!has(self.nodePort) || self.type != 'ClusterIP'\"",
+        "rule: \"!has(self.writeQuorum) || self.writeQuorum <= self.factor\"",
         "x-kubernetes-list-type: map",
         "- Retain",
     ] {
@@ -68,6 +69,8 @@ fn empty_spec_takes_documented_defaults() {
     assert_eq!(cluster.spec, KvClusterSpec::default());
     assert_eq!(cluster.spec.replicas, 3);
     assert_eq!(cluster.spec.vnodes, 150);
+    assert_eq!(cluster.spec.replication.factor, 3);
+    assert_eq!(cluster.spec.replication.write_quorum, None);
     assert_eq!(cluster.spec.storage.size.0, "1Gi");
     assert_eq!(cluster.spec.server.sync, SyncMode::Full);
     assert_eq!(cluster.spec.gateway.replicas, 2);
@@ -75,9 +78,25 @@ fn empty_spec_takes_documented_defaults() {
 }
 
 #[test]
+fn replication_is_capped_by_the_number_of_servers() {
+    let r = kv_crds::ReplicationSpec {
+        factor: 3,
+        write_quorum: Some(3),
+    };
+    assert_eq!(r.effective(5), (3, Some(3)));
+    assert_eq!(r.effective(2), (2, Some(2)));
+    assert_eq!(r.effective(1), (1, Some(1)));
+    let partial: kv_crds::ReplicationSpec = serde_saphyr::from_str("writeQuorum: 1").unwrap();
+    assert_eq!(partial.factor, 3);
+}
+
+#[test]
 fn full_example_sets_every_section() {
     let spec = load(&crate_dir().join("examples/full.yaml")).spec;
     assert_eq!(spec.replicas, 5);
+    assert_eq!(spec.replication.factor, 3);
+    assert_eq!(spec.replication.write_quorum, Some(2));
+    assert_eq!(spec.replication.effective(spec.replicas), (3, Some(2)));
     assert_eq!(spec.image.pull_policy, PullPolicy::Always);
     assert_eq!(spec.gateway.service.type_, ServiceType::NodePort);
     assert_eq!(spec.gateway.service.node_port, Some(30800));

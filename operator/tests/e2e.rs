@@ -6,6 +6,9 @@
 //! with every version -> the status reaches Ready with the right counts -> deleting the
 //! KvCluster removes its children (owner references) and stops the servers.
 //!
+//! This scenario runs one copy of every key (`spec.replication.factor: 1`), where a killed
+//! server's keys are unavailable; `e2e_replication.rs` is the replicated one.
+//!
 //! What a fake cannot show (images, probes run by a kubelet, DNS, RBAC, network policies,
 //! rolling a real StatefulSet) is the kind-based test's job (packaging).
 
@@ -23,7 +26,9 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
-use kv_crds::{GatewaySpec, KvCluster, KvClusterSpec, KvClusterStatus, Phase, condition_types};
+use kv_crds::{
+    GatewaySpec, KvCluster, KvClusterSpec, KvClusterStatus, Phase, ReplicationSpec, condition_types,
+};
 use serde_json::{Value, json};
 
 const NS: &str = "kv-e2e";
@@ -43,9 +48,14 @@ async fn scenario() {
     let client = plane.client.clone();
     let clusters: Api<KvCluster> = Api::namespaced(client.clone(), NS);
 
-    // A KvCluster: 3 servers, 1 gateway (the test runs exactly one gateway pod).
+    // A KvCluster: 3 servers, 1 gateway (the test runs exactly one gateway pod), one copy of
+    // each key.
     let spec = KvClusterSpec {
         replicas: 3,
+        replication: ReplicationSpec {
+            factor: 1,
+            write_quorum: None,
+        },
         gateway: GatewaySpec {
             replicas: 1,
             ..GatewaySpec::default()

@@ -56,6 +56,8 @@ fn print_summary(cluster: &Cluster, json: bool) {
                 "url": s.url(),
                 "data_dir": s.data_dir,
             })).collect::<Vec<_>>(),
+            "replication_factor": cluster.replication_factor,
+            "write_quorum": cluster.write_quorum,
         });
         println!("{summary}");
         return;
@@ -71,6 +73,10 @@ fn print_summary(cluster: &Cluster, json: bool) {
             s.url(),
             s.data_dir.display()
         );
+    }
+    let (r, w) = (cluster.replication_factor, cluster.write_quorum);
+    if r > 1 {
+        println!("\nEvery key is kept on {r} servers; a put is answered once {w} hold it.");
     }
     println!(
         "\nKeys are placed by server name (server-1 ... server-{n}): start again with the same \

@@ -1,6 +1,7 @@
 //! Who may do what: the gateway's ServiceAccount with the one permission it needs (watch
 //! EndpointSlices), the servers' PodDisruptionBudget, and a NetworkPolicy so servers accept
-//! traffic only from their gateway (the operator never talks to servers).
+//! traffic only from their gateway and from each other (replication); the operator never
+//! talks to servers.
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::networking::v1::{
@@ -67,7 +68,9 @@ pub(super) fn pod_disruption_budget(ctx: &Ctx) -> Option<PodDisruptionBudget> {
     })
 }
 
-/// Servers answer only their own gateway's pods. Note that this also keeps out a Prometheus
+/// Servers answer only their own gateway's pods and their own cluster's servers (which
+/// replicate to each other and pull missed writes under `/internal/`, a route the gateway
+/// never forwards). Note that this also keeps out a Prometheus
 /// scraping the servers' `/metrics`; allow it with an extra policy of your own.
 pub(super) fn network_policy(ctx: &Ctx) -> NetworkPolicy {
     NetworkPolicy {
@@ -79,13 +82,17 @@ pub(super) fn network_policy(ctx: &Ctx) -> NetworkPolicy {
             }),
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![NetworkPolicyPeer {
-                    pod_selector: Some(LabelSelector {
-                        match_labels: Some(ctx.names.selector(Component::Gateway)),
-                        ..LabelSelector::default()
-                    }),
-                    ..NetworkPolicyPeer::default()
-                }]),
+                from: Some(
+                    [Component::Gateway, Component::Server]
+                        .map(|component| NetworkPolicyPeer {
+                            pod_selector: Some(LabelSelector {
+                                match_labels: Some(ctx.names.selector(component)),
+                                ..LabelSelector::default()
+                            }),
+                            ..NetworkPolicyPeer::default()
+                        })
+                        .to_vec(),
+                ),
                 ports: Some(vec![NetworkPolicyPort {
                     port: Some(IntOrString::Int(SERVER_PORT)),
                     protocol: Some("TCP".into()),

@@ -20,10 +20,12 @@ const AUTH_DIR: &str = "/etc/kvstore/auth";
 
 /// The gateway's command line and environment in Kubernetes mode: the ONE place that knows
 /// `kv-gateway`'s flags (see `gateway/src/config.rs`), returned as (args, env).
+/// `replication` is the (factor, write quorum) in force, the servers' own.
 pub fn gateway_command(
     headless_service: &str,
     namespace: &str,
     vnodes: i32,
+    replication: (i32, Option<i32>),
     token_file: Option<&str>,
 ) -> (Vec<String>, Vec<(String, String)>) {
     let args = [
@@ -40,8 +42,15 @@ pub fn gateway_command(
     .to_vec();
     let mut env = vec![
         ("KV_VNODES".to_owned(), vnodes.to_string()),
+        (
+            "KV_REPLICATION_FACTOR".to_owned(),
+            replication.0.to_string(),
+        ),
         ("KV_LOG_FORMAT".to_owned(), "json".to_owned()),
     ];
+    if let Some(quorum) = replication.1 {
+        env.push(("KV_WRITE_QUORUM".to_owned(), quorum.to_string()));
+    }
     if let Some(file) = token_file {
         env.push(("KV_API_TOKEN_FILE".to_owned(), file.to_owned()));
     }
@@ -56,6 +65,7 @@ pub(super) fn deployment(ctx: &Ctx) -> Deployment {
         &ctx.names.server(),
         &ctx.namespace,
         spec.vnodes,
+        spec.replication.effective(ctx.plan.replicas),
         token_file.as_deref(),
     );
     let container = Container {

@@ -114,3 +114,114 @@ impl Children {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv_crds::{KvClusterSpec, ReplicationSpec};
+
+    fn cluster(replicas: i32, replication: ReplicationSpec) -> KvCluster {
+        let mut cluster = KvCluster::new(
+            "demo",
+            KvClusterSpec {
+                replicas,
+                replication,
+                ..KvClusterSpec::default()
+            },
+        );
+        cluster.meta_mut().namespace = Some("kv".into());
+        cluster.meta_mut().uid = Some("00000000-0000-4000-8000-000000000000".into());
+        cluster
+    }
+
+    /// A container's literal environment variables, as (name, value).
+    type Env = Vec<(String, String)>;
+
+    fn env_of(containers: &[k8s_openapi::api::core::v1::Container]) -> Env {
+        containers[0]
+            .env
+            .iter()
+            .flatten()
+            .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+            .collect()
+    }
+
+    /// The environment of the servers and of the gateway.
+    fn rendered(cluster: &KvCluster) -> (Env, Env) {
+        let plan = Plan::new(cluster, None);
+        let children = render(cluster, &plan, &RenderConfig::default()).unwrap();
+        let pod = |t: Option<&k8s_openapi::api::core::v1::PodSpec>| env_of(&t.unwrap().containers);
+        let sts = children.server_stateful_set.spec.unwrap();
+        let deployment = children.gateway_deployment.spec.unwrap();
+        (
+            pod(sts.template.spec.as_ref()),
+            pod(deployment.template.spec.as_ref()),
+        )
+    }
+
+    fn get<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn servers_know_every_peer_by_its_stable_dns_name() {
+        let (server, gateway) = rendered(&cluster(3, ReplicationSpec::default()));
+        assert_eq!(
+            get(&server, "KV_PEERS"),
+            Some(
+                "demo-server-0=http://demo-server-0.demo-server.kv.svc:8080,\
+                 demo-server-1=http://demo-server-1.demo-server.kv.svc:8080,\
+                 demo-server-2=http://demo-server-2.demo-server.kv.svc:8080"
+            )
+        );
+        // Peer names are ring names: the pod names the servers also take as KV_NODE_NAME.
+        assert_eq!(get(&server, "KV_NODE_NAME"), Some("$(POD_NAME)"));
+        for env in [&server, &gateway] {
+            assert_eq!(get(env, "KV_REPLICATION_FACTOR"), Some("3"));
+            assert_eq!(get(env, "KV_WRITE_QUORUM"), None);
+            assert_eq!(get(env, "KV_VNODES"), Some("150"));
+        }
+    }
+
+    #[test]
+    fn replication_is_capped_at_the_servers_and_a_lone_server_has_no_peers() {
+        let quorum = ReplicationSpec {
+            factor: 5,
+            write_quorum: Some(4),
+        };
+        let (server, gateway) = rendered(&cluster(2, quorum.clone()));
+        assert_eq!(get(&server, "KV_PEERS").unwrap().split(',').count(), 2);
+        for env in [&server, &gateway] {
+            assert_eq!(get(env, "KV_REPLICATION_FACTOR"), Some("2"));
+            assert_eq!(get(env, "KV_WRITE_QUORUM"), Some("2"));
+        }
+        let (server, _) = rendered(&cluster(1, quorum));
+        assert_eq!(get(&server, "KV_PEERS"), None);
+        assert_eq!(get(&server, "KV_REPLICATION_FACTOR"), Some("1"));
+    }
+
+    #[test]
+    fn servers_accept_their_gateway_and_each_other() {
+        let cluster = cluster(3, ReplicationSpec::default());
+        let plan = Plan::new(&cluster, None);
+        let policy = render(&cluster, &plan, &RenderConfig::default())
+            .unwrap()
+            .server_network_policy;
+        let rule = &policy.spec.unwrap().ingress.unwrap()[0];
+        let components: Vec<_> = rule
+            .from
+            .iter()
+            .flatten()
+            .map(|peer| {
+                peer.pod_selector
+                    .as_ref()
+                    .unwrap()
+                    .match_labels
+                    .as_ref()
+                    .unwrap()["app.kubernetes.io/component"]
+                    .clone()
+            })
+            .collect();
+        assert_eq!(components, ["gateway", "server"]);
+    }
+}

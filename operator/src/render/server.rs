@@ -58,8 +58,12 @@ pub(super) fn stateful_set(ctx: &Ctx) -> StatefulSet {
                 match_labels: Some(ctx.names.selector(Component::Server)),
                 ..LabelSelector::default()
             },
-            // Servers do not depend on each other: start them together. Updates still roll one
-            // pod at a time, each waiting for the previous one to be ready.
+            // Start every server at once, never one after another (`OrderedReady`): a server
+            // with a new database answers 503 `syncing` (so is not ready) until it has pulled
+            // once from every peer it shares keys with, so in a new cluster server-0 would wait
+            // for server-1, which OrderedReady would not start before server-0 is ready.
+            // Updates still roll one pod at a time (`maxUnavailable: 1`), each waiting for the
+            // previous one to be ready.
             pod_management_policy: Some("Parallel".into()),
             update_strategy: Some(StatefulSetUpdateStrategy {
                 type_: Some("RollingUpdate".into()),
@@ -133,24 +137,29 @@ fn server_container(ctx: &Ctx) -> Container {
             "--data-dir".into(),
             DATA_DIR.into(),
         ]),
-        env: Some(vec![
-            EnvVar {
-                name: "POD_NAME".into(),
-                value: None,
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: "metadata.name".into(),
-                        api_version: None,
+        env: Some(
+            vec![
+                EnvVar {
+                    name: "POD_NAME".into(),
+                    value: None,
+                    value_from: Some(EnvVarSource {
+                        field_ref: Some(ObjectFieldSelector {
+                            field_path: "metadata.name".into(),
+                            api_version: None,
+                        }),
+                        ..EnvVarSource::default()
                     }),
-                    ..EnvVarSource::default()
-                }),
-            },
-            // The server's name in its stats is its ring name.
-            env("KV_NODE_NAME", "$(POD_NAME)".into()),
-            env("KV_CACHE_SIZE", spec.server.cache_size.to_string()),
-            env("KV_SYNC", spec.server.sync.as_flag().into()),
-            env("KV_LOG_FORMAT", "json".into()),
-        ]),
+                },
+                // The server's name in its stats is its ring name.
+                env("KV_NODE_NAME", "$(POD_NAME)".into()),
+                env("KV_CACHE_SIZE", spec.server.cache_size.to_string()),
+                env("KV_SYNC", spec.server.sync.as_flag().into()),
+                env("KV_LOG_FORMAT", "json".into()),
+            ]
+            .into_iter()
+            .chain(replication_env(ctx).into_iter().map(|(n, v)| env(n, v)))
+            .collect(),
+        ),
         ports: Some(vec![ContainerPort {
             name: Some(PORT_NAME.into()),
             container_port: SERVER_PORT,
@@ -171,6 +180,44 @@ fn server_container(ctx: &Ctx) -> Container {
         security_context: Some(restricted_container()),
         ..Container::default()
     }
+}
+
+/// Replication settings of every server (see docs/replication.md): the ring they share with
+/// the gateway (`KV_VNODES`), R and W, and every member by its stable DNS name.
+fn replication_env(ctx: &Ctx) -> Vec<(&'static str, String)> {
+    let spec = &ctx.cluster.spec;
+    let (factor, quorum) = spec.replication.effective(ctx.plan.replicas);
+    let mut env = vec![
+        ("KV_VNODES", spec.vnodes.to_string()),
+        ("KV_REPLICATION_FACTOR", factor.to_string()),
+    ];
+    if let Some(quorum) = quorum {
+        env.push(("KV_WRITE_QUORUM", quorum.to_string()));
+    }
+    // A lone server has no peers (and `--peers` naming only itself is refused).
+    if ctx.plan.replicas > 1 {
+        let peers: Vec<String> = peers(ctx)
+            .into_iter()
+            .map(|(name, url)| format!("{name}={url}"))
+            .collect();
+        env.push(("KV_PEERS", peers.join(",")));
+    }
+    env
+}
+
+/// Every server as (ring name, URL): its pod name, and the DNS name the headless Service
+/// gives that pod. `publishNotReadyAddresses` keeps the name resolvable while a server is not
+/// ready, which is exactly when it needs its peers (catching up).
+pub(crate) fn peers(ctx: &Ctx) -> Vec<(String, String)> {
+    let service = ctx.names.server();
+    ctx.names
+        .server_pods(ctx.plan.replicas)
+        .into_iter()
+        .map(|pod| {
+            let url = format!("http://{pod}.{service}.{}.svc:{SERVER_PORT}", ctx.namespace);
+            (pod, url)
+        })
+        .collect()
 }
 
 fn volume_claim_template(ctx: &Ctx) -> PersistentVolumeClaim {

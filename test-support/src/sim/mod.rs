@@ -20,10 +20,14 @@
 //! attaches them with [`Simulator::attach_deployment`]; the simulator then keeps that
 //! Deployment's status in step with their `/ready`.
 //!
+//! Server settings: the template's `KV_CACHE_SIZE`, `KV_VNODES`, `KV_REPLICATION_FACTOR`,
+//! `KV_WRITE_QUORUM` and `KV_PEERS` are honoured; a peer named by a pod's DNS name
+//! (`<pod>.<service>.<namespace>.svc`) is reached through a stable `127.0.0.1` address per
+//! pod that forwards to the pod's server of the moment, as DNS follows a pod to its new IP.
+//!
 //! Not simulated: scheduling, images (the template's image is ignored: the server is this
 //! crate's `kv-server`), probes other than readiness, resource limits, network policies
-//! (every pod reaches every port), disruption budgets, and the server's own flags (only the
-//! `KV_CACHE_SIZE` environment variable of the template is honoured).
+//! (every pod reaches every port), disruption budgets, and the server's other flags.
 
 mod objects;
 mod pod;
@@ -210,9 +214,15 @@ async fn step(shared: &Shared, state: &mut State) {
         remove_published(store, &run);
     }
 
+    // Where every pod's DNS name points, for the servers' peer lists.
+    let dns: pod::Resolver = state
+        .pods
+        .iter()
+        .map(|(key, run)| (key.clone(), run.dns_addr()))
+        .collect();
     for sts in &sets {
         let revision = objects::revision(sts);
-        let cache_size = objects::cache_size(sts);
+        let settings = objects::settings(sts);
         let name = sts["metadata"]["name"].as_str().unwrap_or("");
         let ns = sts["metadata"]["namespace"].as_str().unwrap_or("");
         let mine = |p: &PodRun| p.namespace == ns && p.stateful_set == name;
@@ -228,7 +238,7 @@ async fn step(shared: &Shared, state: &mut State) {
             }
             if !run.is_running()
                 && !run.held_down
-                && let Err(error) = run.start(&revision, cache_size).await
+                && let Err(error) = run.start(&revision, &settings, &dns).await
             {
                 tracing::warn!(pod = %run.name, %error, "cannot start simulated server");
             }

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::pod::PodRun;
+use super::pod::{PodRun, Settings};
 
 pub const MANAGED_BY: &str = "simulator.kv-test-support";
 
@@ -33,15 +33,34 @@ pub fn revision(sts: &Value) -> String {
     )
 }
 
-/// `KV_CACHE_SIZE` of the template's first container, if set.
-pub fn cache_size(sts: &Value) -> Option<usize> {
+/// A variable of the template's first container, if set to a literal value.
+fn env(sts: &Value, name: &str) -> Option<String> {
     sts["spec"]["template"]["spec"]["containers"][0]["env"]
         .as_array()?
         .iter()
-        .find(|e| e["name"] == "KV_CACHE_SIZE")?["value"]
-        .as_str()?
-        .parse()
-        .ok()
+        .find(|e| e["name"] == name)?["value"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// The server settings of the template that the simulator honours (see [`Settings`]).
+pub fn settings(sts: &Value) -> Settings {
+    let number = |name: &str| env(sts, name)?.parse().ok();
+    Settings {
+        cache_size: number("KV_CACHE_SIZE"),
+        vnodes: number("KV_VNODES"),
+        replication_factor: number("KV_REPLICATION_FACTOR"),
+        write_quorum: number("KV_WRITE_QUORUM"),
+        peers: env(sts, "KV_PEERS")
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
 }
 
 pub fn pod(sts: &Value, run: &PodRun) -> Value {
