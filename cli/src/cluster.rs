@@ -341,11 +341,24 @@ async fn wait_ready(url: String) {
     loop {
         if let Ok(answer) = client.get("/ready").await
             && answer.status.is_success()
+            && synced(&client).await
         {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A replicated server with a new database answers keys only once it has caught up with its
+/// peers (they all start together here, so that takes a moment): the cluster is announced
+/// when every server is past that.
+async fn synced(client: &Client) -> bool {
+    let Ok(answer) = client.get("/health").await else {
+        return false;
+    };
+    serde_json::from_slice::<kv_common::replication::HealthBody>(&answer.body)
+        .map(|h| h.replication.is_none_or(|r| r.synced))
+        .unwrap_or(false)
 }
 
 async fn stop_servers(stop: &watch::Sender<bool>, mut tasks: ServerTasks) {

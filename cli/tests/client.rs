@@ -141,16 +141,31 @@ fn servers_and_stats() {
         serde_json::json!(["server-1", "server-2", "server-3"])
     );
 
-    let stats = json(&cluster.kvstore(&["stats", "--json"]));
-    let per_server = stats["servers"].as_array().unwrap();
-    assert_eq!(per_server.len(), 3);
-    let total = |field: &str| -> u64 {
-        per_server
+    // `kvstore up` replicates every version to all 3 servers (R = 3): 20 keys and 21
+    // versions on each. Copies beyond the write quorum arrive asynchronously: wait for them.
+    let total = |stats: &serde_json::Value, field: &str| -> u64 {
+        stats["servers"]
+            .as_array()
+            .unwrap()
             .iter()
             .map(|s| s["db"][field].as_u64().unwrap())
             .sum()
     };
-    assert_eq!((total("total_keys"), total("total_versions")), (20, 21));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let stats = loop {
+        let stats = json(&cluster.kvstore(&["stats", "--json"]));
+        let totals = (total(&stats, "total_keys"), total(&stats, "total_versions"));
+        if totals == (60, 63) {
+            break stats;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "totals stay at {totals:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let per_server = stats["servers"].as_array().unwrap();
+    assert_eq!(per_server.len(), 3);
     for s in per_server {
         assert_eq!(s["cache"]["node_name"], s["name"]);
         assert!(s["cache"]["max_size"].as_u64().unwrap() > 0);

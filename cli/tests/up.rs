@@ -159,7 +159,6 @@ fn replication_flags_are_checked_before_anything_starts() {
 
 /// Every put reaches every server when R = N = 3: read back from each server directly.
 #[test]
-#[ignore = "needs server replication (lands separately)"]
 fn with_three_servers_and_r3_every_server_holds_every_key() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = TestCluster::start(dir.path());

@@ -130,9 +130,10 @@ impl ProcCluster {
                 return false;
             };
             let servers: serde_json::Value = response.json().await.unwrap_or_default();
-            servers["members"]
-                .as_array()
-                .is_some_and(|m| m.len() == n && m.iter().all(|m| m["health"] == "up"))
+            // A new replicated cluster serves once every server has seen its peers.
+            servers["members"].as_array().is_some_and(|m| {
+                m.len() == n && m.iter().all(|m| m["health"] == "up" && m["synced"] == true)
+            })
         })
         .await;
         cluster
