@@ -22,7 +22,6 @@ const SERVERS: [&str; 3] = ["repl-server-0", "repl-server-1", "repl-server-2"];
 const KEYS: usize = 12;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs server replication (lands separately)"]
 async fn a_replicated_kvcluster_survives_a_killed_server() {
     tokio::time::timeout(Duration::from_secs(90), scenario())
         .await
@@ -62,12 +61,13 @@ async fn scenario() {
         .attach_deployment(NS, "repl-gateway", &gateway.url)
         .await;
     let http = Http::new();
-    eventually("a ring of 3 healthy members", || async {
+    // A new replicated cluster serves once each server has seen its peers (`synced`).
+    eventually("a ring of 3 healthy, synced members", || async {
         let (code, body) = http.get(&format!("{}/servers", gateway.url)).await;
         let up = body["members"]
             .as_array()?
             .iter()
-            .filter(|m| m["health"] == "up")
+            .filter(|m| m["health"] == "up" && m["synced"] == true)
             .count();
         (code == 200 && up == 3).then_some(())
     })
