@@ -8,12 +8,28 @@ use crate::harness::{Cluster, TOKEN};
 async fn unknown_paths_and_methods_are_json_errors_at_the_gateway() {
     let cluster = Cluster::start_with(&["kv-0"], |c| c.max_body_bytes = 1024).await;
     let gw = &cluster.gateway;
-    for path in ["/nonexistent", "/get", "/cache/stats/", "/get/a/b"] {
+    // `/internal/*` is server-to-server traffic: the gateway never forwards it.
+    for path in [
+        "/nonexistent",
+        "/get",
+        "/cache/stats/",
+        "/get/a/b",
+        "/internal/status",
+        "/internal/changes?after=0&for=kv-0",
+    ] {
         let r = gw.get(path).send().await.unwrap();
         assert_eq!(r.status(), 404, "{path}");
         assert!(r.headers().get("x-server-used").is_none());
         assert_eq!(r.json::<Value>().await.unwrap()["code"], "not_found");
     }
+    let r = gw
+        .http
+        .post(format!("{}/internal/replicate", gw.url))
+        .body(r#"{"from":"x","records":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
     let r = gw
         .http
         .delete(format!("{}/get/k", gw.url))
