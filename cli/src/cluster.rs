@@ -34,7 +34,8 @@ pub const MAX_SERVERS: usize = 64;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClusterConfig {
     /// Number of storage servers (`server-1` ... `server-N`). Keys are placed by server name:
-    /// starting again with another N moves keys to servers that do not hold them.
+    /// starting again with more servers moves the keys that change hands to their new
+    /// servers before serving; fewer servers than the data directory holds is refused.
     #[arg(long, default_value_t = 3)]
     pub servers: usize,
     /// Directory holding each server's data, in `DIR/server-1`, `DIR/server-2`, ...
@@ -86,6 +87,32 @@ impl ClusterConfig {
     pub fn replication(&self) -> (usize, usize) {
         let factor = self.replication_factor.min(self.servers).max(1);
         (factor, self.write_quorum.unwrap_or(factor / 2 + 1))
+    }
+
+    /// Refuses to start fewer servers than `--data-dir` holds databases for: their keys would
+    /// be unreachable (moving data off a server before removing it is not built yet).
+    pub fn check_no_server_left_out(&self) -> Result<()> {
+        let left_out: Vec<usize> = (self.servers + 1..=MAX_SERVERS)
+            .filter(|i| {
+                self.data_dir
+                    .join(format!("server-{i}"))
+                    .join(kv_server::store::DB_FILE)
+                    .exists()
+            })
+            .collect();
+        let Some(&last) = left_out.last() else {
+            return Ok(());
+        };
+        let left_out: Vec<String> = left_out.iter().map(|i| format!("server-{i}")).collect();
+        Err(Error::Config(format!(
+            "{} holds data of {} as well: starting only {} server(s) would leave their keys \
+             behind (removing servers does not move data yet). Start with --servers {} or more, \
+             or use another --data-dir",
+            self.data_dir.display(),
+            left_out.join(", "),
+            self.servers,
+            last
+        )))
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -184,6 +211,7 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Cluster> {
     config.validate()?;
+    config.check_no_server_left_out()?;
     let gateway_listener = bind(config.listen).await?;
     let gateway = local_addr(&gateway_listener)?;
     let mut listeners = Vec::new();

@@ -13,6 +13,54 @@ use common::{BIN, TestCluster, assert_code, json, kvstore_at, stderr, stdout};
 use kvstore::cluster::ClusterConfig;
 
 #[test]
+fn more_servers_on_the_same_data_dir_take_their_keys_with_every_version_and_fewer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // R = 1: a key that changes owner is readable only if its versions moved.
+    let cluster = TestCluster::try_start_with(dir.path(), |c| {
+        c.servers = 2;
+        c.replication_factor = 1;
+    })
+    .unwrap();
+    for i in 0..40 {
+        for v in 1..=2 {
+            let out = cluster.kvstore(&["put", &format!("grow/{i}"), &format!("\"{i}.{v}\"")]);
+            assert_code(&out, 0);
+        }
+    }
+    cluster.stop();
+
+    let cluster = TestCluster::try_start_with(dir.path(), |c| {
+        c.servers = 4;
+        c.replication_factor = 1;
+    })
+    .unwrap();
+    let mut on_new_servers = 0;
+    for i in 0..40 {
+        let key = format!("grow/{i}");
+        let all = json(&cluster.kvstore(&["versions", &key, "--all", "--json"]));
+        let values: Vec<_> = all["versions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key}: {all}"))
+            .iter()
+            .map(|v| v["value"].clone())
+            .collect();
+        assert_eq!(values, [format!("{i}.1"), format!("{i}.2")], "{key}");
+        let owner = all["server_used"].as_str().unwrap();
+        on_new_servers += usize::from(owner == "server-3" || owner == "server-4");
+    }
+    assert!(on_new_servers > 5, "only {on_new_servers} keys moved");
+    cluster.stop();
+
+    // Going back to 2 would strand the keys now on server-3 and server-4.
+    let refused = TestCluster::try_start_with(dir.path(), |c| c.servers = 2)
+        .err()
+        .expect("fewer servers than the data directory holds is refused")
+        .to_string();
+    assert!(refused.contains("server-3, server-4"), "{refused}");
+    assert!(refused.contains("--servers 4"), "{refused}");
+}
+
+#[test]
 fn a_restart_on_the_same_data_dir_finds_every_key_and_version() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = TestCluster::start(dir.path());

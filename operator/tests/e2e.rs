@@ -87,12 +87,14 @@ async fn scenario() {
         .attach_deployment(NS, "demo-gateway", &gateway.url)
         .await;
     let http = Http::new();
-    let ring = eventually("a ring of 3 healthy members", || async {
+    // New databases serve once they have seen their peers (`synced`), even with R = 1: a
+    // server cannot tell a new cluster from one whose keys moved to it.
+    let ring = eventually("a ring of 3 healthy, synced members", || async {
         let (code, body) = http.get(&format!("{}/servers", gateway.url)).await;
         let up = body["members"]
             .as_array()?
             .iter()
-            .filter(|m| m["health"] == "up")
+            .filter(|m| m["health"] == "up" && m["synced"] == true)
             .count();
         (code == 200 && body["servers"] == json!(SERVERS) && up == 3).then_some(body)
     })

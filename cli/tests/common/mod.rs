@@ -29,15 +29,24 @@ impl TestCluster {
     }
 
     pub fn try_start(data_dir: &Path) -> Result<TestCluster, kvstore::Error> {
+        TestCluster::try_start_with(data_dir, |_| {})
+    }
+
+    /// Starts with the defaults changed by `edit` (e.g. the number of servers).
+    pub fn try_start_with(
+        data_dir: &Path,
+        edit: impl FnOnce(&mut ClusterConfig),
+    ) -> Result<TestCluster, kvstore::Error> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let config = ClusterConfig {
+        let mut config = ClusterConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             ..ClusterConfig::new(data_dir)
         };
+        edit(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
         let cluster = runtime.block_on(cluster::start(&config, async {
             let _ = stopped.await;

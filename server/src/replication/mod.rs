@@ -35,9 +35,15 @@ use sender::Push;
 /// peer (catch-up fetches the version later).
 const PUSH_QUEUE: usize = 16_384;
 
+/// `kv_meta` entry naming the ring this database last caught up under.
+const RING_META: &str = "ring";
+
 /// What the tasks share with the request path.
 pub(crate) struct Shared {
     me: String,
+    store: Store,
+    /// This server's ring, as text: recorded once caught up under it.
+    ring_fingerprint: String,
     client: PeerClient,
     catch_up_interval: Duration,
     metrics: ReplicationMetrics,
@@ -68,6 +74,14 @@ impl Shared {
         if !self.synced.load(Ordering::Relaxed) && progress.values().all(|p| p.caught_up_once) {
             self.synced.store(true, Ordering::Relaxed);
             tracing::info!("caught up with every peer: serving keys as primary");
+            // Remember the ring this database is complete for; a crash before this lands
+            // just means one more full pass at the next start.
+            let (store, ring) = (self.store.clone(), self.ring_fingerprint.clone());
+            tokio::spawn(async move {
+                if let Err(error) = store.set_meta(RING_META, &ring).await {
+                    tracing::warn!(%error, "cannot record the ring; the next start re-reads peers");
+                }
+            });
         }
     }
 }
@@ -105,10 +119,26 @@ impl Replication {
             .filter(|p| p.name != me)
             .map(|p| (p.name.clone(), p.url.clone()))
             .collect();
-        // A fresh database must first learn what its peers hold (see docs/replication.md).
-        let synced = !store.open_info().fresh || factor == 1;
+        // A database new to the cluster, or one that last caught up under another ring
+        // (servers added or removed, another R or vnodes: keys changed hands), must first
+        // learn what its peers hold, reading every peer's changes from the start.
+        let fingerprint = format!(
+            "vnodes={};replicas={factor};members={}",
+            settings.vnodes,
+            ring.members().join(",")
+        );
+        let recorded = store.meta(RING_META).await?;
+        let same_ring = recorded.as_deref() == Some(fingerprint.as_str());
+        let synced = !store.open_info().fresh && same_ring;
+        if !same_ring && !store.open_info().fresh {
+            tracing::warn!(was = recorded.as_deref().unwrap_or("unknown"), now = %fingerprint,
+                "the ring changed since this database last caught up: re-reading every peer \
+                 before serving");
+        }
         let shared = Arc::new(Shared {
             me: me.clone(),
+            store: store.clone(),
+            ring_fingerprint: fingerprint,
             client: PeerClient::new(Duration::from_secs(1), timeout.max(Duration::from_secs(5))),
             catch_up_interval: Duration::from_millis(settings.catch_up_interval_ms.max(10)),
             metrics,
@@ -128,25 +158,29 @@ impl Replication {
         });
         let mut tasks = JoinSet::new();
         let mut senders = BTreeMap::new();
-        let cursors: BTreeMap<String, (String, u64)> = store
-            .cursors()
-            .await?
-            .into_iter()
-            .map(|(peer, instance, seq)| (peer, (instance, seq)))
-            .collect();
+        let cursors: BTreeMap<String, (String, u64)> = if same_ring {
+            store
+                .cursors()
+                .await?
+                .into_iter()
+                .map(|(peer, instance, seq)| (peer, (instance, seq)))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
         for (name, url) in &peers {
             let (tx, rx) = mpsc::channel(PUSH_QUEUE);
             senders.insert(name.clone(), tx);
             tasks.spawn(sender::run(shared.clone(), name.clone(), url.clone(), rx));
-            if factor > 1 {
-                tasks.spawn(catch_up::run(
-                    shared.clone(),
-                    store.clone(),
-                    name.clone(),
-                    url.clone(),
-                    cursors.get(name).cloned(),
-                ));
-            }
+            // Pullers run even with R = 1: after a ring change they bring the keys this
+            // server now owns; otherwise they only walk cursors forward.
+            tasks.spawn(catch_up::run(
+                shared.clone(),
+                store.clone(),
+                name.clone(),
+                url.clone(),
+                cursors.get(name).cloned(),
+            ));
         }
         tracing::info!(name = %me, members = ring.len(), factor, quorum = settings.quorum(&me),
             synced, "replication on");

@@ -331,6 +331,15 @@ pub fn changes(
     Ok((out, next, head))
 }
 
+/// A `kv_meta` entry.
+pub fn meta(conn: &Connection, name: &str) -> Result<Option<String>> {
+    conn.query_row("SELECT value FROM kv_meta WHERE name = ?1", [name], |r| {
+        r.get(0)
+    })
+    .optional()
+    .map_err(db_err("read metadata"))
+}
+
 /// The newest change sequence (0 for an empty database).
 pub fn head(conn: &Connection) -> Result<u64> {
     conn.query_row(r#"SELECT COALESCE(MAX(id), 0) FROM "values""#, [], |r| {

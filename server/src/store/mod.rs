@@ -154,6 +154,23 @@ impl Store {
             .await
     }
 
+    /// A `kv_meta` entry (see `db.rs`).
+    pub async fn meta(&self, name: &str) -> Result<Option<String>> {
+        let name = name.to_owned();
+        self.read(move |conn| db::meta(conn, &name)).await
+    }
+
+    /// Records a `kv_meta` entry through the writer.
+    pub async fn set_meta(&self, name: &str, value: &str) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .tx
+            .send(writer::Command::SetMeta(name.into(), value.into(), reply))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
     /// The newest change sequence of this database.
     pub async fn head(&self) -> Result<u64> {
         self.read(db::head).await

@@ -35,6 +35,8 @@ pub enum Command {
     Replicate(ReplicaBatch, ReplicaReply),
     /// Readiness probe: answered once the writer has taken and released the write lock.
     Ping(oneshot::Sender<Result<()>>),
+    /// Records a `kv_meta` entry (after everything queued before it).
+    SetMeta(String, String, oneshot::Sender<Result<()>>),
     /// Finish everything queued before this, then exit.
     Stop,
 }
@@ -70,6 +72,7 @@ impl Writer {
     pub fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
         let mut pings = Vec::new();
+        let mut metas = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut stop = false;
             let mut next = Some(first);
@@ -85,6 +88,7 @@ impl Writer {
                         batch.push(Op::Replicate(replicas, reply));
                     }
                     Command::Ping(reply) => pings.push(reply),
+                    Command::SetMeta(name, value, reply) => metas.push((name, value, reply)),
                     Command::Stop => {
                         stop = true;
                         break;
@@ -100,12 +104,29 @@ impl Writer {
             for reply in pings.drain(..) {
                 let _ = reply.send(self.ping());
             }
+            for (name, value, reply) in metas.drain(..) {
+                let _ = reply.send(self.set_meta(&name, &value));
+            }
             if stop {
                 break;
             }
         }
         self.checkpointer.finish();
         tracing::info!("writer stopped after finishing queued writes");
+    }
+
+    fn set_meta(&self, name: &str, value: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO kv_meta(name, value) VALUES (?1, ?2) \
+                 ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                params![name, value],
+            )
+            .map(|_| ())
+            .map_err(|source| Error::Database {
+                context: "record metadata",
+                source,
+            })
     }
 
     fn ping(&self) -> Result<()> {

@@ -25,7 +25,9 @@ struct Node {
 
 struct Cluster {
     nodes: Vec<Node>,
+    /// The ring: the first `members` nodes.
     peers: Vec<Peer>,
+    factor: usize,
     http: reqwest::Client,
     _root: tempfile::TempDir,
 }
@@ -51,22 +53,29 @@ impl Cluster {
                 task: None,
             })
             .collect();
-        let peers = nodes
+        let mut cluster = Cluster {
+            nodes,
+            peers: Vec::new(),
+            factor: 3,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            _root: root,
+        };
+        cluster.set_members(NAMES.len());
+        cluster
+    }
+
+    /// The ring is made of the first `n` servers from their next start on.
+    fn set_members(&mut self, n: usize) {
+        self.peers = self.nodes[..n]
             .iter()
             .map(|n| Peer {
                 name: n.name.into(),
                 url: format!("http://127.0.0.1:{}", n.port),
             })
             .collect();
-        Cluster {
-            nodes,
-            peers,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
-            _root: root,
-        }
     }
 
     fn url(&self, i: usize) -> String {
@@ -84,8 +93,8 @@ impl Cluster {
         config.sync = SyncMode::Normal;
         config.replication = ReplicationConfig {
             peers: self.peers.clone(),
-            replication_factor: Some(3),
-            write_quorum: Some(2),
+            replication_factor: Some(self.factor),
+            write_quorum: Some(self.factor.min(2)),
             catch_up_interval_ms: 50,
             replication_timeout_ms: 2_000,
             ..ReplicationConfig::default()
@@ -185,6 +194,54 @@ impl Cluster {
 
 fn ring() -> Ring {
     Ring::new(NAMES, kv_common::ring::DEFAULT_VNODES)
+}
+
+#[tokio::test]
+async fn growing_the_ring_moves_every_version_to_the_new_owners() {
+    // R = 1: each key lives on its primary alone, so a key whose primary changes is only
+    // readable at its new owner if its versions were moved there.
+    let mut c = Cluster::new();
+    c.factor = 1;
+    c.set_members(2);
+    c.start(0).await;
+    c.start(1).await;
+    c.wait_caught_up(&[0, 1]).await;
+    let before = Ring::new(NAMES[..2].iter().copied(), kv_common::ring::DEFAULT_VNODES);
+    let keys: Vec<String> = (0..60).map(|i| format!("grow-{i}")).collect();
+    for key in &keys {
+        let owner = c.index(before.owner(key).unwrap());
+        for v in 1..=2 {
+            let r = c.put(owner, key, json!(format!("{key}/{v}"))).await;
+            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        }
+    }
+    c.stop(0).await;
+    c.stop(1).await;
+    // Restart as a ring of three: every server re-reads its peers before serving.
+    c.set_members(3);
+    c.start_all().await;
+    let after = ring();
+    let mut moved = 0;
+    for key in &keys {
+        let owner = after.owner(key).unwrap();
+        moved += usize::from(owner != before.owner(key).unwrap());
+        let i = c.index(owner);
+        for v in 1..=2u64 {
+            let (code, body) = c.get(i, &format!("/get/{key}?version={v}")).await;
+            assert_eq!(
+                (code, &body["value"]),
+                (200, &json!(format!("{key}/{v}"))),
+                "{key} on {owner}"
+            );
+        }
+        // The new owner continues the history: no second version 1.
+        let r = c.put(i, key, json!("next")).await;
+        assert_eq!(r.json::<Value>().await.unwrap()["version"], 3, "{key}");
+    }
+    assert!(moved > 5, "only {moved} keys changed owner");
+    for i in 0..3 {
+        c.stop(i).await;
+    }
 }
 
 /// A key whose primary is `primary`.
