@@ -125,6 +125,12 @@ impl Cluster {
         self.wait_caught_up(&[0, 1, 2]).await;
     }
 
+    async fn stop_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop(i).await;
+        }
+    }
+
     async fn stop(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         if let Some(stop) = node.stop.take() {
@@ -239,9 +245,7 @@ async fn growing_the_ring_moves_every_version_to_the_new_owners() {
         assert_eq!(r.json::<Value>().await.unwrap()["version"], 3, "{key}");
     }
     assert!(moved > 5, "only {moved} keys changed owner");
-    for i in 0..3 {
-        c.stop(i).await;
-    }
+    c.stop_all().await;
 }
 
 /// A key whose primary is `primary`.
@@ -313,9 +317,7 @@ async fn a_put_is_confirmed_by_a_quorum_and_reaches_every_replica() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    for i in 0..3 {
-        c.stop(i).await;
-    }
+    c.stop_all().await;
 }
 
 #[tokio::test]
@@ -388,9 +390,7 @@ async fn replica_writes_are_idempotent_and_a_different_value_is_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    for i in 0..3 {
-        c.stop(i).await;
-    }
+    c.stop_all().await;
 }
 
 #[tokio::test]
@@ -431,9 +431,7 @@ async fn the_change_feed_gives_each_peer_only_its_keys() {
         (code, body["code"].as_str()),
         (400, Some("missing_parameter"))
     );
-    for i in 0..3 {
-        c.stop(i).await;
-    }
+    c.stop_all().await;
 }
 
 #[tokio::test]
@@ -471,9 +469,7 @@ async fn a_restarted_replica_catches_up_and_lag_returns_to_zero() {
     let status = c.status(2).await;
     assert_eq!(status.lag, 0);
     assert!(status.synced);
-    for i in 0..3 {
-        c.stop(i).await;
-    }
+    c.stop_all().await;
 }
 
 #[tokio::test]
@@ -513,9 +509,7 @@ async fn a_server_with_a_new_database_serves_nothing_until_it_caught_up() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["version"], 4);
     assert_eq!(c.index("r2"), 2);
-    for i in 0..3 {
-        c.stop(i).await;
-    }
+    c.stop_all().await;
 }
 
 #[tokio::test]
