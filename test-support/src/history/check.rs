@@ -53,6 +53,16 @@ pub fn check(events: &[Event], state: &FinalState, options: CheckOptions) -> Rep
 }
 
 impl Checker<'_> {
+    /// Reports a violation about a whole key, shown by its acknowledged puts.
+    fn report_key(&mut self, check: Check, detail: String, key: &str) {
+        let events: Vec<usize> = self
+            .acked()
+            .filter(|(_, p, _)| p.key == key)
+            .map(|(i, _, _)| i)
+            .collect();
+        self.report(check, detail, &events);
+    }
+
     fn report(&mut self, check: Check, detail: String, events: &[usize]) {
         let events = events.iter().map(|&i| self.events[i].clone()).collect();
         self.violations.push(Violation {
@@ -309,12 +319,7 @@ impl Checker<'_> {
             }
         }
         for (detail, key) in found {
-            let events: Vec<usize> = self
-                .acked()
-                .filter(|(_, p, _)| p.key == key)
-                .map(|(i, _, _)| i)
-                .collect();
-            self.report(Check::Gap, detail, &events);
+            self.report_key(Check::Gap, detail, &key);
         }
     }
 
@@ -350,12 +355,7 @@ impl Checker<'_> {
             }
         }
         for (detail, key) in found {
-            let events: Vec<usize> = self
-                .acked()
-                .filter(|(_, p, _)| p.key == key)
-                .map(|(i, _, _)| i)
-                .collect();
-            self.report(Check::Diverged, detail, &events);
+            self.report_key(Check::Diverged, detail, &key);
         }
     }
 
