@@ -153,6 +153,12 @@ pub enum ErrorCode {
     NotPrimary,
     /// A replica already holds a different value for that (key, version).
     ReplicaConflict,
+    /// The request named an older ring epoch than the server's: refresh the ring, retry.
+    StaleRing,
+    /// The request named a newer ring epoch than the server has learned yet: retry shortly.
+    RingBehind,
+    /// The key's primary changes in the ring transition under way; its writes pause briefly.
+    Rebalancing,
     Internal,
 }
 
@@ -184,6 +190,9 @@ impl ErrorCode {
             ErrorCode::QuorumFailed => "quorum_failed",
             ErrorCode::NotPrimary => "not_primary",
             ErrorCode::ReplicaConflict => "replica_conflict",
+            ErrorCode::StaleRing => "stale_ring",
+            ErrorCode::RingBehind => "ring_behind",
+            ErrorCode::Rebalancing => "rebalancing",
             ErrorCode::Internal => "internal",
         }
     }
@@ -202,6 +211,9 @@ mod tests {
             ErrorCode::UnknownServer,
             ErrorCode::QuorumFailed,
             ErrorCode::NotPrimary,
+            ErrorCode::StaleRing,
+            ErrorCode::RingBehind,
+            ErrorCode::Rebalancing,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

@@ -10,6 +10,7 @@ pub mod api;
 pub mod http_metrics;
 pub mod replication;
 pub mod ring;
+pub mod ring_config;
 pub mod shutdown;
 pub mod telemetry;
 

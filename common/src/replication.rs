@@ -120,4 +120,7 @@ pub struct HealthBody {
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<ReplicationHealth>,
+    /// The server's ring epoch (absent on a standalone server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring: Option<crate::ring_config::RingHealth>,
 }

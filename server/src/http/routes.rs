@@ -297,6 +297,8 @@ pub async fn health(State(state): State<AppState>) -> Json<HealthBody> {
     Json(HealthBody {
         status: "ok".into(),
         replication: state.replication.as_ref().map(|r| r.health()),
+        // Filled once the server keeps a ring state (rebalancing, docs/rebalancing.md).
+        ring: None,
     })
 }
 
