@@ -203,6 +203,10 @@ pub struct RingView {
     pub head: u64,
     /// Versions stored by catch-up since `next` was learned (progress of the copy).
     pub copied_versions: u64,
+    /// A new current ring came in force and this server has not deleted the keys it no
+    /// longer holds yet (`POST /internal/cleanup`).
+    #[serde(default)]
+    pub cleanup_pending: bool,
 }
 
 /// `POST /internal/cleanup` answer: versions of keys this server no longer holds, deleted.
