@@ -9,6 +9,7 @@ mod get;
 mod output;
 mod put;
 mod restore;
+mod ring;
 mod servers;
 mod stats;
 mod up;
@@ -31,6 +32,7 @@ pub use clean::CleanArgs;
 pub use get::GetArgs;
 pub use put::PutArgs;
 pub use restore::{MigrateSeedArgs, RestoreArgs};
+pub use ring::{ApplyArgs, RingArgs, RingCommand, ShowArgs};
 pub use servers::ServersArgs;
 pub use stats::StatsArgs;
 pub use up::UpArgs;
@@ -128,6 +130,9 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Copy a seed cluster's `data/server-N/kv_store.db` files into a kvstore data directory.
     MigrateSeed(MigrateSeedArgs),
+    /// See or change the servers owning key ranges: `ring apply` moves a running cluster to a
+    /// new member list, moving the data (docs/rebalancing.md).
+    Ring(RingArgs),
     /// Load generator: N connections sending GETs and PUTs, then throughput and latency
     /// percentiles.
     Bench(BenchArgs),
@@ -147,6 +152,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Backup(args) => backup::command(global, args),
         Command::Restore(args) => restore::restore(args),
         Command::MigrateSeed(args) => restore::migrate_seed(args),
+        Command::Ring(args) => ring::command(global, args),
         Command::Bench(args) => bench::command(global, args).map(|()| exit::SUCCESS),
     };
     match result {

@@ -3,12 +3,14 @@
 //! and restarted on the same port and data directory.
 //!
 //! Every server is started as a member of a replicated cluster (`--peers` listing all,
-//! R = 3, W = 2, catch-up every 200 ms); the gateway is told the same.
+//! R = 3, W = 2, catch-up every 200 ms); the gateway is told the same. For the rebalancing
+//! tests, spare servers can be started beside them as joiners (`--peers` not naming them:
+//! they own nothing until a ring configuration does).
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use kv_common::replication::ReplicationStatus;
@@ -72,7 +74,8 @@ pub struct ProcCluster {
     /// `s0`, `s1`, ...: ring names, in index order.
     pub names: Vec<String>,
     pub gateway: Gateway,
-    pub ring: Ring,
+    /// The ring the test expects in force: the first members, until [`ProcCluster::set_ring`].
+    ring: Mutex<Arc<Ring>>,
     /// For direct requests to servers.
     pub http: reqwest::Client,
     /// Locked only for spawning and killing, never across an await.
@@ -83,8 +86,14 @@ pub struct ProcCluster {
 
 impl ProcCluster {
     pub async fn start(n: usize) -> ProcCluster {
+        ProcCluster::start_with_spares(n, 0).await
+    }
+
+    /// `n` members and `spares` more servers started as joiners (`s{n}`, ...), which the
+    /// gateway does not know of: a ring configuration brings them in.
+    pub async fn start_with_spares(n: usize, spares: usize) -> ProcCluster {
         let dir = tempfile::tempdir().unwrap();
-        let procs: Vec<Proc> = (0..n)
+        let procs: Vec<Proc> = (0..n + spares)
             .map(|i| Proc {
                 name: format!("s{i}"),
                 port: free_port(),
@@ -92,14 +101,14 @@ impl ProcCluster {
                 child: None,
             })
             .collect();
-        let peers = procs
+        let peers = procs[..n]
             .iter()
             .map(|p| format!("{}=http://127.0.0.1:{}", p.name, p.port))
             .collect::<Vec<_>>()
             .join(",");
         let names: Vec<String> = procs.iter().map(|p| p.name.clone()).collect();
         let mut config = GatewayConfig::with_backends(
-            procs
+            procs[..n]
                 .iter()
                 .map(|p| (p.name.clone(), format!("http://127.0.0.1:{}", p.port))),
         )
@@ -110,7 +119,10 @@ impl ProcCluster {
         config.connect_timeout_ms = 500;
         config.request_timeout_ms = 3_000;
         let cluster = ProcCluster {
-            ring: Ring::new(names.iter().cloned(), DEFAULT_VNODES),
+            ring: Mutex::new(Arc::new(Ring::new(
+                names[..n].iter().cloned(),
+                DEFAULT_VNODES,
+            ))),
             names,
             gateway: Gateway::start(config).await,
             http: reqwest::Client::builder()
@@ -121,7 +133,7 @@ impl ProcCluster {
             peers,
             _dir: dir,
         };
-        for i in 0..n {
+        for i in 0..n + spares {
             cluster.restart(i).await;
         }
         let gateway = &cluster.gateway;
@@ -152,10 +164,28 @@ impl ProcCluster {
         self.names.iter().position(|n| n == name).unwrap()
     }
 
+    /// The ring the test expects in force.
+    pub fn ring(&self) -> Arc<Ring> {
+        self.ring.lock().unwrap().clone()
+    }
+
+    /// After a rebalance: the members the ring now has.
+    pub fn set_ring(&self, members: &[String]) {
+        *self.ring.lock().unwrap() = Arc::new(Ring::new(members.iter().cloned(), DEFAULT_VNODES));
+    }
+
+    /// Indices of the members of the expected ring.
+    pub fn members(&self) -> Vec<usize> {
+        let ring = self.ring();
+        (0..self.len())
+            .filter(|&i| ring.contains(&self.names[i]))
+            .collect()
+    }
+
     /// The key's preference list (primary first), as indices.
     pub fn replicas(&self, key: &str) -> Vec<usize> {
-        self.ring
-            .preference_list(key, REPLICATION_FACTOR)
+        let ring = self.ring();
+        ring.preference_list(key, REPLICATION_FACTOR.min(ring.len()))
             .into_iter()
             .map(|name| self.index(name))
             .collect()
@@ -256,7 +286,7 @@ impl ProcCluster {
         loop {
             let mut behind = Vec::new();
             let mut seen = Vec::new();
-            for i in 0..self.len() {
+            for i in self.members() {
                 match self.status(i).await {
                     Ok(s) => seen.push(s),
                     Err(e) => behind.push(e),

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use kv_common::replication::PRIMARY_UNAVAILABLE_HEADER;
@@ -29,14 +29,14 @@ use crate::procs::{ProcCluster, value_text};
 
 /// Keeps the first few failures of a phase and counts the rest.
 #[derive(Default)]
-struct Failures(BTreeMap<&'static str, Vec<String>>);
+pub struct Failures(pub BTreeMap<&'static str, Vec<String>>);
 
 impl Failures {
-    fn add(&mut self, phase: &'static str, what: String) {
+    pub fn add(&mut self, phase: &'static str, what: String) {
         self.0.entry(phase).or_default().push(what);
     }
 
-    fn assert_none(&self) {
+    pub fn assert_none(&self) {
         let mut text = String::new();
         for (phase, all) in &self.0 {
             let _ = writeln!(text, "{phase}: {} failure(s)", all.len());
@@ -188,12 +188,12 @@ async fn one_dead_server_keeps_every_key_readable() {
 }
 
 /// Settings of the fault test.
-const CLIENTS: usize = 5;
-const KEYS: usize = 16;
+pub const CLIENTS: usize = 5;
+pub const KEYS: usize = 16;
 const DEFAULT_SEED: u64 = 0x6b76_7374_6f72_6531;
 const DEFAULT_SECS: u64 = 12;
 
-fn env_u64(name: &str, default: u64) -> u64 {
+pub fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .map(|v| {
@@ -203,8 +203,8 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// One client: random puts, latest reads and exact reads until `deadline`, one at a time.
-async fn client(id: usize, url: String, recorder: Arc<Recorder>, deadline: Instant, seed: u64) {
+/// One client: random puts, latest reads and exact reads until `stop`, one at a time.
+pub async fn client(id: usize, url: String, recorder: Arc<Recorder>, stop: Arc<AtomicBool>, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed.wrapping_add(id as u64 + 1));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
@@ -213,7 +213,7 @@ async fn client(id: usize, url: String, recorder: Arc<Recorder>, deadline: Insta
         .unwrap();
     let mut highest = [0u64; KEYS];
     for n in 0.. {
-        if Instant::now() >= deadline {
+        if stop.load(Ordering::SeqCst) {
             return;
         }
         let k = rng.random_range(0..KEYS);
@@ -305,16 +305,17 @@ async fn nemesis(cluster: Arc<ProcCluster>, deadline: Instant, seed: u64, kills:
     }
 }
 
-/// Every server's versions of `keys`, read directly, the primaries, and the final read
+/// Every member's versions of `keys`, read directly, the primaries, and the final read
 /// through the gateway of every acknowledged version.
-async fn final_state(
+pub async fn final_state(
     cluster: &ProcCluster,
     keys: &[String],
     events: &[Event],
     failures: &mut Failures,
 ) -> FinalState {
     let mut state = FinalState::default();
-    for (i, name) in cluster.names.iter().enumerate() {
+    for i in cluster.members() {
+        let name = &cluster.names[i];
         let mut held = BTreeMap::new();
         for key in keys {
             match cluster.versions(i, key).await {
@@ -363,6 +364,40 @@ async fn final_state(
     state
 }
 
+/// What a history holds, for the summary line and the not-vacuous checks.
+pub struct Counts {
+    pub acked: usize,
+    pub unknown: usize,
+    pub found: usize,
+    pub unavailable: usize,
+}
+
+impl Counts {
+    pub fn of(events: &[Event]) -> Counts {
+        let mut counts = Counts {
+            acked: 0,
+            unknown: 0,
+            found: 0,
+            unavailable: 0,
+        };
+        for event in events {
+            match event {
+                Event::Put(Put { outcome, .. }) => match outcome {
+                    PutOutcome::Acked { .. } => counts.acked += 1,
+                    PutOutcome::Indeterminate => counts.unknown += 1,
+                    PutOutcome::Failed => {}
+                },
+                Event::Get(Get { outcome, .. }) => match outcome {
+                    GetOutcome::Found { .. } => counts.found += 1,
+                    GetOutcome::Unavailable => counts.unavailable += 1,
+                    GetOutcome::NotFound => {}
+                },
+            }
+        }
+        counts
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_under_kill9_is_consistent() {
     let seed = env_u64("KV_HISTORY_SEED", DEFAULT_SEED);
@@ -373,13 +408,19 @@ async fn history_under_kill9_is_consistent() {
     let recorder = Arc::new(Recorder::new());
     let deadline = Instant::now() + Duration::from_secs(secs);
     let kills = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
 
     let clients: Vec<_> = (0..CLIENTS)
         .map(|id| {
             let (url, recorder) = (cluster.gateway.url.clone(), recorder.clone());
-            tokio::spawn(client(id, url, recorder, deadline, seed))
+            tokio::spawn(client(id, url, recorder, stop.clone(), seed))
         })
         .collect();
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep_until(deadline).await;
+        stopper.store(true, Ordering::SeqCst);
+    });
     let faults = tokio::spawn(nemesis(cluster.clone(), deadline, seed, kills.clone()));
     for c in clients {
         c.await.unwrap();
@@ -400,43 +441,12 @@ async fn history_under_kill9_is_consistent() {
     let state = final_state(&cluster, &keys, &events, &mut failures).await;
     let report = history::check(&events, &state, CheckOptions::default());
 
-    let count = |f: &dyn Fn(&Event) -> bool| events.iter().filter(|e| f(e)).count();
-    let acked = count(&|e| {
-        matches!(
-            e,
-            Event::Put(Put {
-                outcome: PutOutcome::Acked { .. },
-                ..
-            })
-        )
-    });
-    let unknown = count(&|e| {
-        matches!(
-            e,
-            Event::Put(Put {
-                outcome: PutOutcome::Indeterminate,
-                ..
-            })
-        )
-    });
-    let found = count(&|e| {
-        matches!(
-            e,
-            Event::Get(Get {
-                outcome: GetOutcome::Found { .. },
-                ..
-            })
-        )
-    });
-    let unavailable = count(&|e| {
-        matches!(
-            e,
-            Event::Get(Get {
-                outcome: GetOutcome::Unavailable,
-                ..
-            })
-        )
-    });
+    let Counts {
+        acked,
+        unknown,
+        found,
+        unavailable,
+    } = Counts::of(&events);
     let kills = kills.load(Ordering::SeqCst);
     println!(
         "history: {} events, {acked} puts acknowledged, {unknown} indeterminate, {found} reads \
