@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The rebalancing benchmark of docs/benchmarks.md: how long moving a cluster of 100k keys
+# from 3 servers to 5 (then back to 3) takes, and how many requests failed meanwhile, under
+# a steady mixed load. Release builds, everything on 127.0.0.1, R = 3, W = 2.
+# Usage: scripts/bench-rebalance.sh [keys, default 100000] [connections, default 8]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KEYS="${1:-100000}"
+CONNS="${2:-8}"
+TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
+BIN="$TARGET/release"
+OUT="$PWD/target/bench"
+DATA=$(mktemp -d)
+mkdir -p "$OUT"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$DATA"
+}
+trap cleanup EXIT
+
+wait_ready() {
+    for _ in $(seq 1 100); do
+        curl -fsS "$1/ready" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "FAIL: $1 never became ready" >&2
+    exit 1
+}
+
+cargo build --release -q -p kv-server -p kv-gateway -p kvstore
+echo "machine: $(nproc) cores; commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
+
+# server-1..3 form the ring; server-4 and server-5 start as joiners (their --peers do not
+# name them), owning nothing until the ring does.
+peers="" members=() all=()
+for i in 1 2 3; do peers+="${peers:+,}server-$i=http://127.0.0.1:1828$i"; done
+for i in 1 2 3 4 5; do
+    "$BIN/kv-server" --listen "127.0.0.1:1828$i" --data-dir "$DATA/server-$i" \
+        --node-name "server-$i" --cache-size 10000 --log-level warn \
+        --peers "$peers" --replication-factor 3 --write-quorum 2 &
+    pids+=("$!")
+    all+=(--member "server-$i=http://127.0.0.1:1828$i")
+    [ "$i" -le 3 ] && members+=(--member "server-$i=http://127.0.0.1:1828$i")
+done
+for i in 1 2 3 4 5; do wait_ready "http://127.0.0.1:1828$i"; done
+for i in 1 2 3; do
+    until curl -fsS "http://127.0.0.1:1828$i/internal/status" | grep -q '"synced":true'; do
+        sleep 0.1
+    done
+done
+"$BIN/kv-gateway" --listen 127.0.0.1:18280 --replication-factor 3 --write-quorum 2 \
+    --backend "server-1=http://127.0.0.1:18281" --backend "server-2=http://127.0.0.1:18282" \
+    --backend "server-3=http://127.0.0.1:18283" --log-level warn &
+pids+=("$!")
+wait_ready http://127.0.0.1:18280
+GW=http://127.0.0.1:18280
+
+echo "loading $KEYS keys (one version each, 100-byte values)..."
+start=$(date +%s%N)
+"$BIN/kvstore" --json --url "$GW" bench --keys "$KEYS" --read-ratio 1 --warmup \
+    --requests 1 --connections 32 --key-prefix k >/dev/null
+echo "loaded in $(( ($(date +%s%N) - start) / 1000000 )) ms"
+
+move() { # tag, then the --member flags of the target
+    local tag="$1"
+    shift
+    "$BIN/kvstore" --json --url "$GW" bench --keys "$KEYS" --read-ratio 0.8 --no-warmup \
+        --duration 3600s --connections "$CONNS" --key-prefix k >"$OUT/rebalance-$tag-load.json" &
+    local load=$!
+    sleep 2
+    local t0 t1
+    t0=$(date +%s%N)
+    "$BIN/kvstore" ring apply "$@" --seed "server-4=http://127.0.0.1:18284" \
+        --seed "server-5=http://127.0.0.1:18285" 2>&1 | tee "$OUT/rebalance-$tag.txt"
+    t1=$(date +%s%N)
+    sleep 2
+    kill -INT "$load"
+    wait "$load" || true
+    python3 - "$OUT/rebalance-$tag-load.json" "$(( (t1 - t0) / 1000000 ))" "$tag" <<'PY'
+import json, sys
+report = json.load(open(sys.argv[1]))
+total = report["total"]
+errors = total["errors"]
+print(f"== {sys.argv[3]}: moved in {int(sys.argv[2]) / 1000:.1f} s; load over "
+      f"{report['elapsed_secs']:.1f} s: {total['requests']} requests, {total['ok']} ok, "
+      f"{errors['total']} failed (by status {errors['status']}, timeouts {errors['timeout']}, "
+      f"connect {errors['connect']}), {report['throughput']:.0f} req/s, "
+      f"p99 {total['latency_us']['p99'] / 1000:.1f} ms")
+PY
+}
+
+move grow-3-to-5 "${all[@]}"
+for i in 1 2 3 4 5; do
+    printf "server-%s holds " "$i"
+    curl -fsS "http://127.0.0.1:1828$i/db/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total_keys"], "keys")'
+done
+move shrink-5-to-3 "${members[@]}"
+for i in 1 2 3; do
+    printf "server-%s holds " "$i"
+    curl -fsS "http://127.0.0.1:1828$i/db/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total_keys"], "keys")'
+done
