@@ -176,7 +176,7 @@ async fn forward(
     // The only rejection left once the route matched is a segment that is not UTF-8.
     let Path(key) = key.map_err(|e| Error::InvalidKey(e.body_text()))?;
     let topology = state.topology.load();
-    let (r, w) = state.replication(topology.ring.len());
+    let (r, w) = state.replication(&topology);
     // The query passes through as the client wrote it: it only ever lands after the path, on
     // a member the ring chose for the key.
     let mut path = format!("/{}/{}", route.path(), utf8_percent_encode(&key, SEGMENT));

@@ -61,7 +61,7 @@ pub struct MemberStatus {
     responses((status = 200, description = "Members with health, ring share and replication lag; the replication factor and write quorum in force", body = ServersResponse)))]
 pub async fn servers(State(state): State<AppState>) -> Json<ServersResponse> {
     let topology = state.topology.load();
-    let (replication_factor, write_quorum) = state.replication(topology.ring.len());
+    let (replication_factor, write_quorum) = state.replication(&topology);
     let members = topology
         .ring
         .shares()
