@@ -1,8 +1,9 @@
 //! Member health: active checks of every member plus passive marking by the proxy, and what
-//! each member's `/health` says about its replication (lag, synced).
+//! each member's `/health` says about its replication (lag, synced) and its ring epoch.
 //!
-//! Health never changes the ring (that would move keys and fork their versions); it only
-//! decides whether the gateway tries the owner of a key or answers 503 at once.
+//! A health verdict never changes the ring (that would move keys and fork their versions);
+//! it only decides whether the gateway tries the owner of a key or answers 503 at once. Only a
+//! newer ring configuration, which the servers agreed on, does (see `ring_sync`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -13,6 +14,7 @@ use kv_common::replication::{HealthBody, ReplicationHealth};
 
 use crate::client::BackendClient;
 use crate::membership::{Backend, TopologyHandle};
+use crate::ring_sync;
 
 const UNKNOWN: u8 = 0;
 const UP: u8 = 1;
@@ -114,7 +116,7 @@ pub async fn run_checks(topology: Arc<TopologyHandle>, client: BackendClient, in
         let probes = current
             .backends
             .values()
-            .map(|backend| probe(&client, backend, interval));
+            .map(|backend| probe(&topology, &client, backend, interval));
         futures::future::join_all(probes).await;
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
@@ -127,23 +129,35 @@ pub async fn run_checks(topology: Arc<TopologyHandle>, client: BackendClient, in
 /// say it is healthy is not one to send traffic to.
 ///
 /// A 200 is healthy whatever its body; a body that is not a `HealthBody` (an older server)
-/// leaves the replication figures as they were.
-async fn probe(client: &BackendClient, backend: &Arc<Backend>, timeout: Duration) {
+/// leaves the replication figures as they were. A ring epoch above the gateway's makes it
+/// fetch that member's ring configuration (`ring_sync`), after the verdict is recorded.
+async fn probe(
+    topology: &TopologyHandle,
+    client: &BackendClient,
+    backend: &Arc<Backend>,
+    timeout: Duration,
+) {
     let answer =
         tokio::time::timeout(timeout, client.send(backend, Method::GET, "/health", None)).await;
-    let ok = match answer {
+    let (ok, ring) = match answer {
         Ok(Ok(response)) if response.status().is_success() => {
-            if let Ok(body) = serde_json::from_slice::<HealthBody>(response.body()) {
-                backend.replication.record(body.replication);
-                client
-                    .metrics()
-                    .replication_lag(&backend.name, backend.replication.lag());
+            match serde_json::from_slice::<HealthBody>(response.body()) {
+                Ok(body) => {
+                    backend.replication.record(body.replication);
+                    client
+                        .metrics()
+                        .replication_lag(&backend.name, backend.replication.lag());
+                    (true, body.ring)
+                }
+                Err(_) => (true, None),
             }
-            true
         }
-        _ => false,
+        _ => (false, None),
     };
     set(client, backend, ok);
+    if let Some(ring) = ring {
+        ring_sync::on_health(topology, client, backend, ring, timeout).await;
+    }
 }
 
 /// Records a check's or a request's verdict on a member, logging changes.

@@ -3,7 +3,9 @@
 //!
 //! Codemap: `ring` (re-exported from kv-common: placement and preference lists),
 //! `membership` (static list or Kubernetes EndpointSlices -> the atomically swapped
-//! `Topology`), `health` (active checks + passive marking, members' replication lag),
+//! `Topology`, from the member list and, once learned, the servers' ring configuration),
+//! `ring_sync` (learning ring configurations from the servers; the epoch key requests
+//! carry), `health` (active checks + passive marking, members' replication lag),
 //! `client` (pooled HTTP to members), `proxy` (key routes; writes go to the key's primary
 //! only), `replicas` (reads from the rest of a key's preference list when its primary cannot
 //! answer), `stats` (`/servers`, per-member stats), `admin` (member snapshots, streamed),
@@ -24,6 +26,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod proxy;
 pub mod replicas;
+pub mod ring_sync;
 pub mod routes;
 pub mod state;
 pub mod stats;

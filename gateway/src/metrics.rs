@@ -1,5 +1,7 @@
 //! Gateway-specific metrics: per-member requests, latencies and errors, member health and
-//! replication lag, reads served by replicas, and the ring's epoch and size. Per-route metrics come from `kv_common::http_metrics`.
+//! replication lag, reads served by replicas, the ring's epoch and size, ring configurations
+//! adopted and key requests retried on a newer ring. Per-route metrics come from
+//! `kv_common::http_metrics`.
 
 use std::sync::Arc;
 
@@ -29,6 +31,19 @@ pub struct FallbackLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdoptionLabels {
+    /// How the configuration was learned: `health` (a member's `/health` named a newer
+    /// epoch) or `stale_ring` (a member refused a request with it).
+    pub how: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// `put`, `get` or `versions`.
+    pub route: &'static str,
+}
+
 pub struct GatewayMetrics {
     member_requests: Family<OutcomeLabels, Counter>,
     member_latency: Family<MemberLabels, Histogram>,
@@ -37,6 +52,8 @@ pub struct GatewayMetrics {
     fallback_reads: Family<FallbackLabels, Counter>,
     ring_epoch: Gauge,
     ring_members: Gauge,
+    ring_config_adoptions: Family<AdoptionLabels, Counter>,
+    stale_ring_retries: Family<RouteLabels, Counter>,
 }
 
 impl GatewayMetrics {
@@ -52,6 +69,8 @@ impl GatewayMetrics {
             fallback_reads: Family::default(),
             ring_epoch: Gauge::default(),
             ring_members: Gauge::default(),
+            ring_config_adoptions: Family::default(),
+            stale_ring_retries: Family::default(),
         };
         registry.register(
             "gateway_member_requests",
@@ -81,13 +100,24 @@ impl GatewayMetrics {
         );
         registry.register(
             "gateway_ring_epoch",
-            "Epoch of the current ring (up by one per membership change)",
+            "Epoch of the current ring: its ring configuration's, or without one up by one per \
+             membership change",
             metrics.ring_epoch.clone(),
         );
         registry.register(
             "gateway_ring_members",
             "Members in the current ring",
             metrics.ring_members.clone(),
+        );
+        registry.register(
+            "gateway_ring_config_adoptions",
+            "Newer ring configurations the gateway started routing by, by how it learned them",
+            metrics.ring_config_adoptions.clone(),
+        );
+        registry.register(
+            "gateway_stale_ring_retries",
+            "Key requests routed again on a newer ring after a member answered stale_ring",
+            metrics.stale_ring_retries.clone(),
         );
         Arc::new(metrics)
     }
@@ -155,5 +185,17 @@ impl GatewayMetrics {
             .set(i64::try_from(epoch).unwrap_or(i64::MAX));
         self.ring_members
             .set(i64::try_from(members).unwrap_or(i64::MAX));
+    }
+
+    pub fn ring_config_adopted(&self, how: &'static str) {
+        self.ring_config_adoptions
+            .get_or_create(&AdoptionLabels { how })
+            .inc();
+    }
+
+    pub fn stale_ring_retry(&self, route: &'static str) {
+        self.stale_ring_retries
+            .get_or_create(&RouteLabels { route })
+            .inc();
     }
 }

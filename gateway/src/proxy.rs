@@ -5,6 +5,10 @@
 //! member: a write elsewhere would fork the key's versions (the seed did that and lost data).
 //! Only a read of one version may go to the key's replicas, the other members of its
 //! preference list, when the primary cannot answer (`replicas`).
+//!
+//! With a ring configuration known, every call names its epoch (`ring_sync`). A primary on a
+//! newer ring refuses it (`409 stale_ring`, having done nothing) and the request is routed
+//! once more on that ring: still only ever to the key's primary, on the ring in force.
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -19,7 +23,9 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::de::IgnoredAny;
 
 use crate::error::{Error, Result};
+use crate::membership::Topology;
 use crate::replicas;
+use crate::ring_sync::KeyCall;
 use crate::state::AppState;
 
 /// Names the member that answered, on every proxied answer.
@@ -73,10 +79,14 @@ impl Route {
                   body = kv_common::api::PutResponse,
                   headers(("x-server-used" = String, description = "The key's primary, which assigned the version"),
                           ("x-kv-acked-by" = String, description = "The servers holding the version, primary first, comma-separated (replicated servers only)"))),
+              (status = 409, description = "The primary is on a newer ring than the gateway even after the gateway learned its ring and \
+                  routed the put once more (`stale_ring`): nothing was stored, retry", body = kv_common::ErrorBody),
               (status = 412, description = "`if_version` is not the latest", body = kv_common::ErrorBody),
               (status = 503, description = "The key's primary is down (`server_unavailable`, with `Retry-After`; the put is never sent to another server), \
                   still syncing a new database (`syncing`), or stored the version but too few replicas confirmed it in time \
-                  (`quorum_failed`: the write is indeterminate, it may or may not become visible)",
+                  (`quorum_failed`: the write is indeterminate, it may or may not become visible); during a rebalance, the key's \
+                  primary is moving (`rebalancing`) or the server has not learned the gateway's ring yet (`ring_behind`), both \
+                  with `Retry-After` and nothing stored",
                   body = kv_common::ErrorBody,
                   headers(("retry-after" = u64, description = "Seconds to wait before retrying")))))]
 pub async fn put(
@@ -165,6 +175,16 @@ pub async fn empty_key() -> Error {
     Error::EmptyKey
 }
 
+/// One key request, as the gateway sends it to members.
+struct KeyRequest {
+    method: Method,
+    route: Route,
+    key: String,
+    /// Path and query on the member.
+    path: String,
+    body: Option<(Bytes, HeaderValue)>,
+}
+
 async fn forward(
     state: &AppState,
     method: Method,
@@ -175,8 +195,6 @@ async fn forward(
 ) -> Result<Response> {
     // The only rejection left once the route matched is a segment that is not UTF-8.
     let Path(key) = key.map_err(|e| Error::InvalidKey(e.body_text()))?;
-    let topology = state.topology.load();
-    let (r, w) = state.replication(topology.ring.len());
     // The query passes through as the client wrote it: it only ever lands after the path, on
     // a member the ring chose for the key.
     let mut path = format!("/{}/{}", route.path(), utf8_percent_encode(&key, SEGMENT));
@@ -184,10 +202,57 @@ async fn forward(
         path.push('?');
         path.push_str(&query);
     }
-    if route == Route::Get {
-        return replicas::get(state, &topology.preference_list(&key, r), &path).await;
+    let request = KeyRequest {
+        method,
+        route,
+        key,
+        path,
+        body,
+    };
+    let topology = state.topology.load();
+    let (answer, told_stale) = route_once(state, &request, &topology).await;
+    // A member on a newer ring refused the request without acting on it (a put stored
+    // nothing) and gave its ring, now ours: route it once more, on that ring. Only once: a
+    // ring moving again meanwhile is the client's to retry.
+    let moved = state.topology.load();
+    let retry = told_stale
+        && answer.as_ref().map_or(true, |r| !r.status().is_success())
+        && moved.config_epoch() > topology.config_epoch();
+    if !retry {
+        return answer;
     }
-    let backend = topology.owner(&key).ok_or(Error::NoServers)?;
+    state.client.metrics().stale_ring_retry(route.path());
+    tracing::debug!(
+        from = topology.epoch,
+        to = moved.epoch,
+        "request routed again on a newer ring"
+    );
+    route_once(state, &request, &moved).await.0
+}
+
+/// Routes `request` on `topology`; also says whether a member answered `stale_ring`.
+async fn route_once(
+    state: &AppState,
+    request: &KeyRequest,
+    topology: &Topology,
+) -> (Result<Response>, bool) {
+    let call = KeyCall::new(state, topology);
+    let answer = send_to_owners(state, request, topology, &call).await;
+    (answer, call.told_stale())
+}
+
+async fn send_to_owners(
+    state: &AppState,
+    request: &KeyRequest,
+    topology: &Topology,
+    call: &KeyCall<'_>,
+) -> Result<Response> {
+    let (r, w) = state.replication(topology);
+    if request.route == Route::Get {
+        let members = topology.preference_list(&request.key, r);
+        return replicas::get(state, call, &members, &request.path).await;
+    }
+    let backend = topology.owner(&request.key).ok_or(Error::NoServers)?;
     if backend.health.is_down() {
         state
             .client
@@ -198,13 +263,18 @@ async fn forward(
             retry_after_secs: state.retry_after_secs,
         });
     }
-    let headers = match route {
+    let headers = match request.route {
         Route::Put => vec![(WRITE_QUORUM, HeaderValue::from(w))],
         Route::Get | Route::Versions => Vec::new(),
     };
-    let response = state
-        .client
-        .send_with_headers(backend, method, &path, body, &headers)
+    let response = call
+        .send(
+            backend,
+            request.method.clone(),
+            &request.path,
+            request.body.clone(),
+            &headers,
+        )
         .await
         .map_err(|e| upstream_error(state, &backend.name, e))?;
     Ok(decorate(response, &backend.name))

@@ -19,6 +19,7 @@ use crate::client::CallError;
 use crate::error::{Error, Result};
 use crate::membership::Backend;
 use crate::proxy::{decorate, upstream_error};
+use crate::ring_sync::KeyCall;
 use crate::state::AppState;
 
 /// Names the primary that could not answer, on an answer a replica gave.
@@ -28,7 +29,15 @@ type Answer = std::result::Result<http::Response<Bytes>, CallError>;
 
 /// Reads `path` (a `/get/...` with its query) for a key whose preference list is `members`,
 /// primary first. With a single member this is the plain forward of the primary's answer.
-pub async fn get(state: &AppState, members: &[&Arc<Backend>], path: &str) -> Result<Response> {
+///
+/// Every call goes through `call`, so it names the ring epoch and a `409 stale_ring` (from
+/// the primary: passed back, the caller routes again) teaches the gateway the newer ring.
+pub async fn get(
+    state: &AppState,
+    call: &KeyCall<'_>,
+    members: &[&Arc<Backend>],
+    path: &str,
+) -> Result<Response> {
     let (primary, replicas) = members.split_first().ok_or(Error::NoServers)?;
     if primary.health.is_down() {
         state
@@ -39,7 +48,7 @@ pub async fn get(state: &AppState, members: &[&Arc<Backend>], path: &str) -> Res
             return Err(server_down(state, primary));
         }
     } else {
-        let answer = state.client.send(primary, Method::GET, path, None).await;
+        let answer = call.send(primary, Method::GET, path, None, &[]).await;
         if replicas.is_empty() || !primary_unavailable(&answer) {
             return answer
                 .map(|response| decorate(response, &primary.name))
@@ -55,7 +64,7 @@ pub async fn get(state: &AppState, members: &[&Arc<Backend>], path: &str) -> Res
     let answers = futures::future::join_all(
         asked
             .iter()
-            .map(|b| state.client.send(b, Method::GET, path, None)),
+            .map(|b| call.send(b, Method::GET, path, None, &[])),
     )
     .await;
     // Only 200s that say which version they hold can be chosen.

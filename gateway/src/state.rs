@@ -10,7 +10,7 @@ use crate::auth::ApiToken;
 use crate::client::BackendClient;
 use crate::config::{GatewayConfig, Replication};
 use crate::error::Result;
-use crate::membership::TopologyHandle;
+use crate::membership::{Topology, TopologyHandle};
 use crate::metrics::GatewayMetrics;
 
 /// Cheap to clone: one `Arc`.
@@ -64,9 +64,18 @@ impl AppState {
         })))
     }
 
-    /// `(R, W)` in force with `members` servers. Recomputed per request from the topology
-    /// the request reads (a couple of comparisons), so it follows membership changes.
-    pub fn replication(&self, members: usize) -> (usize, usize) {
-        self.replication.in_force(members)
+    /// `(R, W)` in force on `topology`: R from its ring configuration when it has one (the
+    /// servers follow the same), else from the flags; both capped by its member count.
+    /// Recomputed per request from the topology the request reads (a couple of comparisons),
+    /// so it follows membership and configuration changes.
+    pub fn replication(&self, topology: &Topology) -> (usize, usize) {
+        let configured = match topology.replication_factor() {
+            Some(factor) => Replication {
+                factor,
+                ..self.replication
+            },
+            None => self.replication,
+        };
+        configured.in_force(topology.ring.len())
     }
 }

@@ -25,16 +25,22 @@ pub struct StatsQuery {
 }
 
 /// The servers on the ring: the seed's servers and count, plus each member's URL, health,
-/// ring share and replication lag, the ring epoch, and the replication in force.
+/// ring share and replication lag, the ring epoch and where the ring comes from, and the
+/// replication in force.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ServersResponse {
     /// Member names, sorted.
     pub servers: Vec<String>,
     pub count: usize,
-    /// Goes up by one each time the set of members changes.
+    /// The ring configuration's epoch (`ring_source: config`), or without one, up by one
+    /// each time the set of members changes (`ring_source: members`).
     pub epoch: u64,
+    /// `config`: the ring is a configuration learned from the servers (docs/rebalancing.md),
+    /// and key requests name its epoch; `members`: the membership source's names.
+    pub ring_source: String,
     pub vnodes: usize,
-    /// Servers holding each key: the configured factor, capped at `count`.
+    /// Servers holding each key: the ring configuration's, else the configured factor,
+    /// capped at `count`.
     pub replication_factor: usize,
     /// Servers that must hold a version before a put is answered (sent to primaries).
     pub write_quorum: usize,
@@ -61,7 +67,7 @@ pub struct MemberStatus {
     responses((status = 200, description = "Members with health, ring share and replication lag; the replication factor and write quorum in force", body = ServersResponse)))]
 pub async fn servers(State(state): State<AppState>) -> Json<ServersResponse> {
     let topology = state.topology.load();
-    let (replication_factor, write_quorum) = state.replication(topology.ring.len());
+    let (replication_factor, write_quorum) = state.replication(&topology);
     let members = topology
         .ring
         .shares()
@@ -82,6 +88,7 @@ pub async fn servers(State(state): State<AppState>) -> Json<ServersResponse> {
         servers: topology.ring.members().to_vec(),
         count: topology.ring.len(),
         epoch: topology.epoch,
+        ring_source: topology.ring_source().to_owned(),
         vnodes: topology.ring.vnodes(),
         replication_factor,
         write_quorum,

@@ -18,6 +18,8 @@ pub struct Seen {
     /// Path and query, as sent.
     pub uri: String,
     pub write_quorum: Option<String>,
+    /// The ring epoch the gateway routed by (`x-kv-ring-epoch`).
+    pub ring_epoch: Option<String>,
 }
 
 /// A canned answer: status, JSON body, extra headers.
@@ -88,6 +90,9 @@ async fn answer(
         uri: uri.clone(),
         write_quorum: headers
             .get("x-kv-write-quorum")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        ring_epoch: headers
+            .get("x-kv-ring-epoch")
             .map(|v| v.to_str().unwrap().to_owned()),
     });
     let (status, body, extra) = script

@@ -10,4 +10,5 @@ mod harness;
 mod procs;
 mod proxying;
 mod replication;
+mod ring;
 mod stats;
