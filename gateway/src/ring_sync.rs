@@ -41,7 +41,10 @@ impl<'a> KeyCall<'a> {
     pub fn new(state: &'a AppState, topology: &Topology) -> KeyCall<'a> {
         KeyCall {
             state,
-            epoch: topology.config_epoch().map(HeaderValue::from),
+            // Epoch 0 without a configuration: a server that has one answers `stale_ring`,
+            // so a gateway that has not learned the ring yet (just started, or the first
+            // move) can never read a range from a server that no longer holds it.
+            epoch: Some(HeaderValue::from(topology.config_epoch().unwrap_or(0))),
             stale: AtomicBool::new(false),
         }
     }
