@@ -97,6 +97,11 @@ async fn pull(
             "caught up versions from a peer");
     }
     shared.metrics.pulled(peer, outcome.stored);
+    if shared.placement.load().state.next.is_some() {
+        shared
+            .copied_versions
+            .fetch_add(outcome.stored, std::sync::atomic::Ordering::Relaxed);
+    }
     *seq = page.next;
     shared.set_progress(peer, |p| {
         p.cursor = page.next;
