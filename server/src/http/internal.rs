@@ -106,7 +106,9 @@ fn to_replica(record: Record) -> Result<ReplicaRecord, ApiError> {
     })
 }
 
-/// This server's versions after `after`, for the keys peer `for` holds.
+/// This server's versions after `after`, for the keys peer `for` holds; `ring` (optional) is
+/// the asking server's newest epoch: a feed filtered by an older ring would skip keys it
+/// needs, so this server answers `503 ring_behind` until it has learned that epoch.
 pub async fn changes(
     State(state): State<AppState>,
     params: Params,
@@ -129,6 +131,7 @@ pub async fn changes(
             "Missing 'for': the name of the server asking",
         )
     })?;
+    replication.check_feed_epoch(params.count("ring")?)?;
     let (rows, next, head) = state
         .store
         .changes(

@@ -112,9 +112,12 @@ async fn pull(
 }
 
 async fn fetch(shared: &Shared, url: &str, after: u64) -> Result<ChangesResponse, String> {
+    // `ring`: the peer must filter by rings at least as new as this server's (see
+    // `Replication::check_feed_epoch`).
     let target = format!(
-        "{url}/internal/changes?after={after}&limit={MAX_CHANGES_PAGE}&for={}",
-        percent_encode(&shared.me)
+        "{url}/internal/changes?after={after}&limit={MAX_CHANGES_PAGE}&for={}&ring={}",
+        percent_encode(&shared.me),
+        shared.placement.load().state.latest_epoch()
     );
     match shared.client.call(Method::GET, &target, None).await? {
         (StatusCode::OK, body) => {

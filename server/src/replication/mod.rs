@@ -314,6 +314,22 @@ impl Replication {
         Ok(())
     }
 
+    /// A change feed asked for by a server at ring epoch `asked` (its newest, `next` if
+    /// any) is filtered by this server's rings: if they are older, keys the asker holds only
+    /// under the newer ring would be skipped and its copy pass would end without them.
+    pub fn check_feed_epoch(&self, asked: Option<u64>) -> Result<()> {
+        let Some(asked) = asked else { return Ok(()) };
+        let latest = self.shared.placement.load().state.latest_epoch();
+        if asked > latest {
+            self.shared.gossip_now.notify_one();
+            return Err(Error::RingBehind {
+                asked,
+                current: latest,
+            });
+        }
+        Ok(())
+    }
+
     /// Fails with `Syncing` while the database is not complete for the current ring.
     pub fn check_synced(&self) -> Result<()> {
         if self.shared.synced.load(Ordering::Relaxed) {

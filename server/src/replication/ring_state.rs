@@ -86,6 +86,12 @@ pub fn decide(own: &RingState, offered: &RingState) -> Decision {
         ));
     }
     let new_current = offered.current.epoch != own.current.epoch;
+    if !new_current && offered.current != own.current {
+        return Decision::Refuse(format!(
+            "another ring epoch {} is in force here",
+            own.current.epoch
+        ));
+    }
     // Once frozen, the transition is finished before another target: the old primaries
     // refuse writes of moving keys and the new ones may be taking them over.
     if own.frozen && !new_current {
@@ -226,6 +232,13 @@ mod tests {
             ..announced.clone()
         };
         assert!(matches!(decide(&announced, &other), Decision::Refuse(_)));
+        // Another `current` under the same epoch: refused whatever `next` says.
+        let forged = RingState {
+            current: config(1, &["s1", "s2"]),
+            next: Some(config(5, &["s1"])),
+            frozen: false,
+        };
+        assert!(matches!(decide(&announced, &forged), Decision::Refuse(_)));
         // A commit that already announces the following transition.
         let commit_and_next = RingState {
             current: b,
