@@ -294,5 +294,9 @@ mod tests {
             .peers
             .push(parse_peer("b=http://b:2").unwrap());
         assert!(c.validate().unwrap_err().contains("twice"));
+        // Only itself: a one-member replicated ring (it can grow by rebalancing).
+        c.replication.peers = vec![parse_peer("a=http://a:1").unwrap()];
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.replication.factor("a"), 1);
     }
 }
