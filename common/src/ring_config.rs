@@ -70,13 +70,19 @@ impl RingConfig {
         let mut names = BTreeSet::new();
         for (i, member) in self.members.iter().enumerate() {
             if member.name.is_empty() || !names.insert(member.name.as_str()) {
-                return Err(format!("member name '{}' is empty or repeated", member.name));
+                return Err(format!(
+                    "member name '{}' is empty or repeated",
+                    member.name
+                ));
             }
             if i > 0 && self.members[i - 1].name > member.name {
                 return Err("members must be sorted by name".into());
             }
             if !member.url.starts_with("http://") {
-                return Err(format!("member '{}': URL must start with http://", member.name));
+                return Err(format!(
+                    "member '{}': URL must start with http://",
+                    member.name
+                ));
             }
         }
         Ok(())
@@ -203,8 +209,8 @@ pub struct RingView {
     pub head: u64,
     /// Versions stored by catch-up since `next` was learned (progress of the copy).
     pub copied_versions: u64,
-    /// A new current ring came in force and this server has not deleted the keys it no
-    /// longer holds yet (`POST /internal/cleanup`).
+    /// A new `current` was adopted and `POST /internal/cleanup` has not run since: this
+    /// server may still hold keys it no longer owns.
     #[serde(default)]
     pub cleanup_pending: bool,
 }
@@ -283,7 +289,8 @@ impl Placement {
 
     /// The key's replicas in force, primary first.
     pub fn replicas(&self, key: &str) -> Vec<&str> {
-        self.current.preference_list(key, self.state.current.factor())
+        self.current
+            .preference_list(key, self.state.current.factor())
     }
 
     /// Where a new version must go: the replicas in force, then those under `next` that are

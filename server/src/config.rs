@@ -47,9 +47,11 @@ pub struct ServerConfig {
 /// Replication (see docs/replication.md). Without `--peers` the server is standalone.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReplicationConfig {
-    /// Every server of the cluster as NAME=URL (`kv-1=http://10.0.0.2:8080`), this one
-    /// included or not; names are ring names and must match the gateway's. Repeat the flag or
-    /// give a comma-separated list. Turns replication on.
+    /// Every server of the ring as NAME=URL (`kv-1=http://10.0.0.2:8080`), names matching the
+    /// gateway's. Name this server too: one left out is a joiner that owns nothing until a
+    /// ring naming it is applied (rebalancing). Only this server: a one-member ring. Repeat
+    /// the flag or give a comma-separated list. Turns replication on. A ring state stored in
+    /// the database (from rebalancing) wins over this flag.
     #[arg(long = "peers", env = "KV_PEERS", value_delimiter = ',', value_parser = parse_peer)]
     pub peers: Vec<Peer>,
     /// Servers holding each key (default: 3, or every server when there are fewer).
@@ -148,7 +150,9 @@ impl ReplicationConfig {
         self.write_quorum.unwrap_or(factor / 2 + 1).clamp(1, factor)
     }
 
-    fn validate(&self, me: &str) -> Result<(), String> {
+    /// `--peers` naming only this server is allowed: a one-member replicated ring, which can
+    /// grow by rebalancing later. Not naming it at all makes it a joiner.
+    fn validate(&self) -> Result<(), String> {
         if self.replication_factor == Some(0) {
             return Err("--replication-factor must be at least 1".into());
         }
@@ -169,11 +173,6 @@ impl ReplicationConfig {
         names.sort();
         if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
             return Err(format!("--peers names '{}' twice", pair[0]));
-        }
-        if self.enabled() && self.peers.iter().all(|p| p.name == me) {
-            return Err(format!(
-                "--peers lists only this server ('{me}'); list the others too, or drop --peers"
-            ));
         }
         Ok(())
     }
@@ -214,7 +213,7 @@ impl ServerConfig {
         if self.node_name.trim().is_empty() {
             return Err("--node-name must not be empty".into());
         }
-        self.replication.validate(&self.node_name)
+        self.replication.validate()
     }
 
     pub fn store_config(&self) -> StoreConfig {
@@ -295,5 +294,9 @@ mod tests {
             .peers
             .push(parse_peer("b=http://b:2").unwrap());
         assert!(c.validate().unwrap_err().contains("twice"));
+        // Only itself: a one-member replicated ring (it can grow by rebalancing).
+        c.replication.peers = vec![parse_peer("a=http://a:1").unwrap()];
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.replication.factor("a"), 1);
     }
 }

@@ -64,6 +64,23 @@ pub enum Error {
     },
     #[error("server '{0}' has a new database and is still catching up with its peers")]
     Syncing(String),
+    #[error("the request was routed by ring epoch {asked}, older than this server's {}: use the ring in this answer", ring.epoch)]
+    StaleRing {
+        asked: u64,
+        ring: Box<kv_common::ring_config::RingConfig>,
+    },
+    #[error(
+        "the request was routed by ring epoch {asked}, newer than this server's {current}: it is fetching it, retry shortly"
+    )]
+    RingBehind { asked: u64, current: u64 },
+    #[error(
+        "key '{key}' is moving to '{next_primary}' (ring transition): its writes pause briefly, retry shortly"
+    )]
+    Rebalancing { key: String, next_primary: String },
+    #[error("invalid ring state: {0}")]
+    InvalidRing(String),
+    #[error("a transition to ring epoch {next} is under way: clean up after it is committed")]
+    TransitionUnderway { next: u64 },
     #[error("peer '{peer}': {message}")]
     Peer { peer: String, message: String },
     #[error("invalid configuration: {0}")]
@@ -90,6 +107,11 @@ impl Error {
             Error::QuorumFailed { .. } => "quorum_failed",
             Error::NotPrimary { .. } => "not_primary",
             Error::Syncing(_) => "syncing",
+            Error::StaleRing { .. } => "stale_ring",
+            Error::RingBehind { .. } => "ring_behind",
+            Error::Rebalancing { .. } => "rebalancing",
+            Error::InvalidRing(_) => "invalid_ring",
+            Error::TransitionUnderway { .. } => "transition_underway",
             Error::Peer { .. } => "peer",
             Error::Config(_) => "config",
             Error::Internal(_) => "internal",

@@ -48,6 +48,12 @@ pub struct ReplicationMetrics {
     /// Versions this server stored from catch-up pulls, by peer.
     pub pulled: Family<Labels, Counter>,
     pub quorum_failures: Counter,
+    /// Epoch of the ring in force.
+    pub ring_epoch: Gauge,
+    /// Puts refused `503 rebalancing` (their key's primary is moving, writes frozen).
+    pub rebalancing_refusals: Counter,
+    /// Versions deleted by `/internal/cleanup`.
+    pub cleanup_deleted_versions: Counter,
 }
 
 impl ReplicationMetrics {
@@ -130,6 +136,21 @@ impl Metrics {
             "replication_quorum_failures",
             "Puts answered 503 because too few replicas confirmed them in time",
             replication.quorum_failures.clone(),
+        );
+        registry.register(
+            "ring_epoch",
+            "Epoch of the ring configuration in force on this server",
+            replication.ring_epoch.clone(),
+        );
+        registry.register(
+            "rebalancing_refusals",
+            "Puts refused because their key's primary is moving (ring transition, frozen)",
+            replication.rebalancing_refusals.clone(),
+        );
+        registry.register(
+            "cleanup_deleted_versions",
+            "Versions of keys this server no longer holds, deleted by /internal/cleanup",
+            replication.cleanup_deleted_versions.clone(),
         );
         registry.register(
             "cache_hits",

@@ -4,6 +4,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use kv_common::ring_config::RingConfig;
 use kv_common::{ErrorBody, ErrorCode};
 
 use crate::error::Error;
@@ -13,6 +14,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: ErrorCode,
     pub detail: String,
+    /// `stale_ring`: the server's current ring, so the caller can route by it and retry.
+    pub ring: Option<Box<RingConfig>>,
 }
 
 impl ApiError {
@@ -21,6 +24,7 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
+            ring: None,
         }
     }
 
@@ -48,12 +52,22 @@ impl From<Error> for ApiError {
             }
             Error::Syncing(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Syncing),
             Error::NotPrimary { .. } => (StatusCode::MISDIRECTED_REQUEST, ErrorCode::NotPrimary),
+            Error::StaleRing { .. } => (StatusCode::CONFLICT, ErrorCode::StaleRing),
+            Error::RingBehind { .. } => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::RingBehind),
+            Error::Rebalancing { .. } => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Rebalancing),
+            Error::InvalidRing(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidBody),
+            Error::TransitionUnderway { .. } => (StatusCode::CONFLICT, ErrorCode::Rebalancing),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         };
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!(error = %err, kind = err.metric_label(), "request failed");
         }
-        ApiError::new(status, code, err.to_string())
+        let detail = err.to_string();
+        let mut api = ApiError::new(status, code, detail);
+        if let Error::StaleRing { ring, .. } = err {
+            api.ring = Some(ring);
+        }
+        api
     }
 }
 
@@ -63,11 +77,23 @@ impl IntoResponse for ApiError {
             tracing::debug!(status = %self.status, code = self.code.as_str(), detail = %self.detail);
         }
         let unavailable = self.status == StatusCode::SERVICE_UNAVAILABLE;
-        let body = ErrorBody {
-            detail: self.detail,
-            code: self.code,
+        let mut response = match self.ring {
+            Some(ring) => {
+                let body = serde_json::json!({
+                    "detail": self.detail,
+                    "code": self.code,
+                    "ring": ring,
+                });
+                (self.status, axum::Json(body)).into_response()
+            }
+            None => {
+                let body = ErrorBody {
+                    detail: self.detail,
+                    code: self.code,
+                };
+                (self.status, axum::Json(body)).into_response()
+            }
         };
-        let mut response = (self.status, axum::Json(body)).into_response();
         if unavailable {
             response
                 .headers_mut()

@@ -13,12 +13,13 @@ use kv_common::replication::{
     Change, ChangesResponse, Conflict, MAX_CHANGES_PAGE, Record, ReplicateRequest,
     ReplicateResponse, ReplicationStatus,
 };
+use kv_common::ring_config::{CleanupReport, RingState, RingView};
 use serde_json::value::RawValue;
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Params, QueryParams};
-use crate::replication::Replication;
+use crate::replication::{Adoption, Replication};
 use crate::store::{MAX_VERSION, ReplicaBatch, ReplicaRecord, Versioned, validate_key};
 
 /// Value bytes one change page carries at most (one bigger value still goes alone).
@@ -105,7 +106,9 @@ fn to_replica(record: Record) -> Result<ReplicaRecord, ApiError> {
     })
 }
 
-/// This server's versions after `after`, for the keys peer `for` holds.
+/// This server's versions after `after`, for the keys peer `for` holds; `ring` (optional) is
+/// the asking server's newest epoch: a feed filtered by an older ring would skip keys it
+/// needs, so this server answers `503 ring_behind` until it has learned that epoch.
 pub async fn changes(
     State(state): State<AppState>,
     params: Params,
@@ -128,6 +131,7 @@ pub async fn changes(
             "Missing 'for': the name of the server asking",
         )
     })?;
+    replication.check_feed_epoch(params.count("ring")?)?;
     let (rows, next, head) = state
         .store
         .changes(
@@ -164,4 +168,45 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<ReplicationSta
     let replication = replication(&state)?;
     let head = state.store.head().await?;
     Ok(Json(replication.status(head)))
+}
+
+/// This server's ring state and how far it is with the transition.
+pub async fn ring(State(state): State<AppState>) -> Result<Json<RingView>, ApiError> {
+    let replication = replication(&state)?;
+    let head = state.store.head().await?;
+    Ok(Json(replication.view(head)))
+}
+
+/// A ring state pushed by the coordinator: adopted (durably, and once frozen after the puts
+/// in flight committed) if above this server's, `200` with the view; the same again is a
+/// `200` too; below (or conflicting) is a `409 stale_ring` whose body is the error and this
+/// server's view side by side (`{detail, code, name, state, copied, ...}`).
+pub async fn put_ring(
+    State(state): State<AppState>,
+    body: Result<Json<RingState>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let replication = replication(&state)?;
+    let Json(offered) = body.map_err(|e| {
+        ApiError::bad_request(ErrorCode::InvalidBody, format!("Invalid ring state: {e}"))
+    })?;
+    let adoption = replication.adopt(offered).await?;
+    let head = state.store.head().await?;
+    let view = replication.view(head);
+    match adoption {
+        Adoption::Adopted | Adoption::Same => Ok(Json(view).into_response()),
+        Adoption::Refused(why) => {
+            let mut body = serde_json::to_value(&view)
+                .map_err(|e| ApiError::from(crate::Error::Internal(e.to_string())))?;
+            body["detail"] = why.into();
+            body["code"] = serde_json::to_value(ErrorCode::StaleRing).unwrap_or_default();
+            Ok((StatusCode::CONFLICT, Json(body)).into_response())
+        }
+    }
+}
+
+/// Deletes the keys this server no longer holds under `current`; `409 rebalancing` while a
+/// `next` ring is announced.
+pub async fn cleanup(State(state): State<AppState>) -> Result<Json<CleanupReport>, ApiError> {
+    let replication = replication(&state)?;
+    Ok(Json(replication.cleanup().await?))
 }

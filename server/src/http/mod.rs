@@ -101,6 +101,11 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/internal/changes", get(internal::changes))
         .route("/internal/status", get(internal::status))
+        .route(
+            "/internal/ring",
+            get(internal::ring).put(internal::put_ring),
+        )
+        .route("/internal/cleanup", axum::routing::post(internal::cleanup))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

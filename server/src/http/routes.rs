@@ -11,6 +11,7 @@ use bytes::Bytes;
 use kv_common::ErrorCode;
 use kv_common::api::{CacheStats, DbStats, Operation, PutResponse, VersionEntry, VersionsResponse};
 use kv_common::replication::{ACKED_BY_HEADER, HealthBody, WRITE_QUORUM_HEADER};
+use kv_common::ring_config::RING_EPOCH_HEADER;
 use serde_json::value::RawValue;
 
 use super::AppState;
@@ -29,6 +30,7 @@ const DEFAULT_PAGE: u64 = 100;
         ("key" = String, Path, description = "Any UTF-8 text, percent-encoded, 1 to 1024 bytes"),
         ("if_version" = Option<u64>, Query, description = "Store only if the latest version is this; 0 = only if the key does not exist"),
         ("x-kv-write-quorum" = Option<u64>, Header, description = "Replication: servers that must hold the version before the answer (the gateway sends it)"),
+        ("x-kv-ring-epoch" = Option<u64>, Header, description = "Rebalancing: the ring epoch the gateway routed by; checked against the server's"),
     ),
     request_body = kv_common::api::PutBody,
     responses(
@@ -38,8 +40,9 @@ const DEFAULT_PAGE: u64 = 100;
         (status = 412, description = "`if_version` did not match", body = kv_common::ErrorBody),
         (status = 413, description = "Value over the size limit", body = kv_common::ErrorBody),
         (status = 414, description = "Key over 1024 bytes", body = kv_common::ErrorBody),
+        (status = 409, description = "Rebalancing: `x-kv-ring-epoch` is older than the server's ring (`stale_ring`; the body's `ring` is the server's current ring configuration)", body = kv_common::ErrorBody),
         (status = 421, description = "Replication: this server is not the key's primary (`not_primary`)", body = kv_common::ErrorBody),
-        (status = 503, description = "Replication: a new database still catching up (`syncing`), or the version was stored here but too few replicas confirmed it in time (`quorum_failed`: the write is uncertain)", body = kv_common::ErrorBody,
+        (status = 503, description = "Replication: a new database still catching up (`syncing`), or the version was stored here but too few replicas confirmed it in time (`quorum_failed`: the write is uncertain); rebalancing: the key's primary is moving (`rebalancing`) or `x-kv-ring-epoch` is newer than the server's ring (`ring_behind`)", body = kv_common::ErrorBody,
             headers(("retry-after" = u64, description = "Seconds to wait"))),
         (status = 422, description = "Body is not an object with a `value`, or has a non-finite number", body = kv_common::ErrorBody),
     )
@@ -54,13 +57,12 @@ pub async fn put(
     let key = extract::key(path)?;
     let if_version = QueryParams::from(params)?.count("if_version")?;
     let value = extract::put_value(body, state.config.max_value_bytes)?;
-    // Replicated: only the key's primary assigns versions, and not before it has caught up.
-    let quorum = match &state.replication {
-        Some(replication) => {
-            replication.check_synced()?;
-            replication.check_primary(&key)?;
-            Some(replication.quorum(write_quorum(&headers)?))
-        }
+    // Replicated: only the key's primary under the ring in force assigns versions, not while
+    // the key is moving (frozen), and not before it has caught up.
+    let epoch = ring_epoch(&headers)?;
+    let asked_quorum = write_quorum(&headers)?;
+    let permit = match &state.replication {
+        Some(replication) => Some(replication.admit_put(&key, epoch).await?),
         None => None,
     };
     let value: Box<str> = value.into();
@@ -73,14 +75,20 @@ pub async fn put(
             if_version,
         })
         .await?;
-    let acked_by = match (&state.replication, quorum) {
-        (Some(replication), Some(quorum)) => {
+    let acked_by = match (&state.replication, permit) {
+        (Some(replication), Some(permit)) => {
+            let placement = permit.committed();
             let stored = Versioned {
                 version: outcome.version,
                 value,
                 timestamp: outcome.timestamp,
             };
-            Some(replication.replicate(&key, &stored, quorum).await?)
+            let quorum = replication.quorum(asked_quorum);
+            Some(
+                replication
+                    .replicate(&placement, &key, &stored, quorum)
+                    .await?,
+            )
         }
         _ => None,
     };
@@ -124,6 +132,23 @@ fn write_quorum(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
         })
 }
 
+/// The `x-kv-ring-epoch` header: the ring epoch the gateway routed by, if any.
+fn ring_epoch(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(raw) = headers.get(RING_EPOCH_HEADER) else {
+        return Ok(None);
+    };
+    raw.to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                ErrorCode::InvalidQuery,
+                format!("Invalid {RING_EPOCH_HEADER} header: expected a whole number from 0"),
+            )
+        })
+}
+
 /// Same as `PUT /put/{key}` (the seed's method).
 #[utoipa::path(
     post, path = "/put/{key}", tag = "keys",
@@ -147,21 +172,25 @@ pub async fn post(
     params(
         ("key" = String, Path),
         ("version" = Option<u64>, Query, description = "An exact version, 1 or more"),
+        ("x-kv-ring-epoch" = Option<u64>, Header, description = "Rebalancing: the ring epoch the gateway routed by"),
     ),
     responses(
         (status = 200, description = "Found", body = kv_common::api::GetResponse),
         (status = 400, description = "Bad version or key", body = kv_common::ErrorBody),
         (status = 404, description = "No such key or version", body = kv_common::ErrorBody),
+        (status = 409, description = "`stale_ring`: older `x-kv-ring-epoch` than the server's; `ring` in the body", body = kv_common::ErrorBody),
+        (status = 503, description = "`syncing`, or `ring_behind` (newer `x-kv-ring-epoch`)", body = kv_common::ErrorBody),
     )
 )]
 pub async fn get(
     State(state): State<AppState>,
     path: KeyPath,
     params: Params,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = extract::key(path)?;
     let version = QueryParams::from(params)?.version()?;
-    check_synced(&state)?;
+    admit_read(&state, &headers)?;
     let (found, source) = state.store.get(&key, version).await?;
     Ok(json_response(get_body(&found, source)))
 }
@@ -185,10 +214,12 @@ fn get_body(v: &Versioned, source: ReadSource) -> String {
     out
 }
 
-/// A new database may lack versions its peers hold: it answers nothing until it caught up.
-fn check_synced(state: &AppState) -> Result<(), ApiError> {
+/// A request routed by another ring epoch is refused; a new database may lack versions its
+/// peers hold: it answers nothing until it caught up.
+fn admit_read(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let epoch = ring_epoch(headers)?;
     match &state.replication {
-        Some(replication) => Ok(replication.check_synced()?),
+        Some(replication) => Ok(replication.admit_read(epoch)?),
         None => Ok(()),
     }
 }
@@ -204,16 +235,20 @@ fn json_response(body: String) -> Response {
         ("key" = String, Path),
         ("after" = Option<u64>, Query, description = "Only versions greater than this (default 0)"),
         ("limit" = Option<u64>, Query, description = "At most this many, 1 to 1000 (default 100)"),
+        ("x-kv-ring-epoch" = Option<u64>, Header, description = "Rebalancing: the ring epoch the gateway routed by"),
     ),
     responses(
         (status = 200, description = "A page of versions", body = VersionsResponse),
         (status = 404, description = "No such key", body = kv_common::ErrorBody),
+        (status = 409, description = "`stale_ring`: older `x-kv-ring-epoch` than the server's; `ring` in the body", body = kv_common::ErrorBody),
+        (status = 503, description = "`syncing`, or `ring_behind` (newer `x-kv-ring-epoch`)", body = kv_common::ErrorBody),
     )
 )]
 pub async fn versions(
     State(state): State<AppState>,
     path: KeyPath,
     params: Params,
+    headers: HeaderMap,
 ) -> Result<Json<VersionsResponse>, ApiError> {
     let key = extract::key(path)?;
     let params = QueryParams::from(params)?;
@@ -225,7 +260,7 @@ pub async fn versions(
             format!("Invalid limit: {limit} is out of range: expected 1 to {MAX_PAGE}"),
         ));
     }
-    check_synced(&state)?;
+    admit_read(&state, &headers)?;
     let page = state.store.versions(&key, after, limit as u32).await?;
     let next_after = page
         .versions
@@ -297,8 +332,7 @@ pub async fn health(State(state): State<AppState>) -> Json<HealthBody> {
     Json(HealthBody {
         status: "ok".into(),
         replication: state.replication.as_ref().map(|r| r.health()),
-        // Filled once the server keeps a ring state (rebalancing, docs/rebalancing.md).
-        ring: None,
+        ring: state.replication.as_ref().map(|r| r.ring_health()),
     })
 }
 

@@ -97,6 +97,11 @@ async fn pull(
             "caught up versions from a peer");
     }
     shared.metrics.pulled(peer, outcome.stored);
+    if shared.placement.load().state.next.is_some() {
+        shared
+            .copied_versions
+            .fetch_add(outcome.stored, std::sync::atomic::Ordering::Relaxed);
+    }
     *seq = page.next;
     shared.set_progress(peer, |p| {
         p.cursor = page.next;
@@ -107,9 +112,12 @@ async fn pull(
 }
 
 async fn fetch(shared: &Shared, url: &str, after: u64) -> Result<ChangesResponse, String> {
+    // `ring`: the peer must filter by rings at least as new as this server's (see
+    // `Replication::check_feed_epoch`).
     let target = format!(
-        "{url}/internal/changes?after={after}&limit={MAX_CHANGES_PAGE}&for={}",
-        percent_encode(&shared.me)
+        "{url}/internal/changes?after={after}&limit={MAX_CHANGES_PAGE}&for={}&ring={}",
+        percent_encode(&shared.me),
+        shared.placement.load().state.latest_epoch()
     );
     match shared.client.call(Method::GET, &target, None).await? {
         (StatusCode::OK, body) => {

@@ -1,33 +1,44 @@
 //! Replication between servers (the contract is `docs/replication.md`): a primary pushes each
 //! new version to the key's other replicas and answers once a write quorum holds it; every
-//! server pulls from its peers what it missed. No HTTP framework types here: `http/internal.rs`
-//! serves the peers' side.
+//! server pulls from its peers what it missed. The ring is a state that changes while serving
+//! (`docs/rebalancing.md`): placement is swapped atomically and peers follow it. No HTTP
+//! framework types here: `http/internal.rs` serves the peers' side.
 //!
 //! - `peer_client.rs`: the pooled HTTP client towards peers.
 //! - `sender.rs`: one push task per peer, batching.
 //! - `catch_up.rs`: one pull task per peer, with a cursor committed alongside the data.
+//! - `peers.rs`: starting and stopping those tasks as the ring's members change.
 //! - `quorum.rs`: waiting for W confirmations (pure counting, unit-tested).
+//! - `ring_state.rs`: which ring states are adopted and what that implies (pure).
+//! - `adopt.rs`: adopting a state durably; the clean-up after a commit.
+//! - `gossip.rs`: asking peers for their ring states, so a server that missed one converges.
 
+mod adopt;
 mod catch_up;
+mod gossip;
 mod peer_client;
+mod peers;
 pub mod quorum;
+pub mod ring_state;
 mod sender;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use kv_common::replication::{PeerStatus, Record, ReplicationHealth, ReplicationStatus};
-use kv_common::ring::Ring;
+use kv_common::ring_config::{CleanupReport, Placement, RingHealth, RingState, RingView};
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
+use tokio::sync::{Notify, OwnedRwLockReadGuard, RwLock, oneshot};
+use tokio::task::JoinHandle;
 
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
 use crate::metrics::ReplicationMetrics;
 use crate::store::{Store, Versioned};
+pub use adopt::Adoption;
 use peer_client::PeerClient;
 use sender::Push;
 
@@ -42,14 +53,33 @@ const RING_META: &str = "ring";
 pub(crate) struct Shared {
     me: String,
     store: Store,
-    /// This server's ring, as text: recorded once caught up under it.
-    ring_fingerprint: String,
     client: PeerClient,
     catch_up_interval: Duration,
     metrics: ReplicationMetrics,
+    /// The ring state in force and the rings built from it; swapped whole on adoption.
+    placement: ArcSwap<Placement>,
+    /// Puts hold a read guard from their ring checks to their local commit; adopting a state
+    /// takes the write guard, so once a state is adopted no put checked under the old one is
+    /// still uncommitted (a frozen state's head covers every version of a moving key).
+    freeze: Arc<RwLock<()>>,
+    /// One adoption (or clean-up) at a time.
+    adopting: tokio::sync::Mutex<()>,
+    /// Pokes the gossip task (a request named a newer epoch).
+    gossip_now: Notify,
+    /// Senders and pullers by peer name.
+    peers: Mutex<BTreeMap<String, peers::PeerTasks>>,
     progress: Mutex<BTreeMap<String, Progress>>,
-    /// False while a new database has not caught up with every peer.
+    /// False while the database is not complete for `current` (new database, or a ring it
+    /// missed): no key is served meanwhile.
     synced: AtomicBool,
+    /// With `next`: every puller reached its peer's head once since `next` was learned.
+    copied: AtomicBool,
+    /// Versions stored by catch-up since `next` was learned.
+    copied_versions: AtomicU64,
+    /// A new `current` was adopted and `/internal/cleanup` has not run since.
+    cleanup_pending: AtomicBool,
+    /// `--write-quorum`, if given; otherwise a majority of the ring's factor.
+    write_quorum: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -58,7 +88,7 @@ struct Progress {
     cursor: u64,
     head: u64,
     last_error: Option<String>,
-    /// A pull reached the peer's head at least once since this server started.
+    /// A pull reached the peer's head at least once since this puller (re)started.
     caught_up_once: bool,
 }
 
@@ -71,35 +101,77 @@ impl Shared {
         update(entry);
         self.metrics
             .set_lag(peer, entry.head.saturating_sub(entry.cursor));
-        if !self.synced.load(Ordering::Relaxed) && progress.values().all(|p| p.caught_up_once) {
+        self.check_caught_up(&progress);
+    }
+
+    /// Once every puller reached its peer's head since it (re)started: synced, and copied
+    /// for `next` if one is announced. True at once without peers (a one-member ring).
+    fn check_caught_up(&self, progress: &BTreeMap<String, Progress>) {
+        if !progress.values().all(|p| p.caught_up_once) {
+            return;
+        }
+        let placement = self.placement.load();
+        if !self.synced.load(Ordering::Relaxed) {
             self.synced.store(true, Ordering::Relaxed);
-            tracing::info!("caught up with every peer: serving keys as primary");
+            tracing::info!(
+                epoch = placement.epoch(),
+                "caught up with every peer: serving keys as primary"
+            );
             // Remember the ring this database is complete for; a crash before this lands
             // just means one more full pass at the next start.
-            let (store, ring) = (self.store.clone(), self.ring_fingerprint.clone());
-            tokio::spawn(async move {
-                if let Err(error) = store.set_meta(RING_META, &ring).await {
-                    tracing::warn!(%error, "cannot record the ring; the next start re-reads peers");
-                }
-            });
+            let ring = ring_state::fingerprint(&placement.state.current);
+            self.record_meta(RING_META, ring);
         }
+        if let Some(next) = &placement.state.next
+            && !self.copied.swap(true, Ordering::Relaxed)
+        {
+            tracing::info!(
+                next = next.epoch,
+                versions = self.copied_versions.load(Ordering::Relaxed),
+                "copied every peer's changes for the next ring"
+            );
+            self.record_meta(ring_state::COPIED_EPOCH_META, next.epoch.to_string());
+        }
+    }
+
+    fn record_meta(&self, name: &'static str, value: String) {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(error) = store.set_meta(name, &value).await {
+                tracing::warn!(%error, name, "cannot record replication metadata");
+            }
+        });
+    }
+
+    fn quorum_default(&self, factor: usize) -> usize {
+        self.write_quorum.unwrap_or(factor / 2 + 1).clamp(1, factor)
+    }
+}
+
+/// What a put holds between its ring checks and its local commit (see `Shared::freeze`).
+pub struct PutPermit {
+    _checked: OwnedRwLockReadGuard<()>,
+    placement: Arc<Placement>,
+}
+
+impl PutPermit {
+    /// Call once the version is committed locally: adoptions may go on, replication follows
+    /// the placement the put was checked under.
+    pub fn committed(self) -> Arc<Placement> {
+        self.placement
     }
 }
 
 /// The replication side of one server. Absent (`None` in the app state) when standalone.
 pub struct Replication {
-    ring: Ring,
-    factor: usize,
-    quorum: usize,
     timeout: Duration,
     shared: Arc<Shared>,
-    senders: BTreeMap<String, mpsc::Sender<Push>>,
-    tasks: Mutex<JoinSet<()>>,
+    gossip: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Replication {
-    /// Starts the senders and the catch-up pullers; `None` without `--peers`. Must run
-    /// inside a tokio runtime.
+    /// Loads the ring state, starts the senders, the catch-up pullers and the gossip task;
+    /// `None` without `--peers`. Must run inside a tokio runtime.
     pub async fn start(
         config: &ServerConfig,
         store: &Store,
@@ -110,23 +182,21 @@ impl Replication {
             return Ok(None);
         }
         let me = config.node_name.clone();
-        let ring = Ring::new(settings.members(&me), settings.vnodes);
-        let factor = settings.factor(&me);
         let timeout = Duration::from_millis(settings.replication_timeout_ms.max(1));
-        let peers: BTreeMap<String, String> = settings
-            .peers
-            .iter()
-            .filter(|p| p.name != me)
-            .map(|p| (p.name.clone(), p.url.clone()))
-            .collect();
+        // A stored state wins over the flags: it is what the cluster moved to since.
+        let state = match store.meta(ring_state::RING_STATE_META).await? {
+            Some(json) => {
+                let state: RingState = serde_json::from_str(&json)
+                    .map_err(|e| Error::Internal(format!("stored ring state unreadable: {e}")))?;
+                state.validate().map_err(Error::Internal)?;
+                state
+            }
+            None => ring_state::from_flags(settings, &me).map_err(Error::Config)?,
+        };
         // A database new to the cluster, or one that last caught up under another ring
         // (servers added or removed, another R or vnodes: keys changed hands), must first
         // learn what its peers hold, reading every peer's changes from the start.
-        let fingerprint = format!(
-            "vnodes={};replicas={factor};members={}",
-            settings.vnodes,
-            ring.members().join(",")
-        );
+        let fingerprint = ring_state::fingerprint(&state.current);
         let recorded = store.meta(RING_META).await?;
         let same_ring = recorded.as_deref() == Some(fingerprint.as_str());
         let synced = !store.open_info().fresh && same_ring;
@@ -135,63 +205,50 @@ impl Replication {
                 "the ring changed since this database last caught up: re-reading every peer \
                  before serving");
         }
+        let copied_epoch = store.meta(ring_state::COPIED_EPOCH_META).await?;
+        let copied = state
+            .next
+            .as_ref()
+            .is_some_and(|n| copied_epoch.as_deref() == Some(n.epoch.to_string().as_str()));
+        let cleanup_pending = store
+            .meta(ring_state::CLEANUP_PENDING_META)
+            .await?
+            .as_deref()
+            == Some("true");
+        metrics.ring_epoch.set(state.current.epoch as i64);
+        let epoch = state.current.epoch;
+        let members = state.current.members.len();
+        let is_member = state.current.contains(&me);
         let shared = Arc::new(Shared {
             me: me.clone(),
             store: store.clone(),
-            ring_fingerprint: fingerprint,
             client: PeerClient::new(Duration::from_secs(1), timeout.max(Duration::from_secs(5))),
             catch_up_interval: Duration::from_millis(settings.catch_up_interval_ms.max(10)),
             metrics,
-            progress: Mutex::new(
-                peers
-                    .iter()
-                    .map(|(name, url)| {
-                        let progress = Progress {
-                            url: url.clone(),
-                            ..Progress::default()
-                        };
-                        (name.clone(), progress)
-                    })
-                    .collect(),
-            ),
+            placement: ArcSwap::from_pointee(Placement::new(state)),
+            freeze: Arc::new(RwLock::new(())),
+            adopting: tokio::sync::Mutex::new(()),
+            gossip_now: Notify::new(),
+            peers: Mutex::new(BTreeMap::new()),
+            progress: Mutex::new(BTreeMap::new()),
             synced: AtomicBool::new(synced),
+            copied: AtomicBool::new(copied),
+            copied_versions: AtomicU64::new(0),
+            cleanup_pending: AtomicBool::new(cleanup_pending),
+            write_quorum: settings.write_quorum,
         });
-        let mut tasks = JoinSet::new();
-        let mut senders = BTreeMap::new();
-        let cursors: BTreeMap<String, (String, u64)> = if same_ring {
-            store
-                .cursors()
-                .await?
-                .into_iter()
-                .map(|(peer, instance, seq)| (peer, (instance, seq)))
-                .collect()
+        let cursors = if same_ring {
+            store.cursors().await?
         } else {
-            BTreeMap::new()
+            Vec::new()
         };
-        for (name, url) in &peers {
-            let (tx, rx) = mpsc::channel(PUSH_QUEUE);
-            senders.insert(name.clone(), tx);
-            tasks.spawn(sender::run(shared.clone(), name.clone(), url.clone(), rx));
-            // Pullers run even with R = 1: after a ring change they bring the keys this
-            // server now owns; otherwise they only walk cursors forward.
-            tasks.spawn(catch_up::run(
-                shared.clone(),
-                store.clone(),
-                name.clone(),
-                url.clone(),
-                cursors.get(name).cloned(),
-            ));
-        }
-        tracing::info!(name = %me, members = ring.len(), factor, quorum = settings.quorum(&me),
-            synced, "replication on");
+        peers::reconcile(&shared, &cursors).await;
+        let gossip = tokio::spawn(gossip::run(shared.clone()));
+        tracing::info!(name = %me, epoch, members, is_member, synced, copied, "replication on");
         Ok(Some(Arc::new(Replication {
-            ring,
-            factor,
-            quorum: settings.quorum(&me),
             timeout,
             shared,
-            senders,
-            tasks: Mutex::new(tasks),
+            gossip: Mutex::new(Some(gossip)),
         })))
     }
 
@@ -199,21 +256,81 @@ impl Replication {
         &self.shared.me
     }
 
-    /// Fails with `NotPrimary` unless this server is the first of the key's list.
-    pub fn check_primary(&self, key: &str) -> Result<()> {
-        let primary = self.ring.owner(key).unwrap_or_default();
-        if primary == self.shared.me {
-            Ok(())
-        } else {
-            Err(Error::NotPrimary {
+    /// The placement in force.
+    pub fn placement(&self) -> Arc<Placement> {
+        self.shared.placement.load_full()
+    }
+
+    /// The checks of a put, in order: the request's ring epoch, this server being the key's
+    /// primary, the key's writes not paused, the database synced. The permit keeps adoptions
+    /// out until the put is committed locally.
+    pub async fn admit_put(&self, key: &str, epoch: Option<u64>) -> Result<PutPermit> {
+        let checked = self.shared.freeze.clone().read_owned().await;
+        let placement = self.shared.placement.load_full();
+        self.check_epoch_of(&placement, epoch)?;
+        let primary = placement.primary(key).unwrap_or_default();
+        if primary != self.shared.me {
+            return Err(Error::NotPrimary {
                 key: key.to_owned(),
                 me: self.shared.me.clone(),
                 primary: primary.to_owned(),
-            })
+            });
         }
+        if placement.write_paused(key) {
+            self.shared.metrics.rebalancing_refusals.inc();
+            return Err(Error::Rebalancing {
+                key: key.to_owned(),
+                next_primary: placement.next_primary(key).unwrap_or_default().to_owned(),
+            });
+        }
+        self.check_synced()?;
+        Ok(PutPermit {
+            _checked: checked,
+            placement,
+        })
     }
 
-    /// Fails with `Syncing` while a new database has not caught up with every peer.
+    /// The checks of a read: the request's ring epoch, then the database synced.
+    pub fn admit_read(&self, epoch: Option<u64>) -> Result<()> {
+        self.check_epoch_of(&self.shared.placement.load(), epoch)?;
+        self.check_synced()
+    }
+
+    /// A request routed by an older ring is refused with the current one; one routed by a
+    /// newer ring than this server knows makes it ask its peers now.
+    fn check_epoch_of(&self, placement: &Placement, asked: Option<u64>) -> Result<()> {
+        let Some(asked) = asked else { return Ok(()) };
+        let current = placement.epoch();
+        if asked < current {
+            return Err(Error::StaleRing {
+                asked,
+                ring: Box::new(placement.state.current.clone()),
+            });
+        }
+        if asked > current {
+            self.shared.gossip_now.notify_one();
+            return Err(Error::RingBehind { asked, current });
+        }
+        Ok(())
+    }
+
+    /// A change feed asked for by a server at ring epoch `asked` (its newest, `next` if
+    /// any) is filtered by this server's rings: if they are older, keys the asker holds only
+    /// under the newer ring would be skipped and its copy pass would end without them.
+    pub fn check_feed_epoch(&self, asked: Option<u64>) -> Result<()> {
+        let Some(asked) = asked else { return Ok(()) };
+        let latest = self.shared.placement.load().state.latest_epoch();
+        if asked > latest {
+            self.shared.gossip_now.notify_one();
+            return Err(Error::RingBehind {
+                asked,
+                current: latest,
+            });
+        }
+        Ok(())
+    }
+
+    /// Fails with `Syncing` while the database is not complete for the current ring.
     pub fn check_synced(&self) -> Result<()> {
         if self.shared.synced.load(Ordering::Relaxed) {
             Ok(())
@@ -222,35 +339,36 @@ impl Replication {
         }
     }
 
-    /// Whether `name` holds `key` (used to filter the change feed for that peer).
-    pub fn holds(&self, name: &str, key: &str) -> bool {
-        self.ring.replicates(name, key, self.factor)
-    }
-
-    /// A cheap, owned filter for the change feed of peer `name`.
-    pub fn filter_for(self: &Arc<Self>, name: String) -> impl Fn(&str) -> bool + Send + 'static {
-        let this = self.clone();
-        move |key| this.holds(&name, key)
+    /// A cheap, owned filter for the change feed of peer `name`: the keys it holds now or
+    /// will under `next`.
+    pub fn filter_for(&self, name: String) -> impl Fn(&str) -> bool + Send + 'static {
+        let placement = self.shared.placement.load_full();
+        move |key| placement.holds(&name, key)
     }
 
     /// The write quorum to use: the one the put asks for (the gateway's), else the default,
-    /// never more than the replication factor.
+    /// never more than the replication factor in force.
     pub fn quorum(&self, asked: Option<usize>) -> usize {
-        asked.unwrap_or(self.quorum).clamp(1, self.factor)
+        let factor = self.shared.placement.load().state.current.factor();
+        asked
+            .unwrap_or_else(|| self.shared.quorum_default(factor))
+            .clamp(1, factor)
     }
 
-    /// Sends a version this primary just committed to the key's other replicas, and waits
-    /// until `quorum` servers (this one included) hold it, or the replication timeout.
-    /// Returns the servers that confirmed it, this one first.
+    /// Sends a version this primary just committed to every target of the key (dual write
+    /// during a transition), and waits until `quorum` servers among its replicas in force
+    /// (this one included) hold it, or the replication timeout. Returns the servers that
+    /// confirmed it, this one first.
     pub async fn replicate(
         &self,
+        placement: &Placement,
         key: &str,
         stored: &Versioned,
         quorum: usize,
     ) -> Result<Vec<String>> {
-        let others: Vec<&str> = self
-            .ring
-            .preference_list(key, self.factor)
+        let replicas = placement.replicas(key);
+        let others: Vec<&str> = placement
+            .targets(key)
             .into_iter()
             .filter(|name| *name != self.shared.me)
             .collect();
@@ -258,10 +376,8 @@ impl Replication {
         if !others.is_empty() {
             let value = RawValue::from_string(stored.value.to_string())
                 .map_err(|e| Error::Internal(format!("stored value is not JSON: {e}")))?;
-            for name in others {
-                let Some(sender) = self.senders.get(name) else {
-                    continue;
-                };
+            let senders = peers::senders(&self.shared, &others);
+            for (name, sender) in senders {
                 let (done, confirmed) = oneshot::channel();
                 let push = Push {
                     record: Record {
@@ -272,9 +388,10 @@ impl Replication {
                     },
                     done,
                 };
-                // A full queue means the peer is far behind: do not wait on it.
-                if sender.try_send(push).is_ok() {
-                    waits.push((name.to_owned(), confirmed));
+                // A full queue means the peer is far behind: do not wait on it. Targets only
+                // under `next` get the version but do not count for the quorum.
+                if sender.try_send(push).is_ok() && replicas.contains(&name.as_str()) {
+                    waits.push((name, confirmed));
                 }
             }
         }
@@ -290,6 +407,21 @@ impl Replication {
                 needed: quorum,
             })
         }
+    }
+
+    /// Adopts `offered` if it is above this server's state (`PUT /internal/ring`, gossip).
+    pub async fn adopt(&self, offered: RingState) -> Result<Adoption> {
+        adopt::adopt(&self.shared, offered).await
+    }
+
+    /// Deletes the keys this server does not hold under `current` (after a commit).
+    pub async fn cleanup(&self) -> Result<CleanupReport> {
+        adopt::cleanup(&self.shared).await
+    }
+
+    /// `GET /internal/ring`; `head` is this server's newest change sequence.
+    pub fn view(&self, head: u64) -> RingView {
+        view(&self.shared, head)
     }
 
     /// `/internal/status`; `head` is this server's newest change sequence.
@@ -310,10 +442,11 @@ impl Replication {
                 last_error: p.last_error.clone(),
             })
             .collect();
+        let factor = self.shared.placement.load().state.current.factor();
         ReplicationStatus {
             name: self.shared.me.clone(),
-            replication_factor: self.factor,
-            write_quorum: self.quorum,
+            replication_factor: factor,
+            write_quorum: self.shared.quorum_default(factor),
             synced: self.shared.synced.load(Ordering::Relaxed),
             lag: peers.iter().map(|p| p.lag).sum(),
             head,
@@ -331,11 +464,30 @@ impl Replication {
         }
     }
 
-    /// Stops the senders and pullers (pending pushes are dropped: catch-up covers them).
+    /// The `ring` part of `/health`.
+    pub fn ring_health(&self) -> RingHealth {
+        RingHealth::from(&self.shared.placement.load().state)
+    }
+
+    /// Stops the gossip, the senders and the pullers (pending pushes are dropped: catch-up
+    /// covers them).
     pub fn stop(&self) {
-        self.tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .abort_all();
+        if let Some(gossip) = self.gossip.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            gossip.abort();
+        }
+        peers::abort_all(&self.shared);
+    }
+}
+
+fn view(shared: &Shared, head: u64) -> RingView {
+    let placement = shared.placement.load();
+    RingView {
+        name: shared.me.clone(),
+        state: placement.state.clone(),
+        copied: placement.state.next.is_some() && shared.copied.load(Ordering::Relaxed),
+        synced: shared.synced.load(Ordering::Relaxed),
+        head,
+        copied_versions: shared.copied_versions.load(Ordering::Relaxed),
+        cleanup_pending: shared.cleanup_pending.load(Ordering::Relaxed),
     }
 }

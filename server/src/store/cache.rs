@@ -236,6 +236,14 @@ impl Cache {
         self.note_eviction(evicted);
     }
 
+    /// Forgets a key whose versions were deleted (ring clean-up). Bumping the shard epoch
+    /// drops any fill from a read that started before the delete.
+    pub fn evict(&self, key: &str) {
+        let mut shard = self.lock(self.shard_of(key));
+        shard.epoch = shard.epoch.wrapping_add(1);
+        shard.lru.pop(key);
+    }
+
     /// Updates the key's entry (created empty if missing); returns whether another key had to
     /// be evicted to make room.
     fn upsert(&self, shard: &mut Shard, key: &Arc<str>, update: impl FnOnce(&mut Entry)) -> bool {

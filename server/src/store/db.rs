@@ -340,6 +340,16 @@ pub fn meta(conn: &Connection, name: &str) -> Result<Option<String>> {
     .map_err(db_err("read metadata"))
 }
 
+/// Up to `limit` key names after `after`, in order (clean-up walks every key this way).
+pub fn keys_after(conn: &Connection, after: &str, limit: u32) -> Result<Vec<String>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT key FROM keys WHERE key > ?1 ORDER BY key LIMIT ?2")
+        .map_err(db_err("read keys"))?;
+    stmt.query_map(params![after, limit], |r| r.get(0))
+        .and_then(|rows| rows.collect())
+        .map_err(db_err("read keys"))
+}
+
 /// The newest change sequence (0 for an empty database).
 pub fn head(conn: &Connection) -> Result<u64> {
     conn.query_row(r#"SELECT COALESCE(MAX(id), 0) FROM "values""#, [], |r| {

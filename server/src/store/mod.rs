@@ -28,6 +28,7 @@ pub use model::{
     ReplicaOutcome, ReplicaRecord, Versioned, VersionsPage, validate_key,
 };
 pub use snapshot::SnapshotInfo;
+pub use writer::MetaUpdate;
 
 use crate::error::{Error, Result};
 use crate::metrics::StoreMetrics;
@@ -169,6 +170,37 @@ impl Store {
             .await
             .map_err(|_| Error::ShuttingDown)?;
         answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Records `kv_meta` entries, and resets every catch-up cursor if asked, in one
+    /// transaction ordered with the writes around it.
+    pub async fn set_metas(&self, update: MetaUpdate) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .tx
+            .send(writer::Command::SetMetas(update, reply))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Deletes every version of `keys` and forgets them in the cache; answers the versions
+    /// deleted.
+    pub async fn delete_keys(&self, keys: Vec<Arc<str>>) -> Result<u64> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .tx
+            .send(writer::Command::DeleteKeys(keys, reply))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Up to `limit` key names after `after`, in order.
+    pub async fn keys_after(&self, after: &str, limit: u32) -> Result<Vec<String>> {
+        let after = after.to_owned();
+        self.read(move |conn| db::keys_after(conn, &after, limit))
+            .await
     }
 
     /// The newest change sequence of this database.

@@ -29,6 +29,20 @@ const KNOWN_LATEST: usize = 65_536;
 pub type PutReply = oneshot::Sender<Result<PutOutcome>>;
 pub type ReplicaReply = oneshot::Sender<Result<ReplicaOutcome>>;
 
+/// `kv_meta` entries to record together, and whether catch-up cursors are reset with them.
+#[derive(Debug, Clone, Default)]
+pub struct MetaUpdate {
+    pub entries: Vec<(String, String)>,
+    pub clear_cursors: bool,
+}
+
+/// Commands that must not be reordered with the writes around them: the batch gathered so
+/// far is committed first, and nothing queued later joins it.
+enum Barrier {
+    Metas(MetaUpdate, oneshot::Sender<Result<()>>),
+    Delete(Vec<Arc<str>>, oneshot::Sender<Result<u64>>),
+}
+
 pub enum Command {
     Put(PutRequest, PutReply),
     /// Versions assigned by a primary elsewhere, stored exactly as given.
@@ -37,6 +51,12 @@ pub enum Command {
     Ping(oneshot::Sender<Result<()>>),
     /// Records a `kv_meta` entry (after everything queued before it).
     SetMeta(String, String, oneshot::Sender<Result<()>>),
+    /// Records `kv_meta` entries and, if asked, forgets every catch-up cursor, in one
+    /// transaction, after everything queued before it and before anything queued after it
+    /// (a ring state and its cursor reset must never be seen apart).
+    SetMetas(MetaUpdate, oneshot::Sender<Result<()>>),
+    /// Deletes every version of these keys (ring clean-up); answers the versions deleted.
+    DeleteKeys(Vec<Arc<str>>, oneshot::Sender<Result<u64>>),
     /// Finish everything queued before this, then exit.
     Stop,
 }
@@ -75,6 +95,7 @@ impl Writer {
         let mut metas = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut stop = false;
+            let mut barrier = None;
             let mut next = Some(first);
             let mut writes = 0;
             while let Some(cmd) = next.take() {
@@ -89,6 +110,14 @@ impl Writer {
                     }
                     Command::Ping(reply) => pings.push(reply),
                     Command::SetMeta(name, value, reply) => metas.push((name, value, reply)),
+                    Command::SetMetas(update, reply) => {
+                        barrier = Some(Barrier::Metas(update, reply));
+                        break;
+                    }
+                    Command::DeleteKeys(keys, reply) => {
+                        barrier = Some(Barrier::Delete(keys, reply));
+                        break;
+                    }
                     Command::Stop => {
                         stop = true;
                         break;
@@ -106,6 +135,15 @@ impl Writer {
             }
             for (name, value, reply) in metas.drain(..) {
                 let _ = reply.send(self.set_meta(&name, &value));
+            }
+            match barrier {
+                Some(Barrier::Metas(update, reply)) => {
+                    let _ = reply.send(self.set_metas(&update));
+                }
+                Some(Barrier::Delete(keys, reply)) => {
+                    let _ = reply.send(self.delete_keys(&keys));
+                }
+                None => {}
             }
             if stop {
                 break;
@@ -127,6 +165,57 @@ impl Writer {
                 context: "record metadata",
                 source,
             })
+    }
+
+    fn set_metas(&mut self, update: &MetaUpdate) -> Result<()> {
+        let db = |context| move |source| Error::Database { context, source };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db("begin"))?;
+        for (name, value) in &update.entries {
+            tx.execute(
+                "INSERT INTO kv_meta(name, value) VALUES (?1, ?2) \
+                 ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                params![name, value],
+            )
+            .map_err(db("record metadata"))?;
+        }
+        if update.clear_cursors {
+            tx.execute("DELETE FROM peer_cursors", [])
+                .map_err(db("reset catch-up cursors"))?;
+        }
+        tx.commit().map_err(db("commit metadata"))
+    }
+
+    /// Deletes every version of `keys` in one transaction, then forgets them in the cache and
+    /// in `known_latest` (a key held again later must be read from the database).
+    fn delete_keys(&mut self, keys: &[Arc<str>]) -> Result<u64> {
+        let db = |context| move |source| Error::Database { context, source };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db("begin"))?;
+        let mut deleted = 0u64;
+        {
+            let mut values = tx
+                .prepare_cached(r#"DELETE FROM "values" WHERE key = ?1"#)
+                .map_err(db("prepare"))?;
+            let mut key_row = tx
+                .prepare_cached("DELETE FROM keys WHERE key = ?1")
+                .map_err(db("prepare"))?;
+            for key in keys {
+                deleted += values.execute([&**key]).map_err(db("delete versions"))? as u64;
+                key_row.execute([&**key]).map_err(db("delete key"))?;
+            }
+        }
+        tx.commit().map_err(db("commit deletes"))?;
+        self.checkpointer.committed();
+        for key in keys {
+            self.known_latest.pop(key);
+            self.cache.evict(key);
+        }
+        Ok(deleted)
     }
 
     fn ping(&self) -> Result<()> {

@@ -1,11 +1,13 @@
 //! kv-server's integration suite: the router end to end, the store against a model, the
-//! real binary killed mid-load, seed databases, and the clean-up command.
+//! real binary killed mid-load, seed databases, the clean-up command, replication and online
+//! rebalancing between in-process servers.
 
 mod clean;
 mod concurrency;
 mod crash;
 mod http;
 mod model;
+mod rebalance;
 mod replication;
 mod seed;
 mod snapshot;

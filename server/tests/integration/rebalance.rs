@@ -1,0 +1,650 @@
+//! Online rebalancing between real servers on 127.0.0.1 (in-process, each on its own
+//! listener), driven by plain HTTP calls as the coordinator makes them (docs/rebalancing.md):
+//! announce, copy, freeze, drain, commit, clean-up; epoch headers; gossip after a missed
+//! commit; a joiner.
+
+use std::time::{Duration, Instant};
+
+use kv_common::replication::ReplicationStatus;
+use kv_common::ring::DEFAULT_VNODES;
+use kv_common::ring_config::{
+    CleanupReport, Placement, RingConfig, RingMember, RingState, RingView,
+};
+use kv_server::ServerConfig;
+use kv_server::config::{Peer, ReplicationConfig};
+use kv_server::store::SyncMode;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+const NAMES: [&str; 4] = ["s0", "s1", "s2", "s3"];
+
+struct Node {
+    port: u16,
+    dir: std::path::PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<kv_server::Result<()>>>,
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    factor: usize,
+    http: reqwest::Client,
+    _root: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Reply {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+impl Cluster {
+    fn new(factor: usize) -> Cluster {
+        let root = tempfile::tempdir().unwrap();
+        let nodes = NAMES
+            .iter()
+            .map(|name| Node {
+                port: free_port(),
+                dir: root.path().join(name),
+                stop: None,
+                task: None,
+            })
+            .collect();
+        Cluster {
+            nodes,
+            factor,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            _root: root,
+        }
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.nodes[i].port)
+    }
+
+    fn index(name: &str) -> usize {
+        NAMES.iter().position(|n| *n == name).unwrap()
+    }
+
+    /// The ring configuration of servers `members`.
+    fn ring(&self, epoch: u64, members: &[usize]) -> RingConfig {
+        let members = members
+            .iter()
+            .map(|&i| RingMember {
+                name: NAMES[i].into(),
+                url: self.url(i),
+            })
+            .collect();
+        RingConfig::new(epoch, members, DEFAULT_VNODES, self.factor).unwrap()
+    }
+
+    /// Starts server `i` with `--peers` naming `peers`.
+    async fn start(&mut self, i: usize, peers: &[usize]) {
+        let peers: Vec<Peer> = peers
+            .iter()
+            .map(|&p| Peer {
+                name: NAMES[p].into(),
+                url: self.url(p),
+            })
+            .collect();
+        let node = &mut self.nodes[i];
+        let mut config = ServerConfig::new(&node.dir);
+        config.node_name = NAMES[i].into();
+        config.sync = SyncMode::Normal;
+        config.replication = ReplicationConfig {
+            peers,
+            replication_factor: Some(self.factor),
+            write_quorum: Some(self.factor.min(2)),
+            catch_up_interval_ms: 50,
+            replication_timeout_ms: 2_000,
+            ..ReplicationConfig::default()
+        };
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", node.port))
+            .await
+            .unwrap();
+        let (stop, stopped) = oneshot::channel();
+        node.stop = Some(stop);
+        node.task = Some(tokio::spawn(kv_server::run(listener, config, async {
+            let _ = stopped.await;
+        })));
+        let url = format!("{}/health", self.url(i));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.http.get(&url).send().await.is_err() {
+            assert!(Instant::now() < deadline, "{} did not start", NAMES[i]);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if let Some(stop) = node.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = node.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    async fn stop_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop(i).await;
+        }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.json().await.unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn put(&self, i: usize, key: &str, value: Value) -> Reply {
+        self.send(
+            self.http
+                .put(format!("{}/put/{key}", self.url(i)))
+                .json(&json!({ "value": value })),
+        )
+        .await
+    }
+
+    async fn get(&self, i: usize, path: &str) -> Reply {
+        self.send(self.http.get(format!("{}{path}", self.url(i))))
+            .await
+    }
+
+    async fn put_ring(&self, i: usize, state: &RingState) -> Reply {
+        self.send(
+            self.http
+                .put(format!("{}/internal/ring", self.url(i)))
+                .json(state),
+        )
+        .await
+    }
+
+    /// Pushes `state` to every server of `to`, each must accept it.
+    async fn push(&self, to: &[usize], state: &RingState) {
+        for &i in to {
+            let r = self.put_ring(i, state).await;
+            assert_eq!(r.status, 200, "{} refused {state:?}: {}", NAMES[i], r.body);
+        }
+    }
+
+    async fn view(&self, i: usize) -> RingView {
+        let r = self.get(i, "/internal/ring").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        serde_json::from_value(r.body).unwrap()
+    }
+
+    async fn status(&self, i: usize) -> ReplicationStatus {
+        let r = self.get(i, "/internal/status").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        serde_json::from_value(r.body).unwrap()
+    }
+
+    /// Waits until `done` holds for the views of every server of `of`.
+    async fn wait_views(&self, of: &[usize], what: &str, done: impl Fn(&RingView) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut views = Vec::new();
+            for &i in of {
+                views.push(self.view(i).await);
+            }
+            if views.iter().all(&done) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not {what}: {views:#?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every server of `of` is synced with no lag towards any peer that is up.
+    async fn wait_caught_up(&self, of: &[usize]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut seen = Vec::new();
+            for &i in of {
+                seen.push(self.status(i).await);
+            }
+            let heads: Vec<(String, u64)> = seen.iter().map(|s| (s.name.clone(), s.head)).collect();
+            let done = seen.iter().all(|s| {
+                s.synced
+                    && s.peers.iter().all(|p| {
+                        heads
+                            .iter()
+                            .find(|(name, _)| *name == p.name)
+                            .is_none_or(|(_, head)| p.last_error.is_none() && p.cursor >= *head)
+                    })
+            });
+            if done {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not caught up: {seen:#?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The whole hand-over from `a` to `b`, as the coordinator drives it. `between` runs
+    /// while frozen (before the drain). Returns the clean-up reports of `b`'s servers.
+    async fn transition(
+        &self,
+        a: &RingConfig,
+        b: &RingConfig,
+        during_copy: impl AsyncFnOnce(&Cluster),
+        while_frozen: impl AsyncFnOnce(&Cluster),
+    ) -> Vec<CleanupReport> {
+        let index = |c: &RingConfig| -> Vec<usize> {
+            c.names().iter().map(|n| Cluster::index(n)).collect()
+        };
+        let (in_a, in_b) = (index(a), index(b));
+        let mut all = in_a.clone();
+        all.extend(in_b.iter().filter(|i| !in_a.contains(i)));
+        // 1. Announce; every server of B copies what it will hold.
+        let announced = RingState {
+            current: a.clone(),
+            next: Some(b.clone()),
+            frozen: false,
+        };
+        self.push(&all, &announced).await;
+        during_copy(self).await;
+        self.wait_views(&in_b, "copied", |v| v.copied).await;
+        // 2. Freeze the keys whose primary moves.
+        let frozen = RingState {
+            frozen: true,
+            ..announced.clone()
+        };
+        self.push(&all, &frozen).await;
+        while_frozen(self).await;
+        // 3. Drain: every server of B has pulled each old server up to its frozen head.
+        let mut heads = Vec::new();
+        for &i in &in_a {
+            heads.push((NAMES[i], self.view(i).await.head));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for &i in &in_b {
+            loop {
+                let status = self.status(i).await;
+                let drained =
+                    heads
+                        .iter()
+                        .filter(|(name, _)| *name != NAMES[i])
+                        .all(|(name, head)| {
+                            status
+                                .peers
+                                .iter()
+                                .any(|p| p.name == *name && p.cursor >= *head)
+                        });
+                if drained {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} not drained: {status:#?}",
+                    NAMES[i]
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        // 4. Commit: B first, then the servers leaving.
+        let committed = RingState::stable(b.clone());
+        self.push(&in_b, &committed).await;
+        let leaving: Vec<usize> = in_a.iter().copied().filter(|i| !in_b.contains(i)).collect();
+        self.push(&leaving, &committed).await;
+        self.wait_views(&in_b, "synced under the new ring", |v| {
+            v.synced && v.state == committed && v.cleanup_pending
+        })
+        .await;
+        self.wait_caught_up(&in_b).await;
+        // 5. Clean-up.
+        let mut reports = Vec::new();
+        for &i in &in_b {
+            let r = self
+                .send(self.http.post(format!("{}/internal/cleanup", self.url(i))))
+                .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            reports.push(serde_json::from_value(r.body).unwrap());
+        }
+        reports
+    }
+}
+
+/// Writes `versions` versions of each key through its primary under `placement`.
+async fn write(c: &Cluster, placement: &Placement, keys: &[String], versions: usize, tag: &str) {
+    for key in keys {
+        let primary = Cluster::index(placement.primary(key).unwrap());
+        for v in 0..versions {
+            let r = c.put(primary, key, json!(format!("{key}/{tag}{v}"))).await;
+            assert_eq!(r.status, 200, "{key} on {}: {}", NAMES[primary], r.body);
+        }
+    }
+}
+
+/// Every key has `expected` versions at its primary under `placement`, and the next put
+/// there gets `expected + 1`; servers holding it not under `placement` no longer have it.
+async fn check_moved(
+    c: &Cluster,
+    placement: &Placement,
+    keys: &[String],
+    expected: u64,
+    servers: &[usize],
+) {
+    for key in keys {
+        let primary = Cluster::index(placement.primary(key).unwrap());
+        let r = c.get(primary, &format!("/versions/{key}?limit=1000")).await;
+        assert_eq!(r.status, 200, "{key} on {}: {}", NAMES[primary], r.body);
+        assert_eq!(r.body["latest_version"], expected, "{key}");
+        let versions = r.body["versions"].as_array().unwrap();
+        assert_eq!(versions.len() as u64, expected, "{key}: a gap");
+        for (n, v) in versions.iter().enumerate() {
+            assert_eq!(v["version"], n as u64 + 1, "{key}");
+        }
+        let r = c.put(primary, key, json!("after")).await;
+        assert_eq!(
+            (r.status, &r.body["version"]),
+            (200, &json!(expected + 1)),
+            "{key}: {}",
+            r.body
+        );
+        for &i in servers {
+            let held = placement.holds_now(NAMES[i], key);
+            let r = c.get(i, &format!("/get/{key}?version=1")).await;
+            assert_eq!(r.status == 200, held, "{key} on {}: {}", NAMES[i], r.body);
+        }
+    }
+}
+
+fn keys(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+#[tokio::test]
+async fn a_ring_of_three_grows_to_four_while_serving() {
+    let mut c = Cluster::new(2);
+    for i in 0..3 {
+        c.start(i, &[0, 1, 2]).await;
+    }
+    // s3 is not in --peers: a joiner, owning nothing yet.
+    c.start(3, &[0, 1, 2]).await;
+    c.wait_caught_up(&[0, 1, 2, 3]).await;
+    let a = c.ring(0, &[0, 1, 2]);
+    let b = c.ring(1, &[0, 1, 2, 3]);
+    let before = Placement::new(RingState::stable(a.clone()));
+    let after = Placement::new(RingState::stable(b.clone()));
+    let keys = keys("grow", 60);
+    write(&c, &before, &keys, 2, "a").await;
+    for key in &keys[..5] {
+        let r = c.put(3, key, json!("joiner")).await;
+        assert_eq!(
+            (r.status, &r.body["code"]),
+            (421, &json!("not_primary")),
+            "{}",
+            r.body
+        );
+    }
+    let view = c.view(3).await;
+    assert_eq!(
+        (view.state.current.epoch, view.state.current.contains("s3")),
+        (0, false)
+    );
+    let moving = keys
+        .iter()
+        .find(|k| before.primary(k) != after.primary(k))
+        .unwrap()
+        .clone();
+    let staying = keys
+        .iter()
+        .find(|k| before.primary(k) == after.primary(k))
+        .unwrap()
+        .clone();
+    let reports = c
+        .transition(
+            &a,
+            &b,
+            // Writes while copying reach the new replicas too (dual write).
+            async |c| write(c, &before, &keys, 1, "copy").await,
+            async |c| {
+                let old = Cluster::index(before.primary(&moving).unwrap());
+                let r = c.put(old, &moving, json!("frozen?")).await;
+                assert_eq!(
+                    (r.status, &r.body["code"]),
+                    (503, &json!("rebalancing")),
+                    "{}",
+                    r.body
+                );
+                assert_eq!(r.headers["retry-after"], "1");
+                let same = Cluster::index(before.primary(&staying).unwrap());
+                let r = c.put(same, &staying, json!("not paused")).await;
+                assert_eq!(r.status, 200, "{}", r.body);
+            },
+        )
+        .await;
+    // `staying` got one more version while frozen.
+    let (moved, rest): (Vec<String>, Vec<String>) =
+        keys.iter().cloned().partition(|k| *k != staying);
+    check_moved(&c, &after, &moved, 3, &[0, 1, 2, 3]).await;
+    check_moved(&c, &after, &rest, 4, &[0, 1, 2, 3]).await;
+    let deleted: u64 = reports.iter().map(|r| r.versions_deleted).sum();
+    assert!(deleted > 0, "{reports:?}");
+    assert!(reports.iter().all(|r| r.epoch == 1));
+    let view = c.view(0).await;
+    assert!(!view.cleanup_pending && view.synced);
+    let metrics = c
+        .http
+        .get(format!("{}/metrics", c.url(0)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("kv_server_ring_epoch 1"), "{metrics}");
+    let health = c.get(3, "/health").await.body;
+    assert_eq!(health["ring"]["epoch"], 1);
+
+    // Epoch headers: an older one gets the ring, a newer one a retry.
+    let key = &moved[0];
+    let primary = Cluster::index(after.primary(key).unwrap());
+    let old = c
+        .send(
+            c.http
+                .get(format!("{}/get/{key}", c.url(primary)))
+                .header("x-kv-ring-epoch", "0"),
+        )
+        .await;
+    assert_eq!(
+        (old.status, &old.body["code"]),
+        (409, &json!("stale_ring")),
+        "{}",
+        old.body
+    );
+    let ring: RingConfig = serde_json::from_value(old.body["ring"].clone()).unwrap();
+    assert_eq!(ring, b);
+    for request in [
+        c.http.get(format!("{}/versions/{key}", c.url(primary))),
+        c.http
+            .put(format!("{}/put/{key}?if_version=4", c.url(primary)))
+            .json(&json!({"value": 1})),
+    ] {
+        let r = c.send(request.header("x-kv-ring-epoch", "2")).await;
+        assert_eq!(
+            (r.status, &r.body["code"]),
+            (503, &json!("ring_behind")),
+            "{}",
+            r.body
+        );
+        assert_eq!(r.headers["retry-after"], "1");
+    }
+    let r = c
+        .send(
+            c.http
+                .post(format!("{}/put/{key}", c.url(primary)))
+                .header("x-kv-ring-epoch", "1")
+                .json(&json!({"value": "current"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, &r.body["version"]),
+        (200, &json!(5)),
+        "{}",
+        r.body
+    );
+    let r = c
+        .send(
+            c.http
+                .get(format!("{}/get/{key}", c.url(primary)))
+                .header("x-kv-ring-epoch", "x"),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+
+    // An older state is refused with the server's view; the same one again is fine.
+    let announced = RingState {
+        current: a.clone(),
+        next: Some(b.clone()),
+        frozen: false,
+    };
+    let r = c.put_ring(1, &announced).await;
+    assert_eq!(
+        (r.status, &r.body["code"]),
+        (409, &json!("stale_ring")),
+        "{}",
+        r.body
+    );
+    let view: RingView = serde_json::from_value(r.body).unwrap();
+    assert_eq!(view.state, RingState::stable(b.clone()));
+    assert_eq!(
+        c.put_ring(1, &RingState::stable(b.clone())).await.status,
+        200
+    );
+    let invalid =
+        json!({"current": {"epoch": 9, "members": [], "vnodes": 150, "replication_factor": 2}});
+    let r = c
+        .send(
+            c.http
+                .put(format!("{}/internal/ring", c.url(1)))
+                .json(&invalid),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    c.stop_all().await;
+}
+
+#[tokio::test]
+async fn a_ring_of_three_shrinks_to_two() {
+    let mut c = Cluster::new(2);
+    for i in 0..3 {
+        c.start(i, &[0, 1, 2]).await;
+    }
+    c.wait_caught_up(&[0, 1, 2]).await;
+    let a = c.ring(0, &[0, 1, 2]);
+    let b = c.ring(1, &[0, 1]);
+    let before = Placement::new(RingState::stable(a.clone()));
+    let after = Placement::new(RingState::stable(b.clone()));
+    let keys = keys("shrink", 60);
+    write(&c, &before, &keys, 2, "a").await;
+    // Clean-up is refused while a transition is under way.
+    c.push(
+        &[0],
+        &RingState {
+            current: a.clone(),
+            next: Some(b.clone()),
+            frozen: false,
+        },
+    )
+    .await;
+    let r = c
+        .send(c.http.post(format!("{}/internal/cleanup", c.url(0))))
+        .await;
+    assert_eq!(
+        (r.status, &r.body["code"]),
+        (409, &json!("rebalancing")),
+        "{}",
+        r.body
+    );
+    c.transition(&a, &b, async |_| {}, async |_| {}).await;
+    // The removed server owns nothing any more.
+    let r = c.put(2, &keys[0], json!("removed?")).await;
+    assert_eq!(
+        (r.status, &r.body["code"]),
+        (421, &json!("not_primary")),
+        "{}",
+        r.body
+    );
+    c.stop(2).await;
+    check_moved(&c, &after, &keys, 2, &[0, 1]).await;
+    c.stop_all().await;
+}
+
+#[tokio::test]
+async fn a_server_that_missed_a_commit_learns_it_by_gossip_and_resyncs() {
+    let mut c = Cluster::new(3);
+    for i in 0..3 {
+        c.start(i, &[0, 1, 2]).await;
+    }
+    c.wait_caught_up(&[0, 1, 2]).await;
+    let a = c.ring(0, &[0, 1, 2]);
+    let placement = Placement::new(RingState::stable(a.clone()));
+    let keys = keys("gossip", 20);
+    write(&c, &placement, &keys, 2, "a").await;
+    c.wait_caught_up(&[0, 1, 2]).await;
+    c.stop(1).await;
+    c.stop(2).await;
+    // Epoch 1 reaches s0 only (same servers: the hand-over itself is beside the point).
+    let committed = RingState::stable(c.ring(1, &[0, 1, 2]));
+    c.push(&[0], &committed).await;
+    // s2 comes back with its epoch-0 state: gossip brings epoch 1, which it did not copy
+    // for, so it re-reads every peer before serving; s1 is down, so it stays syncing.
+    c.start(2, &[0, 1, 2]).await;
+    c.wait_views(&[2], "at epoch 1", |v| v.state == committed)
+        .await;
+    let view = c.view(2).await;
+    assert!(!view.synced && view.cleanup_pending, "{view:?}");
+    let r = c.get(2, &format!("/get/{}", keys[0])).await;
+    assert_eq!(
+        (r.status, &r.body["code"]),
+        (503, &json!("syncing")),
+        "{}",
+        r.body
+    );
+    c.start(1, &[0, 1, 2]).await;
+    c.wait_views(&[0, 1, 2], "synced at epoch 1", |v| {
+        v.synced && v.state == committed
+    })
+    .await;
+    c.wait_caught_up(&[0, 1, 2]).await;
+    check_moved(&c, &placement, &keys, 2, &[0, 1, 2]).await;
+    c.stop_all().await;
+}
+
+#[tokio::test]
+async fn a_server_named_alone_in_peers_is_a_one_member_ring() {
+    let mut c = Cluster::new(3);
+    c.start(0, &[0]).await;
+    let r = c.put(0, "solo", json!(1)).await;
+    assert_eq!(
+        (r.status, &r.body["version"]),
+        (200, &json!(1)),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.headers["x-kv-acked-by"], "s0");
+    let view = c.view(0).await;
+    assert!(view.synced);
+    assert_eq!(view.state.current.names(), ["s0"]);
+    c.stop_all().await;
+}
