@@ -213,6 +213,10 @@ pub struct RingView {
     /// server may still hold keys it no longer owns.
     #[serde(default)]
     pub cleanup_pending: bool,
+    /// While frozen: this server's head when it took the freeze. Every version of a key whose
+    /// primary moves that this server holds is at or below it; writes of other keys go on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen_head: Option<u64>,
 }
 
 /// `POST /internal/cleanup` answer: versions of keys this server no longer holds, deleted.

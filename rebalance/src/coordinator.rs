@@ -174,7 +174,11 @@ impl Coordinator {
             }
             Action::Cleanup(members) => {
                 let results = futures::future::join_all(members.iter().map(|m| async move {
-                    (m, self.post_json::<CleanupReport>(m, "/internal/cleanup").await)
+                    (
+                        m,
+                        self.post_json::<CleanupReport>(m, "/internal/cleanup")
+                            .await,
+                    )
                 }))
                 .await;
                 let mut failed = Vec::new();
@@ -264,7 +268,11 @@ impl Coordinator {
 
     /// PUTs a ring state. A 409 means the server is already past it: fine, the next round
     /// sees where it is.
-    async fn put_ring(&self, member: &RingMember, body: Vec<u8>) -> std::result::Result<(), String> {
+    async fn put_ring(
+        &self,
+        member: &RingMember,
+        body: Vec<u8>,
+    ) -> std::result::Result<(), String> {
         let (status, answer) = self
             .client
             .call(Method::PUT, &self.url(member, "/internal/ring"), Some(body))

@@ -63,9 +63,10 @@ impl Observed {
             .max_by_key(|s| s.order())
     }
 
-    /// Whether `q` has read every change of `p` up to `p`'s head as last observed.
-    fn has_read_all_of(&self, q: &str, p: &str) -> bool {
-        let Some(head) = self.view(p).map(|v| v.head) else {
+    /// Whether `q` has read every change `p` had when it took the freeze (writes of keys
+    /// whose primary does not move go on meanwhile: the live head is a moving target).
+    fn has_read_frozen_changes(&self, q: &str, p: &str) -> bool {
+        let Some(head) = self.view(p).and_then(|v| v.frozen_head) else {
             return false;
         };
         match self.statuses.get(q) {
@@ -211,26 +212,21 @@ pub fn decide(observed: &Observed, target: &Target) -> Result<Decision, String> 
             decision.phase = Phase::Done;
             return Ok(decision);
         }
-        // Delete nothing until every replica holds what it should: a server's leftover copy
-        // may be the only other one of a version its new replica has not pulled yet.
+        // Delete nothing while a server of the ring is down or resyncing (it may need a
+        // leftover copy). Otherwise every version is where it must be: copied before the
+        // freeze, drained for moving primaries, and acknowledged on W servers of the new
+        // list since the announcement (joint quorum); a server deleting a key was never its
+        // only holder.
         let not_ready: Vec<String> = members
             .iter()
-            .filter(|q| {
-                let Some(view) = observed.view(&q.name) else {
-                    return true;
-                };
-                !view.synced
-                    || members
-                        .iter()
-                        .any(|p| p.name != q.name && !observed.has_read_all_of(&q.name, &p.name))
-            })
-            .map(|m| m.name.clone())
+            .filter(|q| !observed.view(&q.name).is_some_and(|v| v.synced))
+            .map(|m| describe(observed, &m.name))
             .collect();
         decision.action = if not_ready.is_empty() {
             Action::Cleanup(pending)
         } else {
             Action::Wait {
-                reason: "replicas of the new ring catching up before clean-up".into(),
+                reason: "every server of the new ring synced before clean-up".into(),
                 waiting_for: not_ready,
             }
         };
@@ -331,7 +327,7 @@ pub fn decide(observed: &Observed, target: &Target) -> Result<Decision, String> 
         .iter()
         .filter(|q| {
             olds.iter()
-                .any(|p| p.name != q.name && !observed.has_read_all_of(&q.name, &p.name))
+                .any(|p| p.name != q.name && !observed.has_read_frozen_changes(&q.name, &p.name))
         })
         .map(|m| m.name.clone())
         .collect();

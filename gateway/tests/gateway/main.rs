@@ -9,6 +9,7 @@ mod fallback;
 mod harness;
 mod procs;
 mod proxying;
+mod rebalance;
 mod replication;
 mod ring;
 mod stats;

@@ -204,7 +204,13 @@ pub fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 /// One client: random puts, latest reads and exact reads until `stop`, one at a time.
-pub async fn client(id: usize, url: String, recorder: Arc<Recorder>, stop: Arc<AtomicBool>, seed: u64) {
+pub async fn client(
+    id: usize,
+    url: String,
+    recorder: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+    seed: u64,
+) {
     let mut rng = StdRng::seed_from_u64(seed.wrapping_add(id as u64 + 1));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))

@@ -33,6 +33,7 @@ fn serve_ring(fake: &Fake, name: &str, config: &RingConfig) {
         head: 0,
         copied_versions: 0,
         cleanup_pending: false,
+        frozen_head: None,
     };
     fake.answer("/internal/ring", 200, serde_json::to_value(view).unwrap());
 }

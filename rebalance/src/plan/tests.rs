@@ -50,6 +50,7 @@ impl Cluster {
             head: 100,
             copied_versions: 0,
             cleanup_pending: false,
+            frozen_head: state.frozen.then_some(100),
         };
         edit(&mut view);
         self.observed.views.insert(name.into(), Ok(view));
@@ -186,7 +187,10 @@ fn scale_up_goes_announce_copy_freeze_drain_switch_clean() {
     assert_eq!(d.phase, Phase::Switching);
     let (committed, required, best) = pushed(&d);
     let committed = committed.clone();
-    assert_eq!(committed, RingState::stable(announced.next.clone().unwrap()));
+    assert_eq!(
+        committed,
+        RingState::stable(announced.next.clone().unwrap())
+    );
     assert_eq!(required, ["s1", "s2", "s3", "s4", "s5"]);
     assert!(best.is_empty());
 
@@ -318,7 +322,10 @@ fn a_new_target_after_the_freeze_waits_for_the_switch() {
     let d = decide(&cluster.observed, &target(&["s1", "s2"])).unwrap();
     // The frozen transition finishes first (epoch 1 in force), the next round starts epoch 2.
     let (state, _, _) = pushed(&d);
-    assert_eq!(state, &RingState::stable(config(1, &["s1", "s2", "s3", "s4"])));
+    assert_eq!(
+        state,
+        &RingState::stable(config(1, &["s1", "s2", "s3", "s4"]))
+    );
 }
 
 #[test]

@@ -81,6 +81,14 @@ pub async fn adopt(shared: &Arc<Shared>, offered: RingState) -> Result<Adoption>
         return Err(error);
     }
     shared.placement.store(placement);
+    // Under the write guard no put checked under the old state is uncommitted: the head
+    // read now covers every version a moving key got here.
+    let frozen_head = match offered.frozen {
+        true if own.state.frozen => shared.frozen_head.load(Ordering::Relaxed),
+        true => shared.store.head().await?,
+        false => super::NOT_FROZEN,
+    };
+    shared.frozen_head.store(frozen_head, Ordering::Relaxed);
     if new_next {
         shared.copied.store(false, Ordering::Relaxed);
         shared.copied_versions.store(0, Ordering::Relaxed);

@@ -49,6 +49,9 @@ const PUSH_QUEUE: usize = 16_384;
 /// `kv_meta` entry naming the ring this database last caught up under.
 const RING_META: &str = "ring";
 
+/// [`Shared::frozen_head`] when not frozen.
+const NOT_FROZEN: u64 = u64::MAX;
+
 /// What the tasks share with the request path.
 pub(crate) struct Shared {
     me: String,
@@ -78,6 +81,10 @@ pub(crate) struct Shared {
     copied_versions: AtomicU64,
     /// A new `current` was adopted and `/internal/cleanup` has not run since.
     cleanup_pending: AtomicBool,
+    /// While frozen: this server's head when it took the freeze (or started frozen), so every
+    /// version of a key whose primary moves that it will ever hold is at or below it.
+    /// [`NOT_FROZEN`] otherwise.
+    frozen_head: AtomicU64,
     /// `--write-quorum`, if given; otherwise a majority of the ring's factor.
     write_quorum: Option<usize>,
 }
@@ -219,6 +226,12 @@ impl Replication {
         let epoch = state.current.epoch;
         let members = state.current.members.len();
         let is_member = state.current.contains(&me);
+        // Started frozen: nothing was put since the start, so today's head covers it.
+        let frozen_head = if state.frozen {
+            store.head().await?
+        } else {
+            NOT_FROZEN
+        };
         let shared = Arc::new(Shared {
             me: me.clone(),
             store: store.clone(),
@@ -235,6 +248,7 @@ impl Replication {
             copied: AtomicBool::new(copied),
             copied_versions: AtomicU64::new(0),
             cleanup_pending: AtomicBool::new(cleanup_pending),
+            frozen_head: AtomicU64::new(frozen_head),
             write_quorum: settings.write_quorum,
         });
         let cursors = if same_ring {
@@ -367,6 +381,20 @@ impl Replication {
         quorum: usize,
     ) -> Result<Vec<String>> {
         let replicas = placement.replicas(key);
+        // During a transition a version counts only once W servers hold it in the key's list
+        // under `next` too (a joint quorum, as Raft's joint consensus): at the switch every
+        // acknowledged version is then on W servers of its new list, where reads fall back.
+        let mut groups = vec![quorum::Group {
+            members: replicas.iter().map(|n| (*n).to_owned()).collect(),
+            needed: quorum,
+        }];
+        if let (Some(ring), Some(next)) = (&placement.next, &placement.state.next) {
+            let list = ring.preference_list(key, next.factor());
+            groups.push(quorum::Group {
+                needed: quorum.min(list.len()),
+                members: list.into_iter().map(str::to_owned).collect(),
+            });
+        }
         let others: Vec<&str> = placement
             .targets(key)
             .into_iter()
@@ -388,15 +416,14 @@ impl Replication {
                     },
                     done,
                 };
-                // A full queue means the peer is far behind: do not wait on it. Targets only
-                // under `next` get the version but do not count for the quorum.
-                if sender.try_send(push).is_ok() && replicas.contains(&name.as_str()) {
+                // A full queue means the peer is far behind: do not wait on it.
+                if sender.try_send(push).is_ok() {
                     waits.push((name, confirmed));
                 }
             }
         }
-        let acked = quorum::wait(self.shared.me.clone(), quorum, waits, self.timeout).await;
-        if acked.len() >= quorum {
+        let acked = quorum::wait_joint(self.shared.me.clone(), &groups, waits, self.timeout).await;
+        if quorum::met(&groups, &acked) {
             Ok(acked)
         } else {
             self.shared.metrics.quorum_failures.inc();
@@ -489,5 +516,9 @@ fn view(shared: &Shared, head: u64) -> RingView {
         head,
         copied_versions: shared.copied_versions.load(Ordering::Relaxed),
         cleanup_pending: shared.cleanup_pending.load(Ordering::Relaxed),
+        frozen_head: match shared.frozen_head.load(Ordering::Relaxed) {
+            NOT_FROZEN => None,
+            head => Some(head),
+        },
     }
 }

@@ -7,6 +7,34 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::oneshot;
 
+/// Servers of one preference list, and how many of them must hold the version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub members: Vec<String>,
+    pub needed: usize,
+}
+
+impl Group {
+    fn met(&self, acked: &[String]) -> bool {
+        acked.iter().filter(|a| self.members.contains(a)).count() >= self.needed
+    }
+
+    /// Whether the group can still be met once the `pending` peers answer.
+    fn reachable(&self, acked: &[String], pending: &[String]) -> bool {
+        let could = acked
+            .iter()
+            .chain(pending)
+            .filter(|a| self.members.contains(a))
+            .count();
+        could >= self.needed
+    }
+}
+
+/// Whether `acked` meets every group.
+pub fn met(groups: &[Group], acked: &[String]) -> bool {
+    groups.iter().all(|g| g.met(acked))
+}
+
 /// Waits until `quorum` servers hold the version: `me` (the primary, which committed it before
 /// asking) plus every peer whose `waits` entry answers `true`. Stops early once the quorum is
 /// reached, once it can no longer be reached, or at `timeout`. Returns who confirmed, `me`
@@ -18,22 +46,43 @@ pub async fn wait(
     waits: Vec<(String, oneshot::Receiver<bool>)>,
     timeout: Duration,
 ) -> Vec<String> {
+    let members = std::iter::once(me.clone())
+        .chain(waits.iter().map(|(name, _)| name.clone()))
+        .collect();
+    let group = Group {
+        members,
+        needed: quorum,
+    };
+    wait_joint(me, &[group], waits, timeout).await
+}
+
+/// Like [`wait`], for several preference lists at once (during a ring transition, the key's
+/// list under the current ring and under the next): done when every group has its count,
+/// failed as soon as one cannot get it any more. [`met`] tells which.
+pub async fn wait_joint(
+    me: String,
+    groups: &[Group],
+    waits: Vec<(String, oneshot::Receiver<bool>)>,
+    timeout: Duration,
+) -> Vec<String> {
     let mut acked = vec![me];
-    if acked.len() >= quorum {
+    if met(groups, &acked) {
         return acked;
     }
+    let mut waiting: Vec<String> = waits.iter().map(|(name, _)| name.clone()).collect();
     let mut pending: FuturesUnordered<_> = waits
         .into_iter()
         .map(|(name, confirmed)| async move { (name, confirmed.await.unwrap_or(false)) })
         .collect();
     let counting = async {
         while let Some((name, held)) = pending.next().await {
+            waiting.retain(|w| *w != name);
             if held {
                 acked.push(name);
-                if acked.len() >= quorum {
+                if met(groups, &acked) {
                     break;
                 }
-            } else if acked.len() + pending.len() < quorum {
+            } else if !groups.iter().all(|g| g.reachable(&acked, &waiting)) {
                 // Too many refusals: no point in waiting for the rest.
                 break;
             }
@@ -101,6 +150,45 @@ mod tests {
         senders.remove(0).send(true).unwrap();
         let acked = wait("me".into(), 3, waits, Duration::from_millis(50)).await;
         assert_eq!(acked, ["me", "p0"]);
+        drop(senders);
+    }
+
+    fn group(members: &[&str], needed: usize) -> Group {
+        Group {
+            members: members.iter().map(|m| (*m).to_owned()).collect(),
+            needed,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_joint_quorum_needs_both_lists() {
+        // Current list me, p0, p1; next list p1, p2 (me not in it): W = 2 in each.
+        let groups = [group(&["me", "p0", "p1"], 2), group(&["p1", "p2"], 2)];
+        let (mut senders, waits) = peers(3);
+        senders.remove(0).send(true).unwrap(); // p0: current list met, next list not
+        let acked = wait_joint("me".into(), &groups, waits, Duration::from_millis(50)).await;
+        assert_eq!(acked, ["me", "p0"]);
+        assert!(!met(&groups, &acked));
+
+        let (senders, waits) = peers(3);
+        for s in senders {
+            s.send(true).unwrap();
+        }
+        let acked = wait_joint("me".into(), &groups, waits, LONG).await;
+        assert!(met(&groups, &acked), "{acked:?}");
+        assert!(acked.contains(&"p1".to_owned()) && acked.contains(&"p2".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn a_joint_quorum_fails_early_when_one_list_cannot_make_it() {
+        let groups = [group(&["me", "p0", "p1"], 2), group(&["p1", "p2"], 2)];
+        let (mut senders, waits) = peers(3);
+        // p2 refuses: the next list can no longer reach 2, whatever p0 and p1 say.
+        senders.remove(2).send(false).unwrap();
+        let started = std::time::Instant::now();
+        let acked = wait_joint("me".into(), &groups, waits, LONG).await;
+        assert!(!met(&groups, &acked));
+        assert!(started.elapsed() < Duration::from_secs(5));
         drop(senders);
     }
 
