@@ -110,7 +110,11 @@ async fn show(global: &GlobalArgs, args: &ShowArgs) -> Result<u8> {
             next.epoch,
             if state.frozen { "draining" } else { "copying" },
             next.names().join(", "),
-            if view.copied { "copied its keys" } else { "is copying" }
+            if view.copied {
+                "copied its keys"
+            } else {
+                "is copying"
+            }
         );
     }
     if view.cleanup_pending {
