@@ -15,7 +15,7 @@ pub use spec::{
     PullPolicy, PvcRetention, ReplicationSpec, RetentionPolicy, Scheduling, ServerSpec,
     ServiceType, StorageSpec, SyncMode,
 };
-pub use status::{KvClusterStatus, Phase, condition_types};
+pub use status::{KvClusterStatus, Phase, RingStatus, condition_types, rebalancing_reasons};
 
 use kube::CustomResourceExt;
 

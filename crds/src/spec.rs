@@ -48,9 +48,10 @@ use crate::status::KvClusterStatus;
 )]
 #[serde(rename_all = "camelCase", default)]
 pub struct KvClusterSpec {
-    /// Number of storage servers (default 3). Changing it on a running cluster moves keys, which
-    /// needs rebalancing: until that exists the operator keeps the current size and says so in
-    /// the `Degraded` condition.
+    /// Number of storage servers (default 3). Changing it on a running cluster moves keys while
+    /// the cluster serves (docs/rebalancing.md): on scale up the new servers start first, on
+    /// scale down the StatefulSet shrinks only once the keys have left; the `Rebalancing`
+    /// condition and `status.ring` show the progress.
     #[schemars(range(min = 1, max = 64))]
     pub replicas: i32,
 

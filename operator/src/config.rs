@@ -1,7 +1,9 @@
 //! The operator's configuration: clap flags with environment fallbacks. `RenderConfig` is
 //! the part the pure renderer needs, kept apart so tests build it without a command line.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
 /// Images used when a KvCluster does not name its own: the operator's own release.
@@ -36,14 +38,56 @@ pub struct RenderConfig {
     /// `kv-gateway` image for clusters that do not set `spec.image.gateway`.
     #[arg(long, env = "KV_GATEWAY_IMAGE", default_value = DEFAULT_GATEWAY_IMAGE)]
     pub gateway_image: String,
+
+    /// Namespace the operator runs in (the chart sets it from the downward API). The servers'
+    /// NetworkPolicy lets the operator's pods of this namespace in (the operator moves keys
+    /// through the servers' `/internal/` routes); unset: its pods of any namespace.
+    #[arg(long, env = "KV_OPERATOR_NAMESPACE")]
+    pub operator_namespace: Option<String>,
+
+    /// Labels of the operator's own pods, `key=value,...` (the chart's selector labels).
+    #[arg(long, env = "KV_OPERATOR_POD_LABELS", default_value = DEFAULT_OPERATOR_POD_LABELS)]
+    pub operator_pod_labels: PodLabels,
 }
+
+/// The operator pods' label the chart always sets.
+pub const DEFAULT_OPERATOR_POD_LABELS: &str = "app.kubernetes.io/name=kvstore-operator";
 
 impl Default for RenderConfig {
     fn default() -> Self {
         RenderConfig {
             server_image: DEFAULT_SERVER_IMAGE.into(),
             gateway_image: DEFAULT_GATEWAY_IMAGE.into(),
+            operator_namespace: None,
+            operator_pod_labels: DEFAULT_OPERATOR_POD_LABELS
+                .parse()
+                .expect("valid default labels"),
         }
+    }
+}
+
+/// Pod labels given as `key=value,...`: at least one, none empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodLabels(pub BTreeMap<String, String>);
+
+impl FromStr for PodLabels {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<PodLabels, String> {
+        let mut labels = BTreeMap::new();
+        for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (key, value) = entry
+                .split_once('=')
+                .ok_or_else(|| format!("'{entry}' is not key=value"))?;
+            if key.trim().is_empty() {
+                return Err(format!("'{entry}' has an empty key"));
+            }
+            labels.insert(key.trim().to_owned(), value.trim().to_owned());
+        }
+        if labels.is_empty() {
+            return Err("at least one label (key=value) is needed".into());
+        }
+        Ok(PodLabels(labels))
     }
 }
 

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::reconcile::{Context, error_policy, reconcile};
+use crate::ring::Rebalancing;
 
 /// Fails with a message saying how to install the CRD when the API server does not serve it.
 /// Lists in the watched namespace only (when there is one), so a namespaced install needs no
@@ -45,6 +46,17 @@ pub async fn run(
     listener: TcpListener,
     config: OperatorConfig,
     client: Client,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    run_with(listener, config, client, Rebalancing::default(), shutdown).await
+}
+
+/// [`run`], moving keys with `rebalancing` (tests reach servers through their own URLs).
+pub async fn run_with(
+    listener: TcpListener,
+    config: OperatorConfig,
+    client: Client,
+    rebalancing: Rebalancing,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -105,11 +117,12 @@ pub async fn run(
     let (sts, deployments, services) = owned(&client);
     // Only our children matter: watch objects carrying our managed-by label.
     let children = watcher::Config::default().labels("app.kubernetes.io/managed-by=kv-operator");
-    let ctx = Context::new(
+    let ctx = Context::with_rebalancing(
         client,
         metrics.clone(),
         config.render.clone(),
         config.leader.identity.clone(),
+        rebalancing,
     );
     let controller = Controller::new(clusters, watcher::Config::default().any_semantic())
         .owns(sts, children.clone())

@@ -60,6 +60,15 @@ impl Names {
             .collect()
     }
 
+    /// A server's URL by the DNS name its headless Service gives its pod: how servers name
+    /// each other (`KV_PEERS`, ring configurations) and how the operator reaches them.
+    pub fn server_url(&self, pod: &str, namespace: &str) -> String {
+        format!(
+            "http://{pod}.{}.{namespace}.svc:{SERVER_PORT}",
+            self.server()
+        )
+    }
+
     pub fn data_claim(&self, ordinal: i32) -> String {
         format!("{DATA_VOLUME}-{}-{ordinal}", self.server())
     }

@@ -1,19 +1,24 @@
 //! What the reconciler will actually do with a spec, given what already runs: a pure function.
 //!
-//! Two things a spec may ask for are not done (yet), and are reported instead of ignored:
-//! - a different number of servers: it moves keys between servers, which needs rebalancing
-//!   (a later issue). Until then the current size is kept, so no key is ever orphaned.
-//! - a volume change the StatefulSet cannot make: `volumeClaimTemplates` are immutable, so the
+//! - The number of servers: a change moves keys between servers (docs/rebalancing.md). The
+//!   StatefulSet runs every server of the ring in force and of the target, so on scale up the
+//!   new pods start before any key moves, and on scale down the old ones run until the keys
+//!   have left them ([`RingPlan`]). The seeds (`KV_PEERS`) never change after creation.
+//!   A cluster created with one server cannot grow: a lone server runs without peers.
+//! - A volume change the StatefulSet cannot make: `volumeClaimTemplates` are immutable, so the
 //!   existing template is kept; a larger size is applied to the existing claims instead
 //!   (volume expansion), a smaller size or another class is refused.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::ResourceExt;
 use kv_crds::{KvCluster, StorageSpec};
+
+use crate::names::Names;
 
 /// Reasons of refusals, used for the `Degraded` condition and the Event.
 pub mod reasons {
-    pub const SCALE_NOT_SUPPORTED: &str = "ScaleNotSupported";
+    pub const SCALE_FROM_ONE_SERVER: &str = "ScaleFromOneServer";
     pub const STORAGE_CLASS_IMMUTABLE: &str = "StorageClassImmutable";
     pub const STORAGE_SHRINK_REFUSED: &str = "StorageShrinkRefused";
     pub const STORAGE_EXPANSION_FAILED: &str = "StorageExpansionFailed";
@@ -26,11 +31,35 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// The ring: where it is, where the spec wants it, and whether keys must move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingPlan {
+    /// The first ring's servers: every server's `KV_PEERS`, fixed for the cluster's life.
+    pub seeds: Vec<String>,
+    /// Servers of the ring in force, as the status last recorded it (the seeds at first).
+    pub members: Vec<String>,
+    /// Servers of the ring being moved to, as the status last recorded it.
+    pub next_members: Vec<String>,
+    /// Servers the spec asks for: pods `0..spec.replicas`.
+    pub target: Vec<String>,
+    /// Keys must move (the target is not in force), or a move is not finished yet.
+    pub moving: bool,
+}
+
+impl RingPlan {
+    /// Scale up: the target has servers the ring in force does not.
+    pub fn grows(&self) -> bool {
+        self.target.iter().any(|t| !self.members.contains(t))
+    }
+}
+
 /// The reconciler's decisions for one pass.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
-    /// Servers to run.
+    /// Servers to run (the StatefulSet's replicas): the target's, and during a move also
+    /// every server of the rings in force and being moved to.
     pub replicas: i32,
+    pub ring: RingPlan,
     /// The StatefulSet's volume claim template.
     pub storage: StorageSpec,
     /// Grow the existing claims to this size.
@@ -44,27 +73,38 @@ impl Plan {
         let spec = &cluster.spec;
         let mut plan = Plan {
             replicas: spec.replicas,
+            ring: RingPlan::new(cluster, existing),
             storage: spec.storage.clone(),
             expand_to: None,
             refusals: Vec::new(),
         };
-        let Some(sts) = existing else { return plan };
-        let sts_spec = sts.spec.as_ref();
-        if let Some(current) = sts_spec.and_then(|s| s.replicas)
-            && current != spec.replicas
-        {
-            plan.replicas = current;
+        if plan.ring.seeds.len() == 1 && plan.ring.members == plan.ring.seeds && plan.ring.grows() {
+            plan.ring.target = plan.ring.members.clone();
+            plan.ring.moving = false;
             plan.refusals.push(Refusal {
-                reason: reasons::SCALE_NOT_SUPPORTED,
+                reason: reasons::SCALE_FROM_ONE_SERVER,
                 message: format!(
-                    "spec.replicas asks for {} servers but the cluster runs {current}: changing the \
-                     number of servers moves keys between them, which needs rebalancing (not \
-                     available yet). Keeping {current} servers; set spec.replicas back to \
-                     {current} to clear this.",
+                    "spec.replicas asks for {} servers but this cluster was created with one, \
+                     which runs without peers and cannot hand keys over. Keeping 1 server; set \
+                     spec.replicas back to 1 to clear this, or move the data to a new KvCluster \
+                     created with at least 2 servers.",
                     spec.replicas
                 ),
             });
         }
+        // Every server of the rings in force and being moved to keeps running.
+        plan.replicas = plan
+            .ring
+            .target
+            .iter()
+            .chain(&plan.ring.members)
+            .chain(&plan.ring.next_members)
+            .filter_map(|name| ordinal(name))
+            .map(|o| o + 1)
+            .max()
+            .unwrap_or(spec.replicas)
+            .max(plan.ring.target.len() as i32);
+        let Some(sts) = existing else { return plan };
         if let Some(current) = current_storage(sts) {
             plan.storage = current.clone();
             plan.check_storage(&spec.storage, &current);
@@ -115,6 +155,75 @@ impl Plan {
             ),
         });
     }
+}
+
+impl RingPlan {
+    fn new(cluster: &KvCluster, existing: Option<&StatefulSet>) -> RingPlan {
+        let names = Names::new(&cluster.name_any());
+        let ring = cluster.status.as_ref().and_then(|s| s.ring.as_ref());
+        // The seeds: recorded at creation; for a cluster from before they were recorded, the
+        // peers its pods already run with; for a new one, the servers asked for.
+        let seeds = match ring.filter(|r| !r.seeds.is_empty()) {
+            Some(ring) => ring.seeds.clone(),
+            None => existing
+                .map(|sts| {
+                    let peers = peers_of(sts);
+                    if peers.is_empty() {
+                        let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                        names.server_pods(replicas)
+                    } else {
+                        peers
+                    }
+                })
+                .unwrap_or_else(|| names.server_pods(cluster.spec.replicas)),
+        };
+        let members = ring
+            .map(|r| r.members.clone())
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| seeds.clone());
+        let next_members = ring.map(|r| r.next_members.clone()).unwrap_or_default();
+        let target = names.server_pods(cluster.spec.replicas);
+        let unfinished = ring.is_some_and(|r| !r.phase.is_empty() && r.phase != "Done");
+        RingPlan {
+            moving: unfinished || sorted(&target) != sorted(&members),
+            seeds,
+            members,
+            next_members,
+            target,
+        }
+    }
+}
+
+fn sorted(names: &[String]) -> Vec<&str> {
+    let mut out: Vec<&str> = names.iter().map(String::as_str).collect();
+    out.sort_unstable();
+    out
+}
+
+/// A server's ordinal, from its pod name (`<statefulset>-<ordinal>`).
+pub fn ordinal(pod: &str) -> Option<i32> {
+    pod.rsplit_once('-')?.1.parse().ok()
+}
+
+/// The names in the StatefulSet's `KV_PEERS` (`NAME=URL,...`).
+fn peers_of(sts: &StatefulSet) -> Vec<String> {
+    let env = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers.first())
+        .and_then(|c| c.env.as_ref());
+    env.into_iter()
+        .flatten()
+        .find(|e| e.name == "KV_PEERS")
+        .and_then(|e| e.value.as_deref())
+        .map(|list| {
+            list.split(',')
+                .filter_map(|entry| entry.split_once('=').map(|(n, _)| n.trim().to_owned()))
+                .filter(|n| !n.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The storage the StatefulSet's `data` claim template asks for.

@@ -23,6 +23,8 @@ fn check(example: &str) {
     let config = RenderConfig {
         server_image: "kvstore/kv-server:golden".into(),
         gateway_image: "kvstore/kv-gateway:golden".into(),
+        operator_namespace: Some("kv-system".into()),
+        ..RenderConfig::default()
     };
     let plan = Plan::new(&cluster, None);
     let rendered = render(&cluster, &plan, &config).unwrap().to_yaml();

@@ -2,16 +2,21 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{NS, UID, cluster, condition, mock_client, status_body};
+use futures::future::BoxFuture;
 use http::StatusCode;
 use kube::runtime::controller::Action;
-use kv_crds::{KvClusterSpec, StorageSpec};
+use kv_common::ring_config::RingMember;
+use kv_crds::{KvCluster, KvClusterSpec, KvClusterStatus, RingStatus, StorageSpec};
 use kv_operator::metrics::Metrics;
 use kv_operator::reconcile::{Context, error_policy, reconcile};
+use kv_operator::ring::{Rebalancing, RingStepper, Round};
 use kv_operator::{Error, RenderConfig};
+use kv_rebalance::{Phase, Progress, Target};
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 
@@ -134,61 +139,331 @@ async fn ready_workloads_give_phase_ready_and_conditions() {
     }
 }
 
-#[tokio::test]
-async fn scale_change_is_refused_with_condition_and_event() {
-    let (client, mut api) = mock_client();
-    let kvc = cluster(
+/// A coordinator that answers rounds from a script and records what it was asked.
+#[derive(Default)]
+struct FakeStepper {
+    rounds: Mutex<VecDeque<Round>>,
+    calls: Mutex<Vec<(Vec<String>, Target)>>,
+}
+
+impl FakeStepper {
+    fn then(self: &Arc<Self>, phase: Phase, epoch: u64, next: Option<u64>) -> &Arc<Self> {
+        self.rounds.lock().unwrap().push_back(Round {
+            state: None,
+            progress: Progress {
+                phase,
+                epoch,
+                next_epoch: next,
+                message: format!("{} round", phase.as_str()),
+                waiting_for: if phase == Phase::Done {
+                    vec![]
+                } else {
+                    vec!["demo-server-4".into()]
+                },
+                copied_versions: 120,
+                copied_servers: (3, 5),
+                cleaned_versions: if phase == Phase::Done { 7 } else { 0 },
+            },
+        });
+        self
+    }
+
+    /// Names of the seeds and of the target members of every round so far.
+    fn calls(&self) -> Vec<(Vec<String>, Vec<String>)> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(seeds, target)| {
+                let members = target.members.iter().map(|m| m.name.clone()).collect();
+                (seeds.clone(), members)
+            })
+            .collect()
+    }
+}
+
+impl RingStepper for FakeStepper {
+    fn step<'a>(
+        &'a self,
+        seeds: &'a [RingMember],
+        target: &'a Target,
+    ) -> BoxFuture<'a, Result<Round, String>> {
+        let seeds = seeds.iter().map(|m| m.name.clone()).collect();
+        self.calls.lock().unwrap().push((seeds, target.clone()));
+        let round = self.rounds.lock().unwrap().pop_front();
+        Box::pin(async move { round.ok_or_else(|| "no scripted round left".to_owned()) })
+    }
+}
+
+fn stepping_context(client: kube::Client, stepper: &Arc<FakeStepper>) -> Arc<Context> {
+    let rebalancing = Rebalancing {
+        stepper: stepper.clone(),
+        url_map: Some(Arc::new(|url: &str| url.replace(".svc:8080", ".test:1"))),
+        poll: Duration::from_secs(2),
+    };
+    Context::with_rebalancing(
+        client,
+        Metrics::register(&mut Registry::default()),
+        RenderConfig::default(),
+        None,
+        rebalancing,
+    )
+}
+
+/// A cluster of `replicas` wanted, whose ring (first ring of 3) has `members` servers.
+fn scaled_cluster(replicas: i32, members: i32) -> KvCluster {
+    let mut kvc = cluster(
         "demo",
         KvClusterSpec {
-            replicas: 5,
+            replicas,
             ..KvClusterSpec::default()
         },
     );
+    kvc.status = Some(KvClusterStatus {
+        ring: Some(RingStatus {
+            seeds: pods(3),
+            members: pods(members),
+            phase: "Done".into(),
+            ..RingStatus::default()
+        }),
+        ..KvClusterStatus::default()
+    });
+    kvc
+}
+
+fn pods(n: i32) -> Vec<String> {
+    (0..n).map(|i| format!("demo-server-{i}")).collect()
+}
+
+/// One pass: the StatefulSet runs `running` servers of which `ready` are ready. Returns the
+/// applied StatefulSet, the status patch, the action, and the cluster with that status.
+async fn pass(
+    kvc: KvCluster,
+    ctx: Arc<Context>,
+    mut api: common::ApiServerVerifier,
+    running: i32,
+    ready: i32,
+) -> (Value, common::Seen, Action, KvCluster) {
     let expected = kvc.clone();
     let server = tokio::spawn(async move {
         api.get_statefulset(
             "demo-server",
-            Some(running_sts("demo-server", 3, "1Gi", None)),
+            Some(running_sts("demo-server", running, "1Gi", None)),
+        )
+        .await;
+        let sts_status = json!({ "metadata": { "generation": 1 }, "status": {
+            "observedGeneration": 1, "replicas": running, "readyReplicas": ready,
+            "updatedReplicas": running, "currentRevision": "r1", "updateRevision": "r1",
+        }});
+        let applied = api
+            .apply_children("demo", sts_status, ready_deployment(1))
+            .await;
+        let status = api.status_patch(&expected).await;
+        (applied[4].body.clone(), status)
+    });
+    let action = reconcile(Arc::new(kvc.clone()), ctx)
+        .await
+        .expect("reconcile");
+    let (sts, status) = server.await.unwrap();
+    let mut next = kvc;
+    next.status = Some(serde_json::from_value(status.body["status"].clone()).unwrap());
+    (sts, status, action, next)
+}
+
+#[tokio::test]
+async fn scale_up_grows_the_statefulset_first_then_moves_keys_once_servers_are_ready() {
+    let stepper = Arc::new(FakeStepper::default());
+    stepper
+        .then(Phase::Copying, 0, Some(1))
+        .then(Phase::Done, 1, None);
+
+    // The new servers start; no key moves before they are all ready.
+    let (client, api) = mock_client();
+    let ctx = stepping_context(client, &stepper);
+    let (sts, status, action, kvc) = pass(scaled_cluster(5, 3), ctx, api, 5, 3).await;
+    assert_eq!(sts["spec"]["replicas"], 5, "the StatefulSet grows first");
+    assert!(
+        stepper.calls().is_empty(),
+        "no round before the servers are ready"
+    );
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)));
+    let rebalancing = condition(&status, "Rebalancing");
+    assert_eq!(rebalancing["status"], "True");
+    assert_eq!(rebalancing["reason"], "WaitingForServers");
+    assert!(
+        rebalancing["message"]
+            .as_str()
+            .unwrap()
+            .contains("3/5 ready")
+    );
+    // The pods keep their template: KV_PEERS names the first ring only.
+    let env = &sts["spec"]["template"]["spec"]["containers"][0]["env"];
+    let peers = env
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "KV_PEERS");
+    assert_eq!(
+        peers.unwrap()["value"].as_str().unwrap().split(',').count(),
+        3
+    );
+
+    // All ready: one round towards pods 0..5, through the URL map.
+    let (client, api) = mock_client();
+    let ctx = stepping_context(client, &stepper);
+    let (_, status, action, kvc) = pass(kvc, ctx, api, 5, 5).await;
+    assert_eq!(stepper.calls(), vec![(pods(5), pods(5))]);
+    let target = stepper.calls.lock().unwrap()[0].1.clone();
+    assert_eq!(
+        target.members[4].url,
+        "http://demo-server-4.demo-server.testns.test:1"
+    );
+    assert_eq!(target.replication_factor, Some(3));
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)));
+    let rebalancing = condition(&status, "Rebalancing");
+    assert_eq!(rebalancing["status"], "True");
+    assert_eq!(rebalancing["reason"], "Copying");
+    let message = rebalancing["message"].as_str().unwrap();
+    assert!(
+        message.contains("3 -> 5 servers, epoch 0 -> 1"),
+        "{message}"
+    );
+    assert!(
+        message.contains("3/5 servers copied, 120 versions copied"),
+        "{message}"
+    );
+    assert!(message.contains("waiting for demo-server-4"), "{message}");
+    assert_eq!(condition(&status, "Progressing")["reason"], "Rebalancing");
+    let ring = &status.body["status"]["ring"];
+    assert_eq!(ring["phase"], "Copying");
+    assert_eq!(ring["nextEpoch"], 1);
+    assert_eq!(ring["copiedVersions"], 120);
+    assert_eq!(ring["copiedServers"], "3/5");
+    assert_eq!(ring["waitingFor"], json!(["demo-server-4"]));
+    assert_eq!(ring["targetMembers"], json!(pods(5)));
+    assert_eq!(ring["members"], json!(pods(3)), "not in force yet");
+
+    // Done: the ring of 5 is recorded.
+    let (client, api) = mock_client();
+    let ctx = stepping_context(client, &stepper);
+    let (sts, status, _, _) = pass(kvc, ctx, api, 5, 5).await;
+    assert_eq!(sts["spec"]["replicas"], 5);
+    let rebalancing = condition(&status, "Rebalancing");
+    assert_eq!(rebalancing["status"], "False");
+    assert_eq!(rebalancing["reason"], "Balanced");
+    let ring = &status.body["status"]["ring"];
+    assert_eq!(ring["members"], json!(pods(5)));
+    assert_eq!(ring["epoch"], 1);
+    assert_eq!(ring["phase"], "Done");
+    assert_eq!(ring["seeds"], json!(pods(3)));
+    assert!(ring.get("targetMembers").is_none(), "{ring}");
+    assert_eq!(status.body["status"]["ringMembers"], json!(pods(5)));
+}
+
+#[tokio::test]
+async fn scale_down_moves_keys_first_and_shrinks_only_when_done() {
+    let stepper = Arc::new(FakeStepper::default());
+    stepper
+        .then(Phase::Draining, 1, Some(2))
+        .then(Phase::Done, 2, None);
+
+    let (client, api) = mock_client();
+    let ctx = stepping_context(client, &stepper);
+    let (sts, status, _, kvc) = pass(scaled_cluster(2, 5), ctx, api, 5, 5).await;
+    assert_eq!(
+        sts["spec"]["replicas"], 5,
+        "every server runs during the move"
+    );
+    assert_eq!(stepper.calls(), vec![(pods(5), pods(2))]);
+    assert_eq!(condition(&status, "Rebalancing")["reason"], "Draining");
+
+    // The move is done: recorded, but this pass applied the StatefulSet before the round.
+    let (client, api) = mock_client();
+    let ctx = stepping_context(client, &stepper);
+    let (sts, status, action, kvc) = pass(kvc, ctx, api, 5, 5).await;
+    assert_eq!(sts["spec"]["replicas"], 5);
+    assert_eq!(stepper.calls().len(), 2);
+    assert_eq!(condition(&status, "Rebalancing")["reason"], "Balanced");
+    assert_eq!(status.body["status"]["ring"]["members"], json!(pods(2)));
+    assert_eq!(status.body["status"]["ring"]["cleanedVersions"], 7);
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(2)),
+        "shrink soon"
+    );
+
+    // Next pass: the StatefulSet shrinks, no round.
+    let (client, api) = mock_client();
+    let ctx = stepping_context(client, &stepper);
+    let (sts, status, action, _) = pass(kvc, ctx, api, 5, 5).await;
+    assert_eq!(sts["spec"]["replicas"], 2);
+    assert_eq!(stepper.calls().len(), 2);
+    assert_eq!(condition(&status, "Rebalancing")["status"], "False");
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+}
+
+#[tokio::test]
+async fn a_new_cluster_records_its_first_ring_as_balanced() {
+    let stepper = Arc::new(FakeStepper::default());
+    let (client, mut api) = mock_client();
+    let kvc = cluster("demo", KvClusterSpec::default());
+    let expected = kvc.clone();
+    let server = tokio::spawn(async move {
+        api.get_statefulset("demo-server", None).await;
+        api.apply_children("demo", json!({}), json!({})).await;
+        api.status_patch(&expected).await
+    });
+    reconcile(Arc::new(kvc), stepping_context(client, &stepper))
+        .await
+        .expect("reconcile");
+    let status = server.await.unwrap();
+    assert!(stepper.calls().is_empty());
+    let ring = &status.body["status"]["ring"];
+    assert_eq!(ring["seeds"], json!(pods(3)));
+    assert_eq!(ring["members"], json!(pods(3)));
+    assert_eq!(ring["epoch"], 0);
+    let rebalancing = condition(&status, "Rebalancing");
+    assert_eq!(rebalancing["status"], "False");
+    assert_eq!(rebalancing["reason"], "Balanced");
+}
+
+#[tokio::test]
+async fn a_cluster_created_with_one_server_is_not_grown() {
+    let (client, mut api) = mock_client();
+    let mut kvc = scaled_cluster(3, 1);
+    kvc.status.as_mut().unwrap().ring.as_mut().unwrap().seeds = pods(1);
+    let expected = kvc.clone();
+    let server = tokio::spawn(async move {
+        api.get_statefulset(
+            "demo-server",
+            Some(running_sts("demo-server", 1, "1Gi", None)),
         )
         .await;
         let applied = api
-            .apply_children("demo", ready_sts(3), ready_deployment(2))
+            .apply_children("demo", ready_sts(1), ready_deployment(2))
             .await;
         let event = api.event().await;
         let status = api.status_patch(&expected).await;
         (applied, event, status)
     });
-    reconcile(Arc::new(kvc), context(client))
+    let stepper = Arc::new(FakeStepper::default());
+    reconcile(Arc::new(kvc), stepping_context(client, &stepper))
         .await
         .expect("reconcile");
     let (applied, event, status) = server.await.unwrap();
-
-    assert_eq!(
-        applied[4].body["spec"]["replicas"], 3,
-        "the StatefulSet keeps its size"
-    );
-    assert_eq!(event.body["type"], "Warning");
-    assert_eq!(event.body["reason"], "ScaleNotSupported");
-    assert_eq!(event.body["regarding"]["kind"], "KvCluster");
-    assert!(event.body["note"].as_str().unwrap().contains("rebalancing"));
-
+    assert!(stepper.calls().is_empty());
+    assert_eq!(applied[4].body["spec"]["replicas"], 1);
+    assert_eq!(event.body["reason"], "ScaleFromOneServer");
     assert_eq!(status.body["status"]["phase"], "Degraded");
-    assert_eq!(
-        status.body["status"]["ringMembers"]
-            .as_array()
-            .unwrap()
-            .len(),
-        3
-    );
     let degraded = condition(&status, "Degraded");
-    assert_eq!(degraded["status"], "True");
-    assert_eq!(degraded["reason"], "ScaleNotSupported");
+    assert_eq!(degraded["reason"], "ScaleFromOneServer");
     assert!(
         degraded["message"]
             .as_str()
             .unwrap()
-            .contains("set spec.replicas back to 3")
+            .contains("set spec.replicas back to 1")
     );
+    assert_eq!(condition(&status, "Rebalancing")["status"], "False");
 }
 
 #[tokio::test]

@@ -18,6 +18,11 @@ app.kubernetes.io/name: {{ include "kvstore-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* The selector labels as `key=value,...` (the operator's KV_OPERATOR_POD_LABELS). */}}
+{{- define "kvstore-operator.selectorLabelList" -}}
+app.kubernetes.io/name={{ include "kvstore-operator.name" . }},app.kubernetes.io/instance={{ .Release.Name }}
+{{- end -}}
+
 {{- define "kvstore-operator.labels" -}}
 {{ include "kvstore-operator.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}

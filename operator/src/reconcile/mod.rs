@@ -1,8 +1,10 @@
 //! One reconcile pass over a KvCluster, and what happens when it fails.
 //!
 //! A pass: read the servers' StatefulSet -> plan (what to keep, what to refuse) -> grow claims
-//! if asked -> render and apply every child -> publish an Event for each new refusal ->
-//! write the status. Everything is idempotent, so a failed pass is simply retried.
+//! if asked -> render and apply every child -> publish an Event for each new refusal -> one
+//! round of moving keys if the ring is not the one the spec asks for (`ring`) -> write the
+//! status. Everything is idempotent, so a failed pass is simply retried; while keys move the
+//! next pass comes after `Rebalancing::poll`.
 
 mod apply;
 pub mod status;
@@ -25,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::names::{FIELD_MANAGER, Names};
 use crate::plan::Plan;
 use crate::render::render;
+use crate::ring::{self, Rebalancing};
 
 /// Steady-state resync: children changes trigger a pass anyway (`owns`), this only bounds
 /// how long a missed watch event could go unnoticed.
@@ -39,17 +42,29 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pub render: RenderConfig,
+    pub rebalancing: Rebalancing,
     /// Consecutive failures per cluster, for the backoff. A std Mutex: held for a map lookup,
     /// never across an await.
     failures: Mutex<HashMap<ObjectRef<KvCluster>, u32>>,
 }
 
 impl Context {
+    /// A context that moves keys with the coordinator over HTTP, by pod DNS names.
     pub fn new(
         client: Client,
         metrics: Metrics,
         render: RenderConfig,
         instance: Option<String>,
+    ) -> Arc<Self> {
+        Context::with_rebalancing(client, metrics, render, instance, Rebalancing::default())
+    }
+
+    pub fn with_rebalancing(
+        client: Client,
+        metrics: Metrics,
+        render: RenderConfig,
+        instance: Option<String>,
+        rebalancing: Rebalancing,
     ) -> Arc<Self> {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
@@ -60,6 +75,7 @@ impl Context {
             client,
             metrics,
             render,
+            rebalancing,
             failures: Mutex::default(),
         })
     }
@@ -98,19 +114,28 @@ pub async fn reconcile(cluster: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Act
     let children = render(&cluster, &plan, &ctx.render)?;
     let applied = apply::apply_all(&ctx.client, &namespace, &children).await?;
     report_refusals(&cluster, &plan, &ctx).await?;
+    let ring = ring::drive(&ctx.rebalancing, &cluster, &plan, &applied.stateful_set).await;
 
     let status = status::build(
         &cluster,
         &plan,
         &applied.stateful_set,
         &applied.deployment,
+        &ring,
         k8s_openapi::jiff::Timestamp::now(),
     );
     info!(phase = ?status.phase, ready = status.ready_replicas, "reconciled");
     status::patch(&ctx.client, &cluster, status).await?;
 
     ctx.failures().remove(&ObjectRef::from(cluster.as_ref()));
-    Ok(Action::requeue(RESYNC))
+    // A move goes on at the next round; one that just finished lets the next pass shrink the
+    // StatefulSet (or record the ring) without waiting for the resync.
+    let finished_move = !ring.moving() && plan.ring.moving;
+    Ok(if ring.moving() || finished_move {
+        Action::requeue(ctx.rebalancing.poll)
+    } else {
+        Action::requeue(RESYNC)
+    })
 }
 
 /// One Warning Event per refusal, unless the last status already reported the same thing

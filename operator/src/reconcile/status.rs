@@ -1,5 +1,5 @@
-//! The status the operator reports: computed purely from the plan and the applied workloads,
-//! then written with server-side apply on the status subresource.
+//! The status the operator reports: computed purely from the plan, the applied workloads and
+//! the ring round's outcome, then written with server-side apply on the status subresource.
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -11,6 +11,7 @@ use kv_crds::{KvCluster, KvClusterStatus, Phase, condition_types};
 use crate::error::{Error, Result};
 use crate::names::{FIELD_MANAGER, GATEWAY_PORT, Names};
 use crate::plan::Plan;
+use crate::ring::RingOutcome;
 
 /// Builds the status for `cluster`. `now` stamps conditions whose status changed; unchanged
 /// conditions keep their previous transition time.
@@ -19,6 +20,7 @@ pub fn build(
     plan: &Plan,
     sts: &StatefulSet,
     deployment: &Deployment,
+    ring: &RingOutcome,
     now: Timestamp,
 ) -> KvClusterStatus {
     let names = Names::new(&cluster.name_any());
@@ -41,7 +43,8 @@ pub fn build(
         && gw.updated_replicas.unwrap_or(0) == gw_wanted;
 
     let all_ready = ready == plan.replicas && gw_ready >= 1;
-    let progressing = !(rolled_out && gw_rolled_out && all_ready);
+    let rebalancing = ring.moving();
+    let progressing = rebalancing || !(rolled_out && gw_rolled_out && all_ready);
     let degraded = !plan.refusals.is_empty();
 
     let (ready_reason, ready_message) = if all_ready {
@@ -63,7 +66,12 @@ pub fn build(
             "no gateway pod is available yet".to_owned(),
         )
     };
-    let (progress_reason, progress_message) = if progressing {
+    let (progress_reason, progress_message) = if rebalancing {
+        (
+            "Rebalancing",
+            "keys are moving between servers (see the Rebalancing condition)".to_owned(),
+        )
+    } else if progressing {
         (
             "RollingOut",
             "servers or gateways are starting or being updated".to_owned(),
@@ -141,8 +149,15 @@ pub fn build(
                 degraded_reason,
                 degraded_message,
             ),
+            condition(
+                condition_types::REBALANCING,
+                rebalancing,
+                &ring.rebalancing.1,
+                ring.rebalancing.2.clone(),
+            ),
         ],
-        ring_members: names.server_pods(plan.replicas),
+        ring_members: ring.status.members.clone(),
+        ring: Some(ring.status.clone()),
         gateway_endpoint: Some(format!(
             "{}.{namespace}.svc:{GATEWAY_PORT}",
             names.gateway()

@@ -1,7 +1,9 @@
 //! Who may do what: the gateway's ServiceAccount with the one permission it needs (watch
 //! EndpointSlices), the servers' PodDisruptionBudget, and a NetworkPolicy so servers accept
-//! traffic only from their gateway and from each other (replication); the operator never
-//! talks to servers.
+//! traffic only from their gateway, from each other (replication) and from the operator
+//! (which moves keys through their `/internal/` routes when the number of servers changes).
+
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::networking::v1::{
@@ -68,11 +70,35 @@ pub(super) fn pod_disruption_budget(ctx: &Ctx) -> Option<PodDisruptionBudget> {
     })
 }
 
-/// Servers answer only their own gateway's pods and their own cluster's servers (which
+/// Servers answer only their own gateway's pods, their own cluster's servers (which
 /// replicate to each other and pull missed writes under `/internal/`, a route the gateway
-/// never forwards). Note that this also keeps out a Prometheus
-/// scraping the servers' `/metrics`; allow it with an extra policy of your own.
+/// never forwards) and the operator's pods (the rebalancing coordinator: `/internal/ring`,
+/// `/internal/status`, `/internal/cleanup`), in the operator's namespace when it knows it.
+/// Note that this also keeps out a Prometheus scraping the servers' `/metrics`; allow it with
+/// an extra policy of your own.
 pub(super) fn network_policy(ctx: &Ctx) -> NetworkPolicy {
+    let own = [Component::Gateway, Component::Server].map(|component| NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(ctx.names.selector(component)),
+            ..LabelSelector::default()
+        }),
+        ..NetworkPolicyPeer::default()
+    });
+    let operator =
+        NetworkPolicyPeer {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(ctx.config.operator_pod_labels.0.clone()),
+                ..LabelSelector::default()
+            }),
+            // An empty selector: every namespace.
+            namespace_selector: Some(LabelSelector {
+                match_labels: ctx.config.operator_namespace.as_ref().map(|ns| {
+                    BTreeMap::from([("kubernetes.io/metadata.name".to_owned(), ns.clone())])
+                }),
+                ..LabelSelector::default()
+            }),
+            ..NetworkPolicyPeer::default()
+        };
     NetworkPolicy {
         metadata: ctx.meta(ctx.names.server(), Component::Server),
         spec: Some(NetworkPolicySpec {
@@ -82,17 +108,7 @@ pub(super) fn network_policy(ctx: &Ctx) -> NetworkPolicy {
             }),
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(
-                    [Component::Gateway, Component::Server]
-                        .map(|component| NetworkPolicyPeer {
-                            pod_selector: Some(LabelSelector {
-                                match_labels: Some(ctx.names.selector(component)),
-                                ..LabelSelector::default()
-                            }),
-                            ..NetworkPolicyPeer::default()
-                        })
-                        .to_vec(),
-                ),
+                from: Some(own.into_iter().chain([operator]).collect()),
                 ports: Some(vec![NetworkPolicyPort {
                     port: Some(IntOrString::Int(SERVER_PORT)),
                     protocol: Some("TCP".into()),

@@ -20,7 +20,8 @@ const AUTH_DIR: &str = "/etc/kvstore/auth";
 
 /// The gateway's command line and environment in Kubernetes mode: the ONE place that knows
 /// `kv-gateway`'s flags (see `gateway/src/config.rs`), returned as (args, env).
-/// `replication` is the (factor, write quorum) in force, the servers' own.
+/// `replication` is the (factor, write quorum) as configured, the servers' own (both cap them
+/// at the servers there are).
 pub fn gateway_command(
     headless_service: &str,
     namespace: &str,
@@ -65,7 +66,7 @@ pub(super) fn deployment(ctx: &Ctx) -> Deployment {
         &ctx.names.server(),
         &ctx.namespace,
         spec.vnodes,
-        spec.replication.effective(ctx.plan.replicas),
+        (spec.replication.factor, spec.replication.write_quorum),
         token_file.as_deref(),
     );
     let container = Container {

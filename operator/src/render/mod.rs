@@ -184,44 +184,103 @@ mod tests {
     }
 
     #[test]
-    fn replication_is_capped_at_the_servers_and_a_lone_server_has_no_peers() {
+    fn replication_is_as_configured_and_a_lone_server_has_no_peers() {
         let quorum = ReplicationSpec {
             factor: 5,
             write_quorum: Some(4),
         };
+        // Servers and gateways cap R and W at the servers of the ring in force themselves, so
+        // the pods need not change when the number of servers does.
         let (server, gateway) = rendered(&cluster(2, quorum.clone()));
         assert_eq!(get(&server, "KV_PEERS").unwrap().split(',').count(), 2);
         for env in [&server, &gateway] {
-            assert_eq!(get(env, "KV_REPLICATION_FACTOR"), Some("2"));
-            assert_eq!(get(env, "KV_WRITE_QUORUM"), Some("2"));
+            assert_eq!(get(env, "KV_REPLICATION_FACTOR"), Some("5"));
+            assert_eq!(get(env, "KV_WRITE_QUORUM"), Some("4"));
         }
         let (server, _) = rendered(&cluster(1, quorum));
         assert_eq!(get(&server, "KV_PEERS"), None);
-        assert_eq!(get(&server, "KV_REPLICATION_FACTOR"), Some("1"));
+        assert_eq!(get(&server, "KV_REPLICATION_FACTOR"), Some("5"));
+    }
+
+    /// A cluster whose first ring had 3 servers, now asked for `replicas`.
+    fn scaled(replicas: i32, members: i32) -> KvCluster {
+        let mut c = cluster(replicas, ReplicationSpec::default());
+        let names = Names::new("demo");
+        c.status = Some(kv_crds::KvClusterStatus {
+            ring: Some(kv_crds::RingStatus {
+                seeds: names.server_pods(3),
+                members: names.server_pods(members),
+                phase: "Done".into(),
+                ..kv_crds::RingStatus::default()
+            }),
+            ..kv_crds::KvClusterStatus::default()
+        });
+        c
     }
 
     #[test]
-    fn servers_accept_their_gateway_and_each_other() {
+    fn scaling_never_changes_the_pod_template() {
+        let render_of = |c: &KvCluster| {
+            let plan = Plan::new(c, None);
+            let sts = render(c, &plan, &RenderConfig::default())
+                .unwrap()
+                .server_stateful_set
+                .spec
+                .unwrap();
+            (sts.replicas, sts.template)
+        };
+        let (replicas, template) = render_of(&scaled(3, 3));
+        assert_eq!(replicas, Some(3));
+        // Scale up: the new servers start at once, with the same template (joiners).
+        let (replicas, grown) = render_of(&scaled(5, 3));
+        assert_eq!(replicas, Some(5));
+        assert_eq!(grown, template);
+        // Scale down: every server of the ring in force runs until the keys have moved.
+        let (replicas, shrunk) = render_of(&scaled(2, 5));
+        assert_eq!(replicas, Some(5));
+        assert_eq!(shrunk, template);
+        // ... then the StatefulSet shrinks.
+        let (replicas, _) = render_of(&scaled(2, 2));
+        assert_eq!(replicas, Some(2));
+        let (server, _) = rendered(&scaled(2, 2));
+        assert_eq!(get(&server, "KV_PEERS").unwrap().split(',').count(), 3);
+    }
+
+    #[test]
+    fn servers_accept_their_gateway_each_other_and_the_operator() {
         let cluster = cluster(3, ReplicationSpec::default());
         let plan = Plan::new(&cluster, None);
-        let policy = render(&cluster, &plan, &RenderConfig::default())
+        let config = RenderConfig {
+            operator_namespace: Some("kv-system".into()),
+            ..RenderConfig::default()
+        };
+        let policy = render(&cluster, &plan, &config)
             .unwrap()
             .server_network_policy;
         let rule = &policy.spec.unwrap().ingress.unwrap()[0];
-        let components: Vec<_> = rule
-            .from
+        let peers = rule.from.as_ref().unwrap();
+        let label = |peer: &k8s_openapi::api::networking::v1::NetworkPolicyPeer, key: &str| {
+            peer.pod_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()[key]
+                .clone()
+        };
+        let components: Vec<_> = peers[..2]
             .iter()
-            .flatten()
-            .map(|peer| {
-                peer.pod_selector
-                    .as_ref()
-                    .unwrap()
-                    .match_labels
-                    .as_ref()
-                    .unwrap()["app.kubernetes.io/component"]
-                    .clone()
-            })
+            .map(|peer| label(peer, "app.kubernetes.io/component"))
             .collect();
         assert_eq!(components, ["gateway", "server"]);
+        assert_eq!(
+            label(&peers[2], "app.kubernetes.io/name"),
+            "kvstore-operator"
+        );
+        let namespaces = peers[2].namespace_selector.as_ref().unwrap();
+        assert_eq!(
+            namespaces.match_labels.as_ref().unwrap()["kubernetes.io/metadata.name"],
+            "kv-system"
+        );
     }
 }

@@ -183,19 +183,22 @@ fn server_container(ctx: &Ctx) -> Container {
 }
 
 /// Replication settings of every server (see docs/replication.md): the ring they share with
-/// the gateway (`KV_VNODES`), R and W, and every member by its stable DNS name.
+/// the gateway (`KV_VNODES`), R and W as configured (a server caps them at the members of its
+/// ring, which the ring configuration carries, so they need not follow `spec.replicas`), and
+/// the seeds: the first ring's servers by their stable DNS names. None of it depends on
+/// `spec.replicas`, so scaling never rolls the pods: a new server, not among the seeds, starts
+/// as a joiner and owns keys once a ring configuration names it (docs/rebalancing.md).
 fn replication_env(ctx: &Ctx) -> Vec<(&'static str, String)> {
     let spec = &ctx.cluster.spec;
-    let (factor, quorum) = spec.replication.effective(ctx.plan.replicas);
     let mut env = vec![
         ("KV_VNODES", spec.vnodes.to_string()),
-        ("KV_REPLICATION_FACTOR", factor.to_string()),
+        ("KV_REPLICATION_FACTOR", spec.replication.factor.to_string()),
     ];
-    if let Some(quorum) = quorum {
+    if let Some(quorum) = spec.replication.write_quorum {
         env.push(("KV_WRITE_QUORUM", quorum.to_string()));
     }
     // A lone server has no peers (and `--peers` naming only itself is refused).
-    if ctx.plan.replicas > 1 {
+    if ctx.plan.ring.seeds.len() > 1 {
         let peers: Vec<String> = peers(ctx)
             .into_iter()
             .map(|(name, url)| format!("{name}={url}"))
@@ -205,18 +208,15 @@ fn replication_env(ctx: &Ctx) -> Vec<(&'static str, String)> {
     env
 }
 
-/// Every server as (ring name, URL): its pod name, and the DNS name the headless Service
-/// gives that pod. `publishNotReadyAddresses` keeps the name resolvable while a server is not
+/// The seeds as (ring name, URL): pod names, and the DNS names the headless Service gives
+/// those pods. `publishNotReadyAddresses` keeps a name resolvable while a server is not
 /// ready, which is exactly when it needs its peers (catching up).
 pub(crate) fn peers(ctx: &Ctx) -> Vec<(String, String)> {
-    let service = ctx.names.server();
-    ctx.names
-        .server_pods(ctx.plan.replicas)
-        .into_iter()
-        .map(|pod| {
-            let url = format!("http://{pod}.{service}.{}.svc:{SERVER_PORT}", ctx.namespace);
-            (pod, url)
-        })
+    ctx.plan
+        .ring
+        .seeds
+        .iter()
+        .map(|pod| (pod.clone(), ctx.names.server_url(pod, &ctx.namespace)))
         .collect()
 }
 

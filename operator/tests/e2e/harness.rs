@@ -10,6 +10,7 @@ use kube::{Api, Client};
 use kv_gateway::GatewayConfig;
 use kv_operator::OperatorConfig;
 use kv_operator::config::{LeaderConfig, RenderConfig};
+use kv_operator::ring::Rebalancing;
 use kv_test_support::{FakeApiServer, Simulator};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -101,8 +102,12 @@ impl ControlPlane {
             },
         };
         let operator_client = client.clone();
+        // The operator talks to servers by their pod DNS names, which the simulator resolves
+        // to local forwarders (ring configurations carry those, so servers dial them too).
+        let rebalancing = Rebalancing::coordinator(Duration::from_secs(5))
+            .with_url_map(std::sync::Arc::new(sim.url_resolver()));
         let operator = Running::spawn(move |stopped| {
-            kv_operator::run(listener, config, operator_client, async move {
+            kv_operator::run_with(listener, config, operator_client, rebalancing, async move {
                 let _ = stopped.await;
             })
         });

@@ -24,6 +24,7 @@
 //! `KV_WRITE_QUORUM` and `KV_PEERS` are honoured; a peer named by a pod's DNS name
 //! (`<pod>.<service>.<namespace>.svc`) is reached through a stable `127.0.0.1` address per
 //! pod that forwards to the pod's server of the moment, as DNS follows a pod to its new IP.
+//! Clients outside the pods (the operator) resolve such URLs with [`Simulator::url_resolver`].
 //!
 //! Not simulated: scheduling, images (the template's image is ignored: the server is this
 //! crate's `kv-server`), probes other than readiness, resource limits, network policies
@@ -63,6 +64,9 @@ struct Shared {
     store: Arc<Store>,
     root: PathBuf,
     state: Mutex<State>,
+    /// The pods' DNS addresses as of the last pass, for [`Simulator::url_resolver`] (a std
+    /// Mutex: held for a copy or a lookup, never across an await).
+    dns: Arc<std::sync::Mutex<pod::Resolver>>,
 }
 
 /// Runs StatefulSets' servers for a [`FakeApiServer`]. Dropping it stops its loop; call
@@ -79,6 +83,7 @@ impl Simulator {
             store: api.store(),
             root: root.into(),
             state: Mutex::default(),
+            dns: Arc::default(),
         });
         let looping = shared.clone();
         let task = tokio::spawn(async move {
@@ -125,6 +130,18 @@ impl Simulator {
             .pods
             .get(&(namespace.to_owned(), pod.to_owned()))
             .and_then(|p| p.addr)
+    }
+
+    /// Maps a URL naming a simulated pod by its DNS name
+    /// (`http://<pod>.<service>.<namespace>.svc:<port>`) to the stable local address that
+    /// forwards to the pod's server, as the servers' own peer URLs are; any other URL is
+    /// returned unchanged. For a client that reaches servers as pods do (the operator).
+    pub fn url_resolver(&self) -> impl Fn(&str) -> String + Send + Sync + 'static {
+        let dns = self.shared.dns.clone();
+        move |url: &str| {
+            let dns = dns.lock().unwrap_or_else(|p| p.into_inner());
+            pod::resolve_url(url, None, &dns).unwrap_or_else(|| url.to_owned())
+        }
     }
 
     /// Names of the simulated pods of `namespace` whose server is running.
@@ -220,6 +237,7 @@ async fn step(shared: &Shared, state: &mut State) {
         .iter()
         .map(|(key, run)| (key.clone(), run.dns_addr()))
         .collect();
+    *shared.dns.lock().unwrap_or_else(|p| p.into_inner()) = dns.clone();
     for sts in &sets {
         let revision = objects::revision(sts);
         let settings = objects::settings(sts);

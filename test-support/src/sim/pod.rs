@@ -88,16 +88,22 @@ fn resolve_peer(entry: &str, namespace: &str, dns: &Resolver) -> String {
     let Some((name, url)) = entry.split_once('=') else {
         return entry.to_owned();
     };
-    let Some(authority) = url.trim().strip_prefix("http://") else {
-        return entry.to_owned();
-    };
-    let host = authority.split([':', '/']).next().unwrap_or("");
-    let labels: Vec<&str> = host.split('.').collect();
-    let ns = labels.get(2).copied().unwrap_or(namespace);
-    match dns.get(&(ns.to_owned(), labels[0].to_owned())) {
-        Some(addr) => format!("{}=http://{addr}", name.trim()),
+    match resolve_url(url.trim(), Some(namespace), dns) {
+        Some(url) => format!("{}={url}", name.trim()),
         None => entry.to_owned(),
     }
+}
+
+/// `http://<pod>.<service>.<namespace>.svc[...]:<port>` as `http://<the pod's DNS address>`;
+/// a host without a namespace label is looked up in `namespace` (`None`: not resolved).
+/// `None` when the URL names no simulated pod.
+pub fn resolve_url(url: &str, namespace: Option<&str>, dns: &Resolver) -> Option<String> {
+    let authority = url.strip_prefix("http://")?;
+    let host = authority.split([':', '/']).next().unwrap_or("");
+    let labels: Vec<&str> = host.split('.').collect();
+    let ns = labels.get(2).copied().or(namespace)?;
+    dns.get(&(ns.to_owned(), labels[0].to_owned()))
+        .map(|addr| format!("http://{addr}"))
 }
 
 /// A running server: fire `stop` and await `task` to stop it gracefully.
