@@ -51,12 +51,11 @@ impl RingStepper for Coordinator {
         target: &'a Target,
     ) -> BoxFuture<'a, Result<Round, String>> {
         Box::pin(async move {
-            // `step` reports epochs, not members; the StatefulSet must keep every member of
-            // both rings, so ask for the state first (two cheap GETs per server).
-            let state = self.observe(seeds, target).await.cluster_state().cloned();
             let progress = Coordinator::step(self, seeds, target)
                 .await
                 .map_err(|e| e.to_string())?;
+            // The StatefulSet must keep every member of both rings: the state says which.
+            let state = progress.observed.clone();
             Ok(Round { state, progress })
         })
     }

@@ -5,9 +5,6 @@
 //! ring of 5 as `Rebalancing: False/Balanced` -> every version of every key is read ->
 //! `spec.replicas: 2`: keys leave the three highest servers first, the StatefulSet shrinks to
 //! 2 only once the ring of 2 is in force -> every version is still read.
-//!
-//! Needs the server side of rebalancing (`/internal/ring`, joiners, ring gossip), built on
-//! another branch: ignored until both are merged.
 
 #[path = "e2e/harness.rs"]
 mod harness;
@@ -31,7 +28,6 @@ const VERSIONS: usize = 3;
 const MOVE: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs the server side of rebalancing (merge)"]
 async fn a_kvcluster_scales_up_and_down_with_every_version() {
     tokio::time::timeout(Duration::from_secs(240), scenario())
         .await

@@ -163,6 +163,7 @@ impl FakeStepper {
                 copied_versions: 120,
                 copied_servers: (3, 5),
                 cleaned_versions: if phase == Phase::Done { 7 } else { 0 },
+                observed: None,
             },
         });
         self

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 use kv_common::replication::ReplicationStatus;
-use kv_common::ring_config::{CleanupReport, RingMember, RingView};
+use kv_common::ring_config::{CleanupReport, RingMember, RingState, RingView};
 
 use crate::client::HttpClient;
 use crate::error::{Error, Result};
@@ -32,6 +32,9 @@ pub struct Progress {
     pub copied_servers: (usize, usize),
     /// Versions deleted by clean-up in this round.
     pub cleaned_versions: u64,
+    /// The cluster's ring state as observed before the round acted (the most advanced any
+    /// server reported): who must keep running (every member of `current` and `next`).
+    pub observed: Option<RingState>,
 }
 
 impl Progress {
@@ -111,10 +114,10 @@ impl Coordinator {
     pub async fn step(&self, seeds: &[RingMember], target: &Target) -> Result<Progress> {
         let observed = self.observe(seeds, target).await;
         let decision = decide(&observed, target).map_err(Error::Plan)?;
-        self.act(decision).await
+        self.act(decision, observed.cluster_state().cloned()).await
     }
 
-    async fn act(&self, decision: Decision) -> Result<Progress> {
+    async fn act(&self, decision: Decision, observed: Option<RingState>) -> Result<Progress> {
         let mut progress = Progress {
             phase: decision.phase,
             epoch: decision.epoch,
@@ -124,6 +127,7 @@ impl Coordinator {
             copied_versions: decision.copied_versions,
             copied_servers: decision.copied_servers,
             cleaned_versions: 0,
+            observed,
         };
         match decision.action {
             Action::Done => progress.message = format!("ring epoch {} in force", decision.epoch),
