@@ -4,7 +4,6 @@
 //!   StatefulSet runs every server of the ring in force and of the target, so on scale up the
 //!   new pods start before any key moves, and on scale down the old ones run until the keys
 //!   have left them ([`RingPlan`]). The seeds (`KV_PEERS`) never change after creation.
-//!   A cluster created with one server cannot grow: a lone server runs without peers.
 //! - A volume change the StatefulSet cannot make: `volumeClaimTemplates` are immutable, so the
 //!   existing template is kept; a larger size is applied to the existing claims instead
 //!   (volume expansion), a smaller size or another class is refused.
@@ -18,7 +17,6 @@ use crate::names::Names;
 
 /// Reasons of refusals, used for the `Degraded` condition and the Event.
 pub mod reasons {
-    pub const SCALE_FROM_ONE_SERVER: &str = "ScaleFromOneServer";
     pub const STORAGE_CLASS_IMMUTABLE: &str = "StorageClassImmutable";
     pub const STORAGE_SHRINK_REFUSED: &str = "StorageShrinkRefused";
     pub const STORAGE_EXPANSION_FAILED: &str = "StorageExpansionFailed";
@@ -78,20 +76,6 @@ impl Plan {
             expand_to: None,
             refusals: Vec::new(),
         };
-        if plan.ring.seeds.len() == 1 && plan.ring.members == plan.ring.seeds && plan.ring.grows() {
-            plan.ring.target = plan.ring.members.clone();
-            plan.ring.moving = false;
-            plan.refusals.push(Refusal {
-                reason: reasons::SCALE_FROM_ONE_SERVER,
-                message: format!(
-                    "spec.replicas asks for {} servers but this cluster was created with one, \
-                     which runs without peers and cannot hand keys over. Keeping 1 server; set \
-                     spec.replicas back to 1 to clear this, or move the data to a new KvCluster \
-                     created with at least 2 servers.",
-                    spec.replicas
-                ),
-            });
-        }
         // Every server of the rings in force and being moved to keeps running.
         plan.replicas = plan
             .ring

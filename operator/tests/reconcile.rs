@@ -429,42 +429,37 @@ async fn a_new_cluster_records_its_first_ring_as_balanced() {
 }
 
 #[tokio::test]
-async fn a_cluster_created_with_one_server_is_not_grown() {
-    let (client, mut api) = mock_client();
+async fn a_cluster_created_with_one_server_grows_like_any_other() {
+    let stepper = Arc::new(FakeStepper::default());
+    stepper.then(Phase::Copying, 0, Some(1));
     let mut kvc = scaled_cluster(3, 1);
     kvc.status.as_mut().unwrap().ring.as_mut().unwrap().seeds = pods(1);
-    let expected = kvc.clone();
-    let server = tokio::spawn(async move {
-        api.get_statefulset(
-            "demo-server",
-            Some(running_sts("demo-server", 1, "1Gi", None)),
-        )
-        .await;
-        let applied = api
-            .apply_children("demo", ready_sts(1), ready_deployment(2))
-            .await;
-        let event = api.event().await;
-        let status = api.status_patch(&expected).await;
-        (applied, event, status)
-    });
-    let stepper = Arc::new(FakeStepper::default());
-    reconcile(Arc::new(kvc), stepping_context(client, &stepper))
-        .await
-        .expect("reconcile");
-    let (applied, event, status) = server.await.unwrap();
-    assert!(stepper.calls().is_empty());
-    assert_eq!(applied[4].body["spec"]["replicas"], 1);
-    assert_eq!(event.body["reason"], "ScaleFromOneServer");
-    assert_eq!(status.body["status"]["phase"], "Degraded");
-    let degraded = condition(&status, "Degraded");
-    assert_eq!(degraded["reason"], "ScaleFromOneServer");
-    assert!(
-        degraded["message"]
-            .as_str()
-            .unwrap()
-            .contains("set spec.replicas back to 1")
+
+    // Its one server names itself in KV_PEERS (a one-member ring can hand keys over), and
+    // the StatefulSet grows first, as for any scale-up.
+    let (client, api) = mock_client();
+    let ctx = stepping_context(client, &stepper);
+    let (sts, _, _, kvc) = pass(kvc, ctx, api, 3, 1).await;
+    assert_eq!(sts["spec"]["replicas"], 3);
+    let env = &sts["spec"]["template"]["spec"]["containers"][0]["env"];
+    let peers = env
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "KV_PEERS")
+        .expect("KV_PEERS even for one server");
+    assert_eq!(
+        peers["value"],
+        "demo-server-0=http://demo-server-0.demo-server.testns.svc:8080"
     );
-    assert_eq!(condition(&status, "Rebalancing")["status"], "False");
+    assert!(stepper.calls().is_empty());
+
+    // Once the new servers are ready, keys move towards the three of them.
+    let (client, api) = mock_client();
+    let ctx = stepping_context(client, &stepper);
+    let (_, status, _, _) = pass(kvc, ctx, api, 3, 3).await;
+    assert_eq!(stepper.calls(), vec![(pods(3), pods(3))]);
+    assert_eq!(condition(&status, "Rebalancing")["reason"], "Copying");
 }
 
 #[tokio::test]

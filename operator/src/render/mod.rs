@@ -184,7 +184,7 @@ mod tests {
     }
 
     #[test]
-    fn replication_is_as_configured_and_a_lone_server_has_no_peers() {
+    fn replication_is_as_configured_and_a_lone_server_names_itself() {
         let quorum = ReplicationSpec {
             factor: 5,
             write_quorum: Some(4),
@@ -197,8 +197,12 @@ mod tests {
             assert_eq!(get(env, "KV_REPLICATION_FACTOR"), Some("5"));
             assert_eq!(get(env, "KV_WRITE_QUORUM"), Some("4"));
         }
+        // A one-member ring, so that it can grow.
         let (server, _) = rendered(&cluster(1, quorum));
-        assert_eq!(get(&server, "KV_PEERS"), None);
+        assert_eq!(
+            get(&server, "KV_PEERS"),
+            Some("demo-server-0=http://demo-server-0.demo-server.kv.svc:8080")
+        );
         assert_eq!(get(&server, "KV_REPLICATION_FACTOR"), Some("5"));
     }
 

@@ -197,14 +197,13 @@ fn replication_env(ctx: &Ctx) -> Vec<(&'static str, String)> {
     if let Some(quorum) = spec.replication.write_quorum {
         env.push(("KV_WRITE_QUORUM", quorum.to_string()));
     }
-    // A lone server has no peers (and `--peers` naming only itself is refused).
-    if ctx.plan.ring.seeds.len() > 1 {
-        let peers: Vec<String> = peers(ctx)
-            .into_iter()
-            .map(|(name, url)| format!("{name}={url}"))
-            .collect();
-        env.push(("KV_PEERS", peers.join(",")));
-    }
+    // Even a lone server names itself: it then runs a one-member ring, which can grow (a
+    // server without peers has no ring to hand keys over with).
+    let peers: Vec<String> = peers(ctx)
+        .into_iter()
+        .map(|(name, url)| format!("{name}={url}"))
+        .collect();
+    env.push(("KV_PEERS", peers.join(",")));
     env
 }
 
