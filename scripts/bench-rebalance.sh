@@ -3,6 +3,7 @@
 # from 3 servers to 5 (then back to 3) takes, and how many requests failed meanwhile, under
 # a steady mixed load. Release builds, everything on 127.0.0.1, R = 3, W = 2.
 # Usage: scripts/bench-rebalance.sh [keys, default 100000] [connections, default 8]
+# Logs of the servers and the gateway go to target/bench/rebalance-*.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KEYS="${1:-100000}"
@@ -39,7 +40,8 @@ for i in 1 2 3; do peers+="${peers:+,}server-$i=http://127.0.0.1:1828$i"; done
 for i in 1 2 3 4 5; do
     "$BIN/kv-server" --listen "127.0.0.1:1828$i" --data-dir "$DATA/server-$i" \
         --node-name "server-$i" --cache-size 10000 --log-level warn \
-        --peers "$peers" --replication-factor 3 --write-quorum 2 &
+        --peers "$peers" --replication-factor 3 --write-quorum 2 \
+        2>"$OUT/rebalance-server-$i.log" &
     pids+=("$!")
     all+=(--member "server-$i=http://127.0.0.1:1828$i")
     [ "$i" -le 3 ] && members+=(--member "server-$i=http://127.0.0.1:1828$i")
@@ -52,7 +54,7 @@ for i in 1 2 3; do
 done
 "$BIN/kv-gateway" --listen 127.0.0.1:18280 --replication-factor 3 --write-quorum 2 \
     --backend "server-1=http://127.0.0.1:18281" --backend "server-2=http://127.0.0.1:18282" \
-    --backend "server-3=http://127.0.0.1:18283" --log-level warn &
+    --backend "server-3=http://127.0.0.1:18283" --log-level warn 2>"$OUT/rebalance-gateway.log" &
 pids+=("$!")
 wait_ready http://127.0.0.1:18280
 GW=http://127.0.0.1:18280
@@ -67,7 +69,8 @@ move() { # tag, then the --member flags of the target
     local tag="$1"
     shift
     "$BIN/kvstore" --json --url "$GW" bench --keys "$KEYS" --read-ratio 0.8 --no-warmup \
-        --duration 3600s --connections "$CONNS" --key-prefix k >"$OUT/rebalance-$tag-load.json" &
+        --duration 3600s --connections "$CONNS" --key-prefix k >"$OUT/rebalance-$tag-load.json" \
+        2>/dev/null &
     local load=$!
     sleep 2
     local t0 t1
