@@ -147,4 +147,27 @@ body="$(curl -fsS -X PUT "$GATEWAY/put/$KEY" -H 'Content-Type: application/json'
 echo "$body"
 [[ "$(json_field "$body" version)" == 2 ]] || die "the next version after the restart is not 2"
 
+# Scaling moves the keys (docs/rebalancing.md): one server more, then back, and every version
+# of KEY is still read through the gateway.
+replicas="$(kubectl -n "$KVC_NAMESPACE" get kvc "$KVC" -o jsonpath='{.spec.replicas}')"
+balanced_at() { # servers: the operator reports a ring of that many, moved and cleaned
+    local want="$1" got
+    got="$(kubectl -n "$KVC_NAMESPACE" get kvc "$KVC" \
+        -o jsonpath='{.status.ring.phase} {.status.ring.members[*]}')"
+    echo "   ring: $got"
+    [[ "$got" == Done* ]] && (($(wc -w <<<"$got") == want + 1))
+}
+for servers in $((replicas + 1)) "$replicas"; do
+    step "kubectl scale kvc/$KVC --replicas=$servers: the operator moves the keys"
+    kubectl -n "$KVC_NAMESPACE" scale "kvc/$KVC" --replicas="$servers"
+    retry 300 balanced_at "$servers" || die "the ring of $servers servers was not in force within 300s"
+    kubectl -n "$KVC_NAMESPACE" wait "kvc/$KVC" --for=condition=Rebalancing=False --timeout=60s
+    body="$(retry 60 get_once)" || die "GET $KEY failed after scaling to $servers"
+    echo "$body"
+    [[ "$(json_field "$body" version)" == 2 ]] || die "$KEY is not at version 2 after scaling"
+    first="$(curl -fsS "$GATEWAY/get/$KEY?version=1")"
+    [[ "$(json_field "$first" value)" == '{"written":"before the kill"}' ]] ||
+        die "$KEY lost version 1 after scaling to $servers"
+done
+
 step "kind e2e passed"
