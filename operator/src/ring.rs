@@ -146,6 +146,9 @@ pub async fn drive(
         ..RingStatus::default()
     };
     if !ring.moving {
+        if previous.epoch == 0 && plan.replicas > 0 && ready_servers(sts) >= plan.replicas {
+            status.epoch = pin(rebalancing, &names, &namespace, &ring.members).await;
+        }
         status.target_members.clear();
         status.phase = "Done".into();
         status.message = format!(
@@ -303,6 +306,34 @@ pub async fn drive(
         rebalancing: (true, status.phase.clone(), message),
         status,
     }
+}
+
+/// Pins the servers' flags-derived ring (epoch 0) as epoch 1 (a coordinator round does it,
+/// then a second one sees it done): gateways then route by a ring configuration, and a new
+/// server among the Service's endpoints takes no key before a move names it. Returns the
+/// epoch in force, 0 when the servers could not be reached (the next pass tries again).
+async fn pin(rebalancing: &Rebalancing, names: &Names, namespace: &str, members: &[String]) -> i64 {
+    let members: Vec<RingMember> = members
+        .iter()
+        .map(|pod| rebalancing.member(names, namespace, pod))
+        .collect();
+    // R and vnodes as the servers have them: a pin must never start a move.
+    let target = Target {
+        members: members.clone(),
+        vnodes: None,
+        replication_factor: None,
+    };
+    for _ in 0..2 {
+        match rebalancing.stepper.step(&members, &target).await {
+            Ok(round) if round.progress.done() => return int(round.progress.epoch),
+            Ok(_) => {}
+            Err(why) => {
+                tracing::warn!(%why, "cannot pin the ring yet");
+                return 0;
+            }
+        }
+    }
+    0
 }
 
 /// A counter as the status holds it (Kubernetes schemas know int64, not uint64).

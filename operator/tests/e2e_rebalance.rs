@@ -78,6 +78,19 @@ async fn scenario() {
     })
     .await;
 
+    // The operator pins the servers' first ring as epoch 1, and the gateway routes by it (so
+    // the new pods of the scale-up take no key before a move names them).
+    eventually("the first ring pinned as epoch 1", || async {
+        let cluster = clusters.get(CLUSTER).await.ok()?;
+        (cluster.status?.ring?.epoch == 1).then_some(())
+    })
+    .await;
+    eventually("the gateway routing by the pinned ring", || async {
+        let (_, body) = http.get(&format!("{}/servers", gateway.url)).await;
+        (body["ring_source"] == "config" && body["epoch"] == 1).then_some(())
+    })
+    .await;
+
     // Every key gets VERSIONS versions.
     let mut written: Vec<(String, Vec<Value>)> = Vec::new();
     for i in 0..KEYS {

@@ -429,6 +429,34 @@ async fn a_new_cluster_records_its_first_ring_as_balanced() {
 }
 
 #[tokio::test]
+async fn once_its_servers_are_ready_the_first_ring_is_pinned_as_epoch_1() {
+    // Epoch 0 is each server's ring from its flags; one round pins it, a second sees it done.
+    let stepper = Arc::new(FakeStepper::default());
+    stepper
+        .then(Phase::Switching, 0, None)
+        .then(Phase::Done, 1, None);
+    let (client, api) = mock_client();
+    let ctx = stepping_context(client, &stepper);
+    let (sts, status, _, _) = pass(scaled_cluster(3, 3), ctx, api, 3, 3).await;
+    assert_eq!(sts["spec"]["replicas"], 3);
+    // Both rounds aim at the ring in force, named by the servers themselves.
+    assert_eq!(
+        stepper.calls(),
+        vec![(pods(3), pods(3)), (pods(3), pods(3))]
+    );
+    assert_eq!(status.body["status"]["ring"]["epoch"], 1);
+    assert_eq!(condition(&status, "Rebalancing")["reason"], "Balanced");
+
+    // Not yet ready: no round, the epoch stays 0 until a later pass.
+    let stepper = Arc::new(FakeStepper::default());
+    let (client, api) = mock_client();
+    let ctx = stepping_context(client, &stepper);
+    let (_, status, _, _) = pass(scaled_cluster(3, 3), ctx, api, 3, 2).await;
+    assert!(stepper.calls().is_empty());
+    assert_eq!(status.body["status"]["ring"]["epoch"], 0);
+}
+
+#[tokio::test]
 async fn a_cluster_created_with_one_server_grows_like_any_other() {
     let stepper = Arc::new(FakeStepper::default());
     stepper.then(Phase::Copying, 0, Some(1));

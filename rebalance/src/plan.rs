@@ -201,6 +201,21 @@ pub fn decide(observed: &Observed, target: &Target) -> Result<Decision, String> 
             };
             return Ok(decision);
         }
+        if state.current.epoch == 0 {
+            // Pin the flags-derived ring as epoch 1. Gateways then route by it and ignore
+            // servers it does not name: a new server (a joiner) appearing among a Kubernetes
+            // Service's endpoints before a move names it must not take keys.
+            decision.phase = Phase::Switching;
+            decision.next_epoch = None;
+            let mut pinned = state.current.clone();
+            pinned.epoch = 1;
+            decision.action = Action::Push {
+                state: RingState::stable(pinned),
+                required: state.current.members.clone(),
+                best_effort: Vec::new(),
+            };
+            return Ok(decision);
+        }
         decision.phase = Phase::CleaningUp;
         let members = &state.current.members;
         let pending: Vec<RingMember> = members

@@ -127,11 +127,24 @@ fn waits_for(decision: &Decision) -> Vec<String> {
 
 #[test]
 fn a_cluster_at_its_target_is_done() {
-    let stable = RingState::stable(config(0, &["s1", "s2", "s3"]));
+    let stable = RingState::stable(config(3, &["s1", "s2", "s3"]));
     let cluster = Cluster::new(&["s1", "s2", "s3"], &stable);
     let decision = decide(&cluster.observed, &target(&["s1", "s2", "s3"])).unwrap();
     assert_eq!(decision.phase, Phase::Done);
     assert_eq!(decision.action, Action::Done);
+}
+
+#[test]
+fn a_flags_derived_ring_is_pinned_as_epoch_1_first() {
+    let stable = RingState::stable(config(0, &["s1", "s2", "s3"]));
+    let cluster = Cluster::new(&["s1", "s2", "s3"], &stable);
+    let decision = decide(&cluster.observed, &target(&["s1", "s2", "s3"])).unwrap();
+    let (state, required, _) = pushed(&decision);
+    assert_eq!(state, &RingState::stable(config(1, &["s1", "s2", "s3"])));
+    assert_eq!(required, ["s1", "s2", "s3"]);
+    // A move from epoch 0 announces right away (its switch gives epoch 1 or more).
+    let decision = decide(&cluster.observed, &target(&["s1", "s2"])).unwrap();
+    assert_eq!(decision.phase, Phase::Announcing);
 }
 
 #[test]

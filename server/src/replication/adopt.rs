@@ -42,11 +42,16 @@ pub async fn adopt(shared: &Arc<Shared>, offered: RingState) -> Result<Adoption>
         new_next,
     } = change;
     // Copied for the ring now committed: this database already holds everything it must.
+    // So does a synced one given the same placement under a new epoch (the coordinator
+    // pinning a flags-derived epoch 0 as epoch 1): the same keys, nothing to fetch.
     let copied_for_current = new_current
-        && shared.copied.load(Ordering::Relaxed)
-        && own.state.next.as_ref().is_some_and(|n| {
-            n.epoch == offered.current.epoch && n.same_placement(&offered.current)
-        });
+        && ((shared.copied.load(Ordering::Relaxed)
+            && own.state.next.as_ref().is_some_and(|n| {
+                n.epoch == offered.current.epoch && n.same_placement(&offered.current)
+            }))
+            || (own.state.next.is_none()
+                && shared.synced.load(Ordering::Relaxed)
+                && own.state.current.same_placement(&offered.current)));
     let resync = new_current && !copied_for_current;
     let reset = new_next || resync;
     if reset {
