@@ -602,15 +602,25 @@ async fn a_server_that_missed_a_commit_learns_it_by_gossip_and_resyncs() {
     let keys = keys("gossip", 20);
     write(&c, &placement, &keys, 2, "a").await;
     c.wait_caught_up(&[0, 1, 2]).await;
+    // Pinning the same ring under a new epoch keeps every server serving: nothing to fetch.
+    let pinned = RingState::stable(c.ring(1, &[0, 1, 2]));
+    c.push(&[0, 1, 2], &pinned).await;
+    for i in 0..3 {
+        let view = c.view(i).await;
+        assert!(view.synced && view.state == pinned, "{view:?}");
+    }
     c.stop(1).await;
     c.stop(2).await;
-    // Epoch 1 reaches s0 only (same servers: the hand-over itself is beside the point).
-    let committed = RingState::stable(c.ring(1, &[0, 1, 2]));
+    // Epoch 2 reaches s0 only (the same servers with other vnodes, so keys change places:
+    // the hand-over itself is beside the point).
+    let mut moved = c.ring(2, &[0, 1, 2]);
+    moved.vnodes = 100;
+    let committed = RingState::stable(moved);
     c.push(&[0], &committed).await;
-    // s2 comes back with its epoch-0 state: gossip brings epoch 1, which it did not copy
+    // s2 comes back with its epoch-1 state: gossip brings epoch 2, which it did not copy
     // for, so it re-reads every peer before serving; s1 is down, so it stays syncing.
     c.start(2, &[0, 1, 2]).await;
-    c.wait_views(&[2], "at epoch 1", |v| v.state == committed)
+    c.wait_views(&[2], "at epoch 2", |v| v.state == committed)
         .await;
     let view = c.view(2).await;
     assert!(!view.synced && view.cleanup_pending, "{view:?}");
@@ -622,12 +632,13 @@ async fn a_server_that_missed_a_commit_learns_it_by_gossip_and_resyncs() {
         r.body
     );
     c.start(1, &[0, 1, 2]).await;
-    c.wait_views(&[0, 1, 2], "synced at epoch 1", |v| {
+    c.wait_views(&[0, 1, 2], "synced at epoch 2", |v| {
         v.synced && v.state == committed
     })
     .await;
     c.wait_caught_up(&[0, 1, 2]).await;
-    check_moved(&c, &placement, &keys, 2, &[0, 1, 2]).await;
+    // Every version at the primaries of epoch 2, the next put numbered after them.
+    check_moved(&c, &Placement::new(committed), &keys, 2, &[0, 1, 2]).await;
     c.stop_all().await;
 }
 
