@@ -10,9 +10,7 @@ use kv_common::ring::DEFAULT_VNODES;
 use kv_common::ring_config::{
     CleanupReport, Placement, RingConfig, RingMember, RingState, RingView,
 };
-use kv_server::ServerConfig;
-use kv_server::config::{Peer, ReplicationConfig};
-use kv_server::store::SyncMode;
+use kv_server::config::Peer;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -99,31 +97,17 @@ impl Cluster {
             })
             .collect();
         let node = &mut self.nodes[i];
-        let mut config = ServerConfig::new(&node.dir);
-        config.node_name = NAMES[i].into();
-        config.sync = SyncMode::Normal;
-        config.replication = ReplicationConfig {
+        let (stop, task) = crate::support::start_replicated(
+            &node.dir,
+            NAMES[i],
+            node.port,
             peers,
-            replication_factor: Some(self.factor),
-            write_quorum: Some(self.factor.min(2)),
-            catch_up_interval_ms: 50,
-            replication_timeout_ms: 2_000,
-            ..ReplicationConfig::default()
-        };
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", node.port))
-            .await
-            .unwrap();
-        let (stop, stopped) = oneshot::channel();
+            self.factor,
+            &self.http,
+        )
+        .await;
         node.stop = Some(stop);
-        node.task = Some(tokio::spawn(kv_server::run(listener, config, async {
-            let _ = stopped.await;
-        })));
-        let url = format!("{}/health", self.url(i));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.http.get(&url).send().await.is_err() {
-            assert!(Instant::now() < deadline, "{} did not start", NAMES[i]);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        node.task = Some(task);
     }
 
     async fn stop(&mut self, i: usize) {

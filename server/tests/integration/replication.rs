@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use kv_common::replication::{ChangesResponse, ReplicationStatus};
 use kv_common::ring::Ring;
 use kv_server::ServerConfig;
-use kv_server::config::{Peer, ReplicationConfig};
+use kv_server::config::Peer;
 use kv_server::store::SyncMode;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -88,32 +88,17 @@ impl Cluster {
 
     async fn start(&mut self, i: usize) {
         let node = &mut self.nodes[i];
-        let mut config = ServerConfig::new(&node.dir);
-        config.node_name = node.name.into();
-        config.sync = SyncMode::Normal;
-        config.replication = ReplicationConfig {
-            peers: self.peers.clone(),
-            replication_factor: Some(self.factor),
-            write_quorum: Some(self.factor.min(2)),
-            catch_up_interval_ms: 50,
-            replication_timeout_ms: 2_000,
-            ..ReplicationConfig::default()
-        };
-        // The port was free a moment ago; after a stop it is free again (SO_REUSEADDR).
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", node.port))
-            .await
-            .unwrap();
-        let (stop, stopped) = oneshot::channel();
+        let (stop, task) = crate::support::start_replicated(
+            &node.dir,
+            node.name,
+            node.port,
+            self.peers.clone(),
+            self.factor,
+            &self.http,
+        )
+        .await;
         node.stop = Some(stop);
-        node.task = Some(tokio::spawn(kv_server::run(listener, config, async {
-            let _ = stopped.await;
-        })));
-        let url = format!("http://127.0.0.1:{}/health", node.port);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.http.get(&url).send().await.is_err() {
-            assert!(Instant::now() < deadline, "{} did not start", node.name);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        node.task = Some(task);
     }
 
     /// Starts every server and waits until they have seen each other: a new cluster serves

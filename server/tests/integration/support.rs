@@ -1,14 +1,63 @@
 //! Shared test helpers: a router over a fresh store, and one-call request helpers.
 
+use std::path::Path;
+use std::time::{Duration, Instant};
+
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use kv_server::ServerConfig;
+use kv_server::config::{Peer, ReplicationConfig};
 use kv_server::http::{AppState, app};
 use kv_server::store::SyncMode;
 use serde_json::Value;
+use tokio::sync::oneshot;
 use tower::ServiceExt;
+
+/// A running in-process server: its stop switch and its task.
+pub type Running = (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<kv_server::Result<()>>,
+);
+
+/// Starts a replicated server named `name` on `127.0.0.1:port` over `dir` (R = `factor`,
+/// W = min(2, R), catch-up every 50 ms, no fsync) and returns once it answers `/health`.
+/// The port was free a moment ago; after a stop it is free again (SO_REUSEADDR).
+pub async fn start_replicated(
+    dir: &Path,
+    name: &str,
+    port: u16,
+    peers: Vec<Peer>,
+    factor: usize,
+    http: &reqwest::Client,
+) -> Running {
+    let mut config = ServerConfig::new(dir);
+    config.node_name = name.into();
+    config.sync = SyncMode::Normal;
+    config.replication = ReplicationConfig {
+        peers,
+        replication_factor: Some(factor),
+        write_quorum: Some(factor.min(2)),
+        catch_up_interval_ms: 50,
+        replication_timeout_ms: 2_000,
+        ..ReplicationConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(kv_server::run(listener, config, async {
+        let _ = stopped.await;
+    }));
+    let url = format!("http://127.0.0.1:{port}/health");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http.get(&url).send().await.is_err() {
+        assert!(Instant::now() < deadline, "{name} did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (stop, task)
+}
 
 pub struct TestApp {
     pub router: Router,
