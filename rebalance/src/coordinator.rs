@@ -90,9 +90,9 @@ impl Coordinator {
                 break;
             }
             let answers = futures::future::join_all(ask.iter().map(|m| async move {
-                let view = self.get_json::<RingView>(m, "/internal/ring").await;
+                let view = self.call_json::<RingView>(Method::GET, m, "/internal/ring").await;
                 let status = self
-                    .get_json::<ReplicationStatus>(m, "/internal/status")
+                    .call_json::<ReplicationStatus>(Method::GET, m, "/internal/status")
                     .await;
                 (m.name.clone(), view, status)
             }))
@@ -180,7 +180,7 @@ impl Coordinator {
                 let results = futures::future::join_all(members.iter().map(|m| async move {
                     (
                         m,
-                        self.post_json::<CleanupReport>(m, "/internal/cleanup")
+                        self.call_json::<CleanupReport>(Method::POST, m, "/internal/cleanup")
                             .await,
                     )
                 }))
@@ -239,33 +239,24 @@ impl Coordinator {
                     waiting_for: progress.waiting_for,
                 });
             }
-            // Acting rounds go on at once; waiting ones give the servers time.
-            if !progress.waiting_for.is_empty() || progress.message.starts_with("waiting") {
+            // Acting rounds go on at once; waiting ones (every wait names whom it waits
+            // for) give the servers time.
+            if !progress.waiting_for.is_empty() {
                 tokio::time::sleep(poll).await;
             }
         }
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(
+    /// A bodiless `method` request whose 200 answer is JSON.
+    async fn call_json<T: serde::de::DeserializeOwned>(
         &self,
+        method: Method,
         member: &RingMember,
         path: &str,
     ) -> std::result::Result<T, String> {
         let (status, body) = self
             .client
-            .call(Method::GET, &self.url(member, path), None)
-            .await?;
-        parse(status, &body)
-    }
-
-    async fn post_json<T: serde::de::DeserializeOwned>(
-        &self,
-        member: &RingMember,
-        path: &str,
-    ) -> std::result::Result<T, String> {
-        let (status, body) = self
-            .client
-            .call(Method::POST, &self.url(member, path), None)
+            .call(method, &self.url(member, path), None)
             .await?;
         parse(status, &body)
     }
