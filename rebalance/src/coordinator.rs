@@ -90,7 +90,9 @@ impl Coordinator {
                 break;
             }
             let answers = futures::future::join_all(ask.iter().map(|m| async move {
-                let view = self.call_json::<RingView>(Method::GET, m, "/internal/ring").await;
+                let view = self
+                    .call_json::<RingView>(Method::GET, m, "/internal/ring")
+                    .await;
                 let status = self
                     .call_json::<ReplicationStatus>(Method::GET, m, "/internal/status")
                     .await;
