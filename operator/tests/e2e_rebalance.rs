@@ -8,15 +8,16 @@
 
 #[path = "e2e/harness.rs"]
 mod harness;
+#[path = "e2e/replicated.rs"]
+mod replicated;
 
 use std::future::Future;
 use std::time::Duration;
 
-use harness::{ControlPlane, Gateway, Http, eventually};
-use k8s_openapi::api::apps::v1::StatefulSet;
+use harness::{ControlPlane, Http, eventually};
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
-use kv_crds::{GatewaySpec, KvCluster, KvClusterSpec, ReplicationSpec, condition_types};
+use kube::api::{Patch, PatchParams};
+use kv_crds::{KvCluster, condition_types};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -36,47 +37,12 @@ async fn a_kvcluster_scales_up_and_down_with_every_version() {
 
 async fn scenario() {
     let plane = ControlPlane::start().await;
-    let client = plane.client.clone();
-    let clusters: Api<KvCluster> = Api::namespaced(client.clone(), NS);
-    let spec = KvClusterSpec {
-        replicas: 3,
-        replication: ReplicationSpec {
-            factor: 3,
-            write_quorum: Some(2),
-        },
-        gateway: GatewaySpec {
-            replicas: 1,
-            ..GatewaySpec::default()
-        },
-        ..KvClusterSpec::default()
-    };
-    clusters
-        .create(&PostParams::default(), &KvCluster::new(CLUSTER, spec))
-        .await
-        .expect("create the KvCluster");
-
-    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
-    eventually("3 ready servers", || async {
-        let s = sts.get_opt("rb-server").await.ok()??.status?;
-        (s.ready_replicas == Some(3)).then_some(())
-    })
-    .await;
-    let gateway = Gateway::start(&client, NS, "rb-gateway").await;
-    plane
-        .sim
-        .attach_deployment(NS, "rb-gateway", &gateway.url)
-        .await;
-    let http = Http::new();
-    eventually("a ring of 3 healthy, synced members", || async {
-        let (code, body) = http.get(&format!("{}/servers", gateway.url)).await;
-        let up = body["members"]
-            .as_array()?
-            .iter()
-            .filter(|m| m["health"] == "up" && m["synced"] == true)
-            .count();
-        (code == 200 && up == 3).then_some(())
-    })
-    .await;
+    let replicated::Replicated {
+        clusters,
+        sts,
+        gateway,
+        http,
+    } = replicated::start(&plane, NS, CLUSTER).await;
 
     // The operator pins the servers' first ring as epoch 1, and the gateway routes by it (so
     // the new pods of the scale-up take no key before a move names them).

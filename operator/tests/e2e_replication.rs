@@ -6,14 +6,12 @@
 
 #[path = "e2e/harness.rs"]
 mod harness;
+#[path = "e2e/replicated.rs"]
+mod replicated;
 
 use std::time::Duration;
 
-use harness::{ControlPlane, Gateway, Http, eventually};
-use k8s_openapi::api::apps::v1::StatefulSet;
-use kube::Api;
-use kube::api::PostParams;
-use kv_crds::{GatewaySpec, KvCluster, KvClusterSpec, ReplicationSpec};
+use harness::{ControlPlane, eventually};
 use serde_json::{Value, json};
 
 const NS: &str = "kv-e2e-repl";
@@ -30,48 +28,7 @@ async fn a_replicated_kvcluster_survives_a_killed_server() {
 
 async fn scenario() {
     let plane = ControlPlane::start().await;
-    let client = plane.client.clone();
-    let clusters: Api<KvCluster> = Api::namespaced(client.clone(), NS);
-    let spec = KvClusterSpec {
-        replicas: 3,
-        replication: ReplicationSpec {
-            factor: 3,
-            write_quorum: Some(2),
-        },
-        gateway: GatewaySpec {
-            replicas: 1,
-            ..GatewaySpec::default()
-        },
-        ..KvClusterSpec::default()
-    };
-    clusters
-        .create(&PostParams::default(), &KvCluster::new(CLUSTER, spec))
-        .await
-        .expect("create the KvCluster");
-
-    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
-    eventually("3 ready servers", || async {
-        let s = sts.get_opt("repl-server").await.ok()??.status?;
-        (s.ready_replicas == Some(3)).then_some(())
-    })
-    .await;
-    let gateway = Gateway::start(&client, NS, "repl-gateway").await;
-    plane
-        .sim
-        .attach_deployment(NS, "repl-gateway", &gateway.url)
-        .await;
-    let http = Http::new();
-    // A new replicated cluster serves once each server has seen its peers (`synced`).
-    eventually("a ring of 3 healthy, synced members", || async {
-        let (code, body) = http.get(&format!("{}/servers", gateway.url)).await;
-        let up = body["members"]
-            .as_array()?
-            .iter()
-            .filter(|m| m["health"] == "up" && m["synced"] == true)
-            .count();
-        (code == 200 && up == 3).then_some(())
-    })
-    .await;
+    let replicated::Replicated { gateway, http, .. } = replicated::start(&plane, NS, CLUSTER).await;
 
     // Every put is acknowledged by a quorum, and reaches every server soon after.
     let mut primaries = Vec::new();
