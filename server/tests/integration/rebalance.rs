@@ -12,30 +12,16 @@ use kv_common::ring_config::{
 };
 use kv_server::config::Peer;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
+
+use crate::support::Node;
 
 const NAMES: [&str; 4] = ["s0", "s1", "s2", "s3"];
-
-struct Node {
-    port: u16,
-    dir: std::path::PathBuf,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<kv_server::Result<()>>>,
-}
 
 struct Cluster {
     nodes: Vec<Node>,
     factor: usize,
     http: reqwest::Client,
     _root: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Reply {
@@ -49,12 +35,7 @@ impl Cluster {
         let root = tempfile::tempdir().unwrap();
         let nodes = NAMES
             .iter()
-            .map(|name| Node {
-                port: free_port(),
-                dir: root.path().join(name),
-                stop: None,
-                task: None,
-            })
+            .map(|name| Node::new(root.path().join(name)))
             .collect();
         Cluster {
             nodes,
@@ -96,28 +77,13 @@ impl Cluster {
                 url: self.url(p),
             })
             .collect();
-        let node = &mut self.nodes[i];
-        let (stop, task) = crate::support::start_replicated(
-            &node.dir,
-            NAMES[i],
-            node.port,
-            peers,
-            self.factor,
-            &self.http,
-        )
-        .await;
-        node.stop = Some(stop);
-        node.task = Some(task);
+        self.nodes[i]
+            .start(NAMES[i], peers, self.factor, &self.http)
+            .await;
     }
 
     async fn stop(&mut self, i: usize) {
-        let node = &mut self.nodes[i];
-        if let Some(stop) = node.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = node.task.take() {
-            task.await.unwrap().unwrap();
-        }
+        self.nodes[i].stop().await;
     }
 
     async fn stop_all(&mut self) {

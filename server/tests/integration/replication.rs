@@ -10,18 +10,10 @@ use kv_server::ServerConfig;
 use kv_server::config::Peer;
 use kv_server::store::SyncMode;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
+
+use crate::support::Node;
 
 const NAMES: [&str; 3] = ["r0", "r1", "r2"];
-
-/// One server of the test cluster: a fixed port, a data directory, stop and start.
-struct Node {
-    name: &'static str,
-    port: u16,
-    dir: std::path::PathBuf,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<kv_server::Result<()>>>,
-}
 
 struct Cluster {
     nodes: Vec<Node>,
@@ -32,26 +24,12 @@ struct Cluster {
     _root: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Cluster {
     fn new() -> Cluster {
         let root = tempfile::tempdir().unwrap();
         let nodes: Vec<Node> = NAMES
             .iter()
-            .map(|name| Node {
-                name,
-                port: free_port(),
-                dir: root.path().join(name),
-                stop: None,
-                task: None,
-            })
+            .map(|name| Node::new(root.path().join(name)))
             .collect();
         let mut cluster = Cluster {
             nodes,
@@ -71,8 +49,9 @@ impl Cluster {
     fn set_members(&mut self, n: usize) {
         self.peers = self.nodes[..n]
             .iter()
-            .map(|n| Peer {
-                name: n.name.into(),
+            .zip(NAMES)
+            .map(|(n, name)| Peer {
+                name: name.into(),
                 url: format!("http://127.0.0.1:{}", n.port),
             })
             .collect();
@@ -87,18 +66,9 @@ impl Cluster {
     }
 
     async fn start(&mut self, i: usize) {
-        let node = &mut self.nodes[i];
-        let (stop, task) = crate::support::start_replicated(
-            &node.dir,
-            node.name,
-            node.port,
-            self.peers.clone(),
-            self.factor,
-            &self.http,
-        )
-        .await;
-        node.stop = Some(stop);
-        node.task = Some(task);
+        self.nodes[i]
+            .start(NAMES[i], self.peers.clone(), self.factor, &self.http)
+            .await;
     }
 
     /// Starts every server and waits until they have seen each other: a new cluster serves
@@ -117,13 +87,7 @@ impl Cluster {
     }
 
     async fn stop(&mut self, i: usize) {
-        let node = &mut self.nodes[i];
-        if let Some(stop) = node.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = node.task.take() {
-            task.await.unwrap().unwrap();
-        }
+        self.nodes[i].stop().await;
     }
 
     async fn put(&self, i: usize, key: &str, value: Value) -> reqwest::Response {

@@ -1,6 +1,6 @@
 //! Shared test helpers: a router over a fresh store, and one-call request helpers.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -15,48 +15,80 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tower::ServiceExt;
 
-/// A running in-process server: its stop switch and its task.
-pub type Running = (
-    oneshot::Sender<()>,
-    tokio::task::JoinHandle<kv_server::Result<()>>,
-);
+/// A port free a moment ago (a server binds it next; after a stop it is free again, since
+/// listeners use SO_REUSEADDR).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
 
-/// Starts a replicated server named `name` on `127.0.0.1:port` over `dir` (R = `factor`,
-/// W = min(2, R), catch-up every 50 ms, no fsync) and returns once it answers `/health`.
-/// The port was free a moment ago; after a stop it is free again (SO_REUSEADDR).
-pub async fn start_replicated(
-    dir: &Path,
-    name: &str,
-    port: u16,
-    peers: Vec<Peer>,
-    factor: usize,
-    http: &reqwest::Client,
-) -> Running {
-    let mut config = ServerConfig::new(dir);
-    config.node_name = name.into();
-    config.sync = SyncMode::Normal;
-    config.replication = ReplicationConfig {
-        peers,
-        replication_factor: Some(factor),
-        write_quorum: Some(factor.min(2)),
-        catch_up_interval_ms: 50,
-        replication_timeout_ms: 2_000,
-        ..ReplicationConfig::default()
-    };
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(kv_server::run(listener, config, async {
-        let _ = stopped.await;
-    }));
-    let url = format!("http://127.0.0.1:{port}/health");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while http.get(&url).send().await.is_err() {
-        assert!(Instant::now() < deadline, "{name} did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// One in-process server of a test cluster: a port and a data directory that outlive its
+/// restarts.
+pub struct Node {
+    pub port: u16,
+    pub dir: PathBuf,
+    running: Option<(
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<kv_server::Result<()>>,
+    )>,
+}
+
+impl Node {
+    pub fn new(dir: PathBuf) -> Node {
+        Node {
+            port: free_port(),
+            dir,
+            running: None,
+        }
     }
-    (stop, task)
+
+    /// Starts it as replicated server `name` (R = `factor`, W = min(2, R), catch-up every
+    /// 50 ms, no fsync) and returns once it answers `/health`.
+    pub async fn start(
+        &mut self,
+        name: &str,
+        peers: Vec<Peer>,
+        factor: usize,
+        http: &reqwest::Client,
+    ) {
+        assert!(self.running.is_none(), "{name} is running");
+        let mut config = ServerConfig::new(&self.dir);
+        config.node_name = name.into();
+        config.sync = SyncMode::Normal;
+        config.replication = ReplicationConfig {
+            peers,
+            replication_factor: Some(factor),
+            write_quorum: Some(factor.min(2)),
+            catch_up_interval_ms: 50,
+            replication_timeout_ms: 2_000,
+            ..ReplicationConfig::default()
+        };
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(kv_server::run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        self.running = Some((stop, task));
+        let url = format!("http://127.0.0.1:{}/health", self.port);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while http.get(&url).send().await.is_err() {
+            assert!(Instant::now() < deadline, "{name} did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops it gracefully (queued writes finish) and checks it stopped without error.
+    pub async fn stop(&mut self) {
+        if let Some((stop, task)) = self.running.take() {
+            let _ = stop.send(());
+            task.await.unwrap().unwrap();
+        }
+    }
 }
 
 pub struct TestApp {
