@@ -103,6 +103,15 @@ impl Cluster {
     }
 }
 
+/// Servers s1..s3 moving to s1..s4, frozen.
+fn frozen_3_to_4() -> RingState {
+    RingState {
+        current: config(0, &["s1", "s2", "s3"]),
+        next: Some(config(1, &["s1", "s2", "s3", "s4"])),
+        frozen: true,
+    }
+}
+
 fn pushed(decision: &Decision) -> (&RingState, Vec<&str>, Vec<&str>) {
     match &decision.action {
         Action::Push {
@@ -275,11 +284,7 @@ fn a_server_behind_gets_the_state_before_anything_else() {
 
 #[test]
 fn a_dead_old_server_blocks_the_drain_not_the_cluster() {
-    let frozen = RingState {
-        current: config(0, &["s1", "s2", "s3"]),
-        next: Some(config(1, &["s1", "s2", "s3", "s4"])),
-        frozen: true,
-    };
+    let frozen = frozen_3_to_4();
     let mut cluster = Cluster::new(&["s1", "s2", "s3", "s4"], &frozen);
     cluster.all_read_everything();
     cluster.down("s2");
@@ -292,11 +297,7 @@ fn a_dead_old_server_blocks_the_drain_not_the_cluster() {
 
 #[test]
 fn a_new_server_that_lost_its_cursors_is_not_drained() {
-    let frozen = RingState {
-        current: config(0, &["s1", "s2", "s3"]),
-        next: Some(config(1, &["s1", "s2", "s3", "s4"])),
-        frozen: true,
-    };
+    let frozen = frozen_3_to_4();
     let mut cluster = Cluster::new(&["s1", "s2", "s3", "s4"], &frozen);
     cluster.all_read_everything();
     cluster.set_cursors("s4", 99);
@@ -325,11 +326,7 @@ fn a_new_target_during_the_copy_replaces_next() {
 
 #[test]
 fn a_new_target_after_the_freeze_waits_for_the_switch() {
-    let frozen = RingState {
-        current: config(0, &["s1", "s2", "s3"]),
-        next: Some(config(1, &["s1", "s2", "s3", "s4"])),
-        frozen: true,
-    };
+    let frozen = frozen_3_to_4();
     let mut cluster = Cluster::new(&["s1", "s2", "s3", "s4"], &frozen);
     cluster.all_read_everything();
     let d = decide(&cluster.observed, &target(&["s1", "s2"])).unwrap();
