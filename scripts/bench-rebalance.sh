@@ -8,27 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 KEYS="${1:-100000}"
 CONNS="${2:-8}"
-TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
-BIN="$TARGET/release"
-OUT="$PWD/target/bench"
-DATA=$(mktemp -d)
-mkdir -p "$OUT"
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$DATA"
-}
-trap cleanup EXIT
-
-wait_ready() {
-    for _ in $(seq 1 100); do
-        curl -fsS "$1/ready" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    echo "FAIL: $1 never became ready" >&2
-    exit 1
-}
+# shellcheck source=scripts/bench-common.sh
+source scripts/bench-common.sh
 
 cargo build --release -q -p kv-server -p kv-gateway -p kvstore
 echo "machine: $(nproc) cores; commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
