@@ -112,6 +112,9 @@ pub struct RingOutcome {
     pub status: RingStatus,
     /// (status, reason, message) of the `Rebalancing` condition.
     pub rebalancing: (bool, String, String),
+    /// The ring is still to be pinned (its servers could not all be reached): look again
+    /// soon rather than at the next periodic resync.
+    pub pin_pending: bool,
 }
 
 impl RingOutcome {
@@ -146,8 +149,10 @@ pub async fn drive(
         ..RingStatus::default()
     };
     if !ring.moving {
+        let mut pin_pending = false;
         if previous.epoch == 0 && plan.replicas > 0 && ready_servers(sts) >= plan.replicas {
             status.epoch = pin(rebalancing, &names, &namespace, &ring.members).await;
+            pin_pending = status.epoch == 0;
         }
         status.target_members.clear();
         status.phase = "Done".into();
@@ -157,6 +162,7 @@ pub async fn drive(
             status.members.len()
         );
         return RingOutcome {
+            pin_pending,
             rebalancing: (
                 false,
                 rebalancing_reasons::BALANCED.into(),
@@ -185,6 +191,7 @@ pub async fn drive(
             plan.replicas
         );
         return RingOutcome {
+            pin_pending: false,
             rebalancing: (true, status.phase.clone(), status.message.clone()),
             status,
         };
@@ -227,6 +234,7 @@ pub async fn drive(
             };
             status.message = format!("{from_to}: {why}");
             return RingOutcome {
+                pin_pending: false,
                 rebalancing: (
                     true,
                     rebalancing_reasons::UNREACHABLE.into(),
@@ -275,6 +283,7 @@ pub async fn drive(
             "rebalanced"
         );
         return RingOutcome {
+            pin_pending: false,
             rebalancing: (
                 false,
                 rebalancing_reasons::BALANCED.into(),
@@ -303,6 +312,7 @@ pub async fn drive(
     }
     tracing::info!(phase = progress.phase.as_str(), "{message}");
     RingOutcome {
+        pin_pending: false,
         rebalancing: (true, status.phase.clone(), message),
         status,
     }

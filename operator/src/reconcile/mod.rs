@@ -131,7 +131,7 @@ pub async fn reconcile(cluster: Arc<KvCluster>, ctx: Arc<Context>) -> Result<Act
     // A move goes on at the next round; one that just finished lets the next pass shrink the
     // StatefulSet (or record the ring) without waiting for the resync.
     let finished_move = !ring.moving() && plan.ring.moving;
-    Ok(if ring.moving() || finished_move {
+    Ok(if ring.moving() || finished_move || ring.pin_pending {
         Action::requeue(ctx.rebalancing.poll)
     } else {
         Action::requeue(RESYNC)

@@ -41,6 +41,9 @@ pub async fn adopt(shared: &Arc<Shared>, offered: RingState) -> Result<Adoption>
         new_current,
         new_next,
     } = change;
+    // A new epoch of the same placement (a pin) leaves no key behind to clean up,
+    // and a synced database is complete for it.
+    let same_keys = own.state.next.is_none() && own.state.current.same_placement(&offered.current);
     // Copied for the ring now committed: this database already holds everything it must.
     // So does a synced one given the same placement under a new epoch (the coordinator
     // pinning a flags-derived epoch 0 as epoch 1): the same keys, nothing to fetch.
@@ -49,9 +52,7 @@ pub async fn adopt(shared: &Arc<Shared>, offered: RingState) -> Result<Adoption>
             && own.state.next.as_ref().is_some_and(|n| {
                 n.epoch == offered.current.epoch && n.same_placement(&offered.current)
             }))
-            || (own.state.next.is_none()
-                && shared.synced.load(Ordering::Relaxed)
-                && own.state.current.same_placement(&offered.current)));
+            || (same_keys && shared.synced.load(Ordering::Relaxed)));
     let resync = new_current && !copied_for_current;
     let reset = new_next || resync;
     if reset {
@@ -61,7 +62,9 @@ pub async fn adopt(shared: &Arc<Shared>, offered: RingState) -> Result<Adoption>
         .map_err(|e| Error::Internal(format!("ring state does not serialize: {e}")))?;
     let mut entries = vec![(ring_state::RING_STATE_META.to_owned(), json)];
     if new_current {
-        entries.push((ring_state::CLEANUP_PENDING_META.to_owned(), "true".into()));
+        if !same_keys {
+            entries.push((ring_state::CLEANUP_PENDING_META.to_owned(), "true".into()));
+        }
         if copied_for_current {
             entries.push((
                 RING_META.to_owned(),
@@ -100,7 +103,9 @@ pub async fn adopt(shared: &Arc<Shared>, offered: RingState) -> Result<Adoption>
     }
     if new_current {
         shared.synced.store(copied_for_current, Ordering::Relaxed);
-        shared.cleanup_pending.store(true, Ordering::Relaxed);
+        if !same_keys {
+            shared.cleanup_pending.store(true, Ordering::Relaxed);
+        }
     }
     drop(drained);
     shared.metrics.ring_epoch.set(offered.current.epoch as i64);
