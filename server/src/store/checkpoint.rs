@@ -5,7 +5,7 @@
 //! times a second. The writer keeps a large automatic threshold only as a backstop.
 
 use std::path::Path;
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
@@ -66,10 +66,7 @@ pub fn start(db_path: &Path) -> Result<Checkpointer> {
                 match rx.recv_timeout(IDLE) {
                     Ok(()) => {
                         // Pace checkpoints under continuous load, but stop at once on close.
-                        let wait = PACE.saturating_sub(last.elapsed());
-                        if !wait.is_zero()
-                            && rx.recv_timeout(wait) == Err(RecvTimeoutError::Disconnected)
-                        {
+                        if !sleep_until(&rx, last + PACE) {
                             break;
                         }
                     }
@@ -92,9 +89,56 @@ pub fn start(db_path: &Path) -> Result<Checkpointer> {
     })
 }
 
+/// Waits until `deadline`, swallowing the writer's commit notices (they arrive after every
+/// commit: waiting on the channel alone would checkpoint after every commit, which is what
+/// the pace is there to prevent). False when the writer is gone.
+fn sleep_until(rx: &Receiver<()>, deadline: Instant) -> bool {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        match rx.recv_timeout(left) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return false,
+        }
+    }
+}
+
 fn checkpoint(conn: &Connection, mode: &str) {
     let sql = format!("PRAGMA wal_checkpoint({mode})");
     if let Err(err) = conn.query_row(&sql, [], |_| Ok(())) {
         tracing::warn!(%err, mode, "WAL checkpoint failed; will retry");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Under load the writer signals after every commit; the pace must hold anyway.
+    #[test]
+    fn commit_notices_do_not_cut_the_pace_short() {
+        let (tx, rx) = mpsc::sync_channel::<()>(1);
+        let writer = std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_millis(300);
+            while Instant::now() < until {
+                let _ = tx.try_send(());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        let started = Instant::now();
+        assert!(sleep_until(&rx, started + Duration::from_millis(100)));
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_closed_channel_ends_the_wait_at_once() {
+        let (tx, rx) = mpsc::sync_channel::<()>(1);
+        drop(tx);
+        let started = Instant::now();
+        assert!(!sleep_until(&rx, started + Duration::from_secs(10)));
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }
