@@ -2,20 +2,37 @@
 # The benchmarks of docs/benchmarks.md: durable PUT and cached GET at 32 connections, against
 # one kv-server, then through the gateway over 3 servers without and with replication. Release builds, everything on
 # 127.0.0.1, the load generator (`kvstore bench`) on the same machine. Reports (table and
-# JSON) go to target/bench/. Usage: scripts/bench.sh [seconds per run, default 10]
+# JSON) go to target/bench/; the summary (median of the runs of each case) to
+# target/bench/summary.md.
+#
+# Usage: scripts/bench.sh [seconds per run, default 10] [runs per case, default 3]
+# BENCH_PIN=1 runs the gateway cases with the gateway on CPU 0 and the servers and the load
+# generator on CPU 1 (taskset): on a 2-core VM that layout avoids most cross-CPU wake-ups
+# (see docs/benchmarks.md); the single-server cases are never pinned.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
+RUNS="${2:-3}"
+PIN="${BENCH_PIN:-0}"
+cases=()
 # shellcheck source=scripts/bench-common.sh
 source scripts/bench-common.sh
 
-bench() { # name url read-ratio
+# Runs a case RUNS times, keeping each run's JSON report and printing one line per run (the
+# GET cases read the keys the PUT case before them wrote). Usage: bench name url read-ratio [cpu]
+bench() {
+    local name="$1" url="$2" ratio="$3" cpu="${4:-}" run pin=()
+    [ -n "$cpu" ] && pin=(taskset -c "$cpu")
+    cases+=("$name")
+    rm -f "$OUT/$name".run*.json
     echo
-    echo "== $1"
-    "$BIN/kvstore" --url "$2" bench --connections 32 --duration "${DURATION}s" \
-        --keys 1000 --value-size 100 --read-ratio "$3" 2>/dev/null | tee "$OUT/$1.txt"
-    "$BIN/kvstore" --json --url "$2" bench --connections 32 --duration 2s \
-        --keys 1000 --value-size 100 --read-ratio "$3" >"$OUT/$1.json" 2>/dev/null
+    echo "== $name"
+    for run in $(seq 1 "$RUNS"); do
+        "${pin[@]}" "$BIN/kvstore" --json --url "$url" bench --connections 32 \
+            --duration "${DURATION}s" --keys 1000 --value-size 100 --read-ratio "$ratio" \
+            >"$OUT/$name.run$run.json" 2>/dev/null
+        echo "run $run: $(python3 scripts/bench-summary.py --run "$OUT/$name.run$run.json")"
+    done
 }
 
 cargo build --release -q -p kv-server -p kv-gateway -p kvstore
@@ -36,15 +53,18 @@ pids=()
 # Three servers and the gateway: first without replication (R = 1), then with every version
 # on all three servers and a write quorum of two (R = 3, W = 2).
 cluster() { # replication-factor tag
-    local r="$1" tag="$2" backends=() peers="" port
+    local r="$1" tag="$2" backends=() peers="" port srv=() gw=() lg=""
+    if [ "$PIN" = 1 ]; then
+        srv=(taskset -c 1) gw=(taskset -c 0) lg=1 tag="$tag-pinned"
+    fi
     for i in 1 2 3; do peers+="${peers:+,}server-$i=http://127.0.0.1:1818$i"; done
     for i in 1 2 3; do
         port="1818$i"
         if [ "$r" = 1 ]; then
-            "$BIN/kv-server" --listen "127.0.0.1:$port" --data-dir "$DATA/$tag-$i" \
+            "${srv[@]}" "$BIN/kv-server" --listen "127.0.0.1:$port" --data-dir "$DATA/$tag-$i" \
                 --node-name "server-$i" --cache-size 100000 --log-level warn &
         else
-            "$BIN/kv-server" --listen "127.0.0.1:$port" --data-dir "$DATA/$tag-$i" \
+            "${srv[@]}" "$BIN/kv-server" --listen "127.0.0.1:$port" --data-dir "$DATA/$tag-$i" \
                 --node-name "server-$i" --cache-size 100000 --log-level warn \
                 --peers "$peers" --replication-factor "$r" --write-quorum 2 &
         fi
@@ -60,13 +80,13 @@ cluster() { # replication-factor tag
             done
         done
     fi
-    "$BIN/kv-gateway" --listen 127.0.0.1:18100 "${backends[@]}" --log-level warn \
+    "${gw[@]}" "$BIN/kv-gateway" --listen 127.0.0.1:18100 "${backends[@]}" --log-level warn \
         --replication-factor "$r" --write-quorum "$([ "$r" = 1 ] && echo 1 || echo 2)" &
     pids+=("$!")
     wait_ready http://127.0.0.1:18100
-    bench "gateway-$tag-put" http://127.0.0.1:18100 0
-    bench "gateway-$tag-get" http://127.0.0.1:18100 1
-    bench "gateway-$tag-mixed" http://127.0.0.1:18100 0.5
+    bench "gateway-$tag-put" http://127.0.0.1:18100 0 "$lg"
+    bench "gateway-$tag-get" http://127.0.0.1:18100 1 "$lg"
+    bench "gateway-$tag-mixed" http://127.0.0.1:18100 0.5 "$lg"
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     wait "${pids[@]}" 2>/dev/null || true
     pids=()
@@ -75,3 +95,5 @@ cluster 1 r1
 cluster 3 r3
 echo
 echo "load after the run: $(cut -d' ' -f1-3 /proc/loadavg); reports in $OUT"
+echo
+python3 scripts/bench-summary.py "$OUT" "${cases[@]}" | tee "$OUT/summary.md"

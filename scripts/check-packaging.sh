@@ -85,6 +85,19 @@ shellcheck --version | sed -n 2p
 shellcheck -x "${scripts[@]}"
 echo "clean: ${scripts[*]}"
 
+step "bench-summary.py on a made-up run (the benchmark's report must keep working)"
+summary_dir=$(mktemp -d)
+for run in 1 2 3; do
+    cat >"$summary_dir/case.run$run.json" <<JSON
+{"throughput": ${run}000.0, "total": {"errors": {"total": 0},
+ "latency_us": {"p50": ${run}00, "p99": ${run}000, "p99.9": ${run}500}}}
+JSON
+done
+"$PY" scripts/bench-summary.py "$summary_dir" case | tee "$summary_dir/out"
+grep -q '| case | 3 | 2,000 /s | 1,000 – 3,000 /s | 0.20 ms | 2.00 ms | 2.50 ms | 0 |' \
+    "$summary_dir/out"
+rm -rf "$summary_dir"
+
 # --- Dockerfile ------------------------------------------------------------------------------
 step "hadolint Dockerfile"
 "$VENV/bin/hadolint" --version

@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Summarises the runs of scripts/bench.sh: for each case, the median of its runs.
+
+Usage: bench-summary.py DIR CASE...  (reads DIR/CASE.run*.json, written by `kvstore --json bench`)
+       bench-summary.py --run FILE      (one line for one run)
+
+Prints a Markdown table: the median throughput with the slowest and fastest run beside it, and
+the median of the runs' p50, p99 and p99.9. One run on a shared VM can be a third off; the
+median of several is what docs/benchmarks.md reports.
+"""
+import glob
+import json
+import statistics
+import sys
+
+
+def ms(us):
+    return f"{us / 1000:.2f} ms"
+
+
+def one_run(path):
+    r = json.load(open(path))
+    lat = r["total"]["latency_us"]
+    return (
+        f"{r['throughput']:9,.0f} req/s  p50 {ms(lat['p50'])}  p99 {ms(lat['p99'])}  "
+        f"errors {r['total']['errors']['total']}"
+    )
+
+
+def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--run":
+        print(one_run(sys.argv[2]))
+        return
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    out, cases = sys.argv[1], sys.argv[2:]
+    print("| Case | Runs | Throughput (median) | Slowest – fastest run | p50 | p99 | p99.9 | Errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    for case in cases:
+        runs = [json.load(open(f)) for f in sorted(glob.glob(f"{out}/{case}.run*.json"))]
+        if not runs:
+            print(f"| {case} | 0 | no runs found | | | | | |")
+            continue
+        rate = [r["throughput"] for r in runs]
+        lat = [r["total"]["latency_us"] for r in runs]
+        errors = sum(r["total"]["errors"]["total"] for r in runs)
+        med = lambda k: statistics.median(l[k] for l in lat)  # noqa: E731
+        print(
+            f"| {case} | {len(runs)} | {statistics.median(rate):,.0f} /s "
+            f"| {min(rate):,.0f} – {max(rate):,.0f} /s | {ms(med('p50'))} | {ms(med('p99'))} "
+            f"| {ms(med('p99.9'))} | {errors} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
