@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
 use rusqlite::Connection;
 
 use crate::error::{Error, Result};
@@ -47,7 +48,7 @@ impl Checkpointer {
 }
 
 /// Starts the checkpoint thread; [`Checkpointer::finish`] stops it.
-pub fn start(db_path: &Path) -> Result<Checkpointer> {
+pub fn start(db_path: &Path, checkpoints: Counter) -> Result<Checkpointer> {
     let conn = Connection::open(db_path).map_err(|source| Error::Database {
         context: "open checkpoint connection",
         source,
@@ -73,7 +74,9 @@ pub fn start(db_path: &Path) -> Result<Checkpointer> {
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
-                checkpoint(&conn, "PASSIVE");
+                if checkpoint(&conn, "PASSIVE") {
+                    checkpoints.inc();
+                }
                 last = Instant::now();
             }
             // The writer is done: fold the WAL back so the file stands alone.
@@ -105,10 +108,15 @@ fn sleep_until(rx: &Receiver<()>, deadline: Instant) -> bool {
     }
 }
 
-fn checkpoint(conn: &Connection, mode: &str) {
+/// Runs one checkpoint; false (and a warning) if it failed.
+fn checkpoint(conn: &Connection, mode: &str) -> bool {
     let sql = format!("PRAGMA wal_checkpoint({mode})");
-    if let Err(err) = conn.query_row(&sql, [], |_| Ok(())) {
-        tracing::warn!(%err, mode, "WAL checkpoint failed; will retry");
+    match conn.query_row(&sql, [], |_| Ok(())) {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(%err, mode, "WAL checkpoint failed; will retry");
+            false
+        }
     }
 }
 

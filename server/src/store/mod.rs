@@ -86,7 +86,7 @@ impl Store {
         let cache = Arc::new(Cache::new(config.cache_size, config.cache_ttl, counters));
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
         let writer_cache = cache.clone();
-        let checkpointer = checkpoint::start(&db_path)?;
+        let checkpointer = checkpoint::start(&db_path, metrics.checkpoints.clone())?;
         let writer = writer::Writer::new(conn, writer_cache, metrics, checkpointer);
         let writer = std::thread::Builder::new()
             .name("kv-writer".into())
