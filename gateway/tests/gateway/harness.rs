@@ -95,6 +95,12 @@ impl Gateway {
         self.get(path).send().await.unwrap().json().await.unwrap()
     }
 
+    /// `/servers` with the API token (for gateways started with authentication on).
+    pub async fn servers_with_token(&self) -> serde_json::Value {
+        let request = self.get("/servers").bearer_auth(TOKEN);
+        request.send().await.unwrap().json().await.unwrap()
+    }
+
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
         self.http.get(format!("{}{path}", self.url))
     }

@@ -50,14 +50,7 @@ async fn put_get_versions_reach_the_owner_with_awkward_keys() {
             .unwrap();
         assert_eq!(second.status(), 200);
 
-        let latest: Value = gw
-            .get(&format!("/get/{}", percent(key)))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let latest = gw.get_json(&format!("/get/{}", percent(key))).await;
         assert_eq!(latest["value"], json!({"n": 2}));
         assert_eq!(latest["version"], 2);
         assert_eq!(latest["server_used"], owner);

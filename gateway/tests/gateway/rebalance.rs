@@ -18,9 +18,7 @@ use kv_rebalance::{Coordinator, Target};
 use kv_test_support::history::{self, CheckOptions, Recorder};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::Value;
 
-use crate::harness::TOKEN;
 use crate::procs::ProcCluster;
 use crate::replication::{CLIENTS, Counts, Failures, KEYS, client, env_u64, final_state};
 
@@ -99,16 +97,7 @@ async fn move_to(
 
 /// The gateway's `/servers`: the member names and the epoch it routes by.
 async fn gateway_ring(cluster: &ProcCluster) -> (Vec<String>, u64) {
-    let servers: Value = cluster
-        .gateway
-        .get("/servers")
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let servers = cluster.gateway.servers_with_token().await;
     let names = servers["servers"]
         .as_array()
         .unwrap()

@@ -24,7 +24,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::harness::{TOKEN, wait_until};
+use crate::harness::wait_until;
 use crate::procs::{ProcCluster, value_text};
 
 /// Keeps the first few failures of a phase and counts the rest.
@@ -51,15 +51,7 @@ impl Failures {
 async fn wait_health(cluster: &ProcCluster, name: &str, health: &str) {
     let gw = &cluster.gateway;
     wait_until(&format!("the gateway sees {name} {health}"), || async {
-        let servers: Value = gw
-            .get("/servers")
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let servers = gw.servers_with_token().await;
         servers["members"]
             .as_array()
             .unwrap()
