@@ -1,6 +1,8 @@
 //! `kv-server clean` (and `kvstore clean`): the seed's `scripts/clean_databases.py`, made safe.
 //! Finds every `*.db` under a data directory, shows what each holds, and empties them after
 //! a confirmation: both tables cleared, the AUTOINCREMENT counter reset, the file VACUUMed.
+//! With replication, a cleaned database is a new one to its peers (see `clean_one`): clean
+//! every server of a cluster to empty it, or the others give a cleaned server its keys back.
 //! A database a running server holds (its `.lock` is taken) is refused before anything is
 //! touched, and the locks are held while cleaning so no server can start mid-way.
 
@@ -112,6 +114,27 @@ fn clean_one(path: &Path) -> rusqlite::Result<()> {
            DELETE FROM keys;
            DELETE FROM sqlite_sequence WHERE name = 'values';"#,
     )?;
+    // With the counter reset, this database's change sequence starts again at 1: to its
+    // peers it is a new database, not the old one gone back in time. Without a new instance
+    // id, peers would keep their cursors into the old sequence and skip the new versions,
+    // and the server itself, thinking it was not new, would serve at once and give out
+    // versions its peers already hold (a fork). So drop the id (the next open makes one and
+    // catches up before serving, as for a lost disk) and this server's own cursors (it reads
+    // its peers again from the start). The ring state in `kv_meta` stays: the server is still
+    // the member it was.
+    let has_table = |name: &str| {
+        tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+            [name],
+            |r| r.get::<_, bool>(0),
+        )
+    };
+    if has_table("kv_meta")? {
+        tx.execute("DELETE FROM kv_meta WHERE name = 'instance'", [])?;
+    }
+    if has_table("peer_cursors")? {
+        tx.execute("DELETE FROM peer_cursors", [])?;
+    }
     tx.commit()?;
     // Fold the WAL back into the file before VACUUM so the space is really returned.
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;

@@ -421,8 +421,9 @@ async fn a_restarted_replica_catches_up_and_lag_returns_to_zero() {
     c.stop_all().await;
 }
 
-#[tokio::test]
-async fn a_server_with_a_new_database_serves_nothing_until_it_caught_up() {
+/// A cluster where r2's key (returned) has versions 0, 1, 2 (as values) on every server,
+/// then r2 and r1 are stopped.
+async fn three_versions_then_r2_and_r1_down() -> (Cluster, String) {
     let mut c = Cluster::new();
     c.start_all().await;
     let key = key_of("r2", 0);
@@ -430,9 +431,15 @@ async fn a_server_with_a_new_database_serves_nothing_until_it_caught_up() {
         assert_eq!(c.put(2, &key, json!(v)).await.status(), 200);
     }
     c.wait_caught_up(&[0, 1, 2]).await;
-    // r2 loses its disk; r1 is down while it comes back, so r2 cannot know what r1 holds.
     c.stop(2).await;
     c.stop(1).await;
+    (c, key)
+}
+
+#[tokio::test]
+async fn a_server_with_a_new_database_serves_nothing_until_it_caught_up() {
+    // r2 loses its disk; r1 is down while it comes back, so r2 cannot know what r1 holds.
+    let (mut c, key) = three_versions_then_r2_and_r1_down().await;
     std::fs::remove_dir_all(&c.nodes[2].dir).unwrap();
     c.start(2).await;
     let (code, body) = c.get(2, &format!("/get/{key}")).await;
@@ -458,6 +465,69 @@ async fn a_server_with_a_new_database_serves_nothing_until_it_caught_up() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["version"], 4);
     assert_eq!(c.index("r2"), 2);
+    c.stop_all().await;
+}
+
+/// The instance id the database in `dir` carries.
+fn instance_of(dir: &std::path::Path) -> String {
+    let conn = rusqlite::Connection::open(dir.join(kv_server::store::DB_FILE)).unwrap();
+    conn.query_row(
+        "SELECT value FROM kv_meta WHERE name = 'instance'",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_cleaned_server_is_a_new_database_to_its_peers_and_forks_nothing() {
+    // `kv-server clean` on r2 alone, with r1 down while r2 comes back: r2 must not serve
+    // (its peers hold versions 1 to 3 of its key) and must not give out version 1 again.
+    let (mut c, key) = three_versions_then_r2_and_r1_down().await;
+    let old_instance = instance_of(&c.nodes[2].dir);
+    let args = kv_server::clean::CleanArgs {
+        data_dir: c.nodes[2].dir.clone(),
+        dry_run: false,
+        yes: true,
+    };
+    let outcome = kv_server::clean::run(&args, &mut std::io::empty(), &mut std::io::sink());
+    assert!(
+        matches!(
+            outcome,
+            Ok(kv_server::clean::CleanOutcome::Cleaned {
+                cleaned: 1,
+                failed: 0
+            })
+        ),
+        "{outcome:?}"
+    );
+    c.start(2).await;
+    let r = c.put(2, &key, json!("forked?")).await;
+    assert_eq!(
+        r.status(),
+        503,
+        "a cleaned database must not assign version 1 again"
+    );
+    let (code, body) = c.get(2, &format!("/get/{key}")).await;
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (503, Some("syncing")),
+        "{body}"
+    );
+    // r1 returns: r2 reads both peers from the start and has the whole history again; the
+    // peers read r2's new sequence from the start too (a new instance id, new cursors).
+    c.start(1).await;
+    c.wait_caught_up(&[0, 1, 2]).await;
+    assert_ne!(instance_of(&c.nodes[2].dir), old_instance);
+    let (code, body) = c.get(2, &format!("/get/{key}?version=3")).await;
+    assert_eq!((code, &body["value"]), (200, &json!(2)), "{body}");
+    c.stop(0).await;
+    let r = c.put(2, &key, json!("next")).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["version"], 4);
+    c.start(0).await;
+    c.wait_caught_up(&[0, 1, 2]).await;
+    let (code, body) = c.get(0, &format!("/get/{key}?version=4")).await;
+    assert_eq!((code, &body["value"]), (200, &json!("next")), "{body}");
     c.stop_all().await;
 }
 
