@@ -25,15 +25,7 @@ pub async fn run(shared: Arc<Shared>) {
 }
 
 async fn round(shared: &Arc<Shared>) {
-    let peers: Vec<(String, String)> = shared
-        .placement
-        .load()
-        .state
-        .all_members()
-        .into_iter()
-        .filter(|m| m.name != shared.me)
-        .map(|m| (m.name, m.url))
-        .collect();
+    let peers: Vec<(String, String)> = shared.peer_addresses().into_iter().collect();
     let answers = join_all(peers.iter().map(|(name, url)| fetch(shared, name, url))).await;
     let own = shared.placement.load().state.order();
     let mut newer: Vec<RingState> = answers

@@ -87,6 +87,11 @@ pub(crate) struct Shared {
     frozen_head: AtomicU64,
     /// `--write-quorum`, if given; otherwise a majority of the ring's factor.
     write_quorum: Option<usize>,
+    /// Where `--peers` says each name is now. Ring configurations carry the URLs members had
+    /// when the ring was made; a server started elsewhere since (a local cluster on new free
+    /// ports, a compose file edited) is dialled where its launcher says. Local only: the
+    /// state itself, stored and gossiped, keeps its URLs, so servers never disagree on it.
+    dial: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -100,6 +105,23 @@ struct Progress {
 }
 
 impl Shared {
+    /// The peers this server works with under its state: every member of `current` and
+    /// `next` but itself, by name, with the address to dial (its `--peers` URL when named
+    /// there, else the ring's).
+    fn peer_addresses(&self) -> BTreeMap<String, String> {
+        self.placement
+            .load()
+            .state
+            .all_members()
+            .into_iter()
+            .filter(|m| m.name != self.me)
+            .map(|m| {
+                let url = self.dial.get(&m.name).cloned().unwrap_or(m.url);
+                (m.name, url)
+            })
+            .collect()
+    }
+
     fn set_progress(&self, peer: &str, update: impl FnOnce(&mut Progress)) {
         let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
         let Some(entry) = progress.get_mut(peer) else {
@@ -250,6 +272,11 @@ impl Replication {
             cleanup_pending: AtomicBool::new(cleanup_pending),
             frozen_head: AtomicU64::new(frozen_head),
             write_quorum: settings.write_quorum,
+            dial: settings
+                .peers
+                .iter()
+                .map(|p| (p.name.clone(), p.url.clone()))
+                .collect(),
         });
         let cursors = if same_ring {
             store.cursors().await?

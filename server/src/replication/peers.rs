@@ -4,7 +4,6 @@
 //! A stopped task is awaited, not only aborted: a puller still running could commit a cursor
 //! after the reset that was meant to replace it.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -20,19 +19,6 @@ pub struct PeerTasks {
     push: JoinHandle<()>,
     /// `None` while stopped for a cursor reset.
     pull: Option<JoinHandle<()>>,
-}
-
-/// The peers this server works with under its state: name -> URL (the newest known).
-fn wanted(shared: &Shared) -> BTreeMap<String, String> {
-    shared
-        .placement
-        .load()
-        .state
-        .all_members()
-        .into_iter()
-        .filter(|m| m.name != shared.me)
-        .map(|m| (m.name, m.url))
-        .collect()
 }
 
 /// Stops every puller and waits until they are gone.
@@ -51,7 +37,7 @@ pub async fn stop_pullers(shared: &Shared) {
 /// URL changed), starts the missing ones. New pullers start from `cursors` (`(peer,
 /// instance, seq)`), or from the beginning.
 pub async fn reconcile(shared: &Arc<Shared>, cursors: &[(String, String, u64)]) {
-    let wanted = wanted(shared);
+    let wanted = shared.peer_addresses();
     let gone: Vec<PeerTasks> = {
         let mut peers = shared.peers.lock().unwrap_or_else(|p| p.into_inner());
         let names: Vec<String> = peers

@@ -613,3 +613,46 @@ async fn a_server_named_alone_in_peers_is_a_one_member_ring() {
     assert_eq!(view.state.current.names(), ["s0"]);
     c.stop_all().await;
 }
+
+#[tokio::test]
+async fn servers_back_on_other_ports_reach_each_other_where_peers_says() {
+    // A stored ring configuration names every member with the URL it had when the ring was
+    // pushed; `kvstore up` picks free ports, so next time the servers listen elsewhere. The
+    // ring state (membership) wins over `--peers`, but `--peers` says where a name is now.
+    let mut c = Cluster::new(3);
+    for i in 0..3 {
+        c.start(i, &[0, 1, 2]).await;
+    }
+    c.wait_caught_up(&[0, 1, 2]).await;
+    let pinned = RingState::stable(c.ring(1, &[0, 1, 2]));
+    c.push(&[0, 1, 2], &pinned).await;
+    c.stop_all().await;
+    for node in &mut c.nodes {
+        node.port = crate::support::free_port();
+    }
+    for i in 0..3 {
+        c.start(i, &[0, 1, 2]).await;
+    }
+    c.wait_caught_up(&[0, 1, 2]).await;
+    let placement = Placement::new(pinned.clone());
+    let keys = keys("moved", 8);
+    write(&c, &placement, &keys, 2, "p").await;
+    for key in &keys {
+        // R = 3: every server holds both versions, pushed to the peers' new addresses.
+        for i in 0..3 {
+            let r = c.get(i, &format!("/versions/{key}")).await;
+            assert_eq!(
+                (r.status, r.body["latest_version"].as_u64()),
+                (200, Some(2)),
+                "{}",
+                r.body
+            );
+        }
+    }
+    assert_eq!(
+        c.view(0).await.state,
+        pinned,
+        "the stored state itself is unchanged"
+    );
+    c.stop_all().await;
+}
