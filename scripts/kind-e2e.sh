@@ -125,6 +125,16 @@ body="$(curl -fsS "$GATEWAY/get/$KEY")"
 echo "$body"
 [[ "$(json_field "$body" value)" == '{"written":"before the kill"}' ]] || die "GET returned another value"
 
+step "scrape $owner's metrics port (9090: /metrics and /health, no data)"
+kubectl -n "$KVC_NAMESPACE" port-forward "pod/$owner" 19090:9090 >/dev/null 2>&1 &
+forward=$!
+scrape() { curl -fsS http://127.0.0.1:19090/metrics; }
+metrics="$(retry 20 scrape)" || { kill "$forward"; die "no /metrics on $owner:9090"; }
+grep -q '^kv_server_http_requests_total' <<<"$metrics" || { kill "$forward"; die "$owner:9090 does not serve kv-server metrics"; }
+code="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:19090/get/$KEY")"
+kill "$forward"
+[[ "$code" == 404 ]] || die "$owner:9090 answered $code for /get/$KEY: the metrics port must serve no data"
+
 step "kill $owner, the server that owns $KEY, and wait for it to come back"
 old_uid="$(kubectl -n "$KVC_NAMESPACE" get pod "$owner" -o jsonpath='{.metadata.uid}')"
 kubectl -n "$KVC_NAMESPACE" delete pod "$owner" --grace-period=0 --force --wait=false

@@ -13,6 +13,13 @@
 //! With more than one server they replicate (docs/replication.md): every server is given
 //! every other as a peer (`server-i` at its `127.0.0.1` URL, known since the listeners are
 //! bound before any server starts), and the servers and the gateway the same R and W.
+//!
+//! More servers than last time: while no ring was ever applied, each server's ring comes
+//! from its flags and the servers catch up offline (a database that last caught up under
+//! another ring re-reads its peers before serving). Once a ring is stored (`kvstore ring
+//! apply`, or an earlier start that moved keys), it wins over the flags and the new servers
+//! would join owning nothing, so [`start`] moves keys to them with the rebalancing
+//! coordinator, online, before it returns (see [`move_to_servers`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,7 +42,8 @@ pub const MAX_SERVERS: usize = 64;
 pub struct ClusterConfig {
     /// Number of storage servers (`server-1` ... `server-N`). Keys are placed by server name:
     /// starting again with more servers moves the keys that change hands to their new
-    /// servers before serving; fewer servers than the data directory holds is refused.
+    /// servers before serving; fewer servers than the data directory holds is refused unless
+    /// `kvstore ring apply` moved the keys off the servers left out.
     #[arg(long, default_value_t = 3)]
     pub servers: usize,
     /// Directory holding each server's data, in `DIR/server-1`, `DIR/server-2`, ...
@@ -51,6 +59,10 @@ pub struct ClusterConfig {
     /// Keys in each server's LRU cache (0 disables it).
     #[arg(long, default_value_t = 100)]
     pub cache_size: usize,
+    /// Memory each server's cache may hold (`64Mi`, `1Gi`, or bytes; 0 disables it).
+    #[arg(long, default_value = kv_server::config::DEFAULT_CACHE_MAX_BYTES,
+        value_parser = kv_common::bytesize::parse)]
+    pub cache_max_bytes: u64,
     /// `full`: fsync every commit; `normal`: no fsync on commit (faster, may lose the last
     /// commits on power loss, never on a crash of this process).
     #[arg(long, value_enum, default_value_t = SyncMode::Full)]
@@ -76,6 +88,7 @@ impl ClusterConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             server_port: None,
             cache_size: 100,
+            cache_max_bytes: 64 << 20,
             sync: SyncMode::Full,
             replication_factor: DEFAULT_REPLICATION_FACTOR,
             write_quorum: None,
@@ -90,15 +103,24 @@ impl ClusterConfig {
     }
 
     /// Refuses to start fewer servers than `--data-dir` holds databases for: their keys would
-    /// be unreachable (moving data off a server before removing it is not built yet).
+    /// be unreachable. Unless a ring was moved off them (`kvstore ring apply` without them):
+    /// a database left out that the stored ring in force no longer names holds nothing the
+    /// cluster needs.
     pub fn check_no_server_left_out(&self) -> Result<()> {
-        let left_out: Vec<usize> = (self.servers + 1..=MAX_SERVERS)
-            .filter(|i| {
-                self.data_dir
-                    .join(format!("server-{i}"))
-                    .join(kv_server::store::DB_FILE)
-                    .exists()
+        let db = |i: usize| {
+            self.data_dir
+                .join(format!("server-{i}"))
+                .join(kv_server::store::DB_FILE)
+        };
+        let ring = stored_ring(&db(1));
+        let moved_off = |i: usize| {
+            ring.as_ref().is_some_and(|state| {
+                let name = format!("server-{i}");
+                state.next.is_none() && state.current.epoch > 0 && !state.current.contains(&name)
             })
+        };
+        let left_out: Vec<usize> = (self.servers + 1..=MAX_SERVERS)
+            .filter(|&i| db(i).exists() && !moved_off(i))
             .collect();
         let Some(&last) = left_out.last() else {
             return Ok(());
@@ -106,8 +128,8 @@ impl ClusterConfig {
         let left_out: Vec<String> = left_out.iter().map(|i| format!("server-{i}")).collect();
         Err(Error::Config(format!(
             "{} holds data of {} as well: starting only {} server(s) would leave their keys \
-             behind (removing servers does not move data yet). Start with --servers {} or more, \
-             or use another --data-dir",
+             behind. Start with --servers {} or more and move the keys off them first with \
+             `kvstore ring apply`, or use another --data-dir",
             self.data_dir.display(),
             left_out.join(", "),
             self.servers,
@@ -249,6 +271,7 @@ pub async fn start(
         server.listen = info.addr;
         server.node_name = info.name.clone();
         server.cache_size = config.cache_size;
+        server.cache_max_bytes = config.cache_max_bytes;
         server.sync = config.sync;
         server.replication.peers = peers.clone();
         server.replication.replication_factor = Some(factor);
@@ -307,6 +330,9 @@ pub async fn start(
         stop_servers(&servers_stop, tasks).await;
         return Err(error);
     }
+    if servers.len() > 1 {
+        move_to_servers(&servers).await;
+    }
 
     let supervisor = tokio::spawn({
         let servers = servers.clone();
@@ -341,6 +367,80 @@ pub async fn start(
         write_quorum: quorum,
         supervisor,
     })
+}
+
+/// The ring state stored in a server's database, if any (read-only: the server may run).
+fn stored_ring(db: &std::path::Path) -> Option<kv_common::ring_config::RingState> {
+    if !db.exists() {
+        return None;
+    }
+    let conn = kv_server::store::db::open_reader(db).ok()?;
+    let json =
+        kv_server::store::db::meta(&conn, kv_server::replication::ring_state::RING_STATE_META)
+            .ok()??;
+    serde_json::from_str(&json).ok()
+}
+
+/// When the servers run under a stored ring (epoch 1 or more) that does not name them all,
+/// moves keys to the ring of every server with kv-rebalance's coordinator (as `kvstore ring
+/// apply` does) and returns once it is in force. The replication factor and vnodes stay the
+/// ring's: changing them is `kvstore ring apply`'s job. A move that does not finish is
+/// logged and left to the next start (every step is idempotent); the cluster serves anyway.
+pub async fn move_to_servers(servers: &[ServerInfo]) {
+    use kv_common::ring_config::RingMember;
+    use kv_rebalance::{Coordinator, Target};
+
+    let members: Vec<RingMember> = servers
+        .iter()
+        .map(|s| RingMember {
+            name: s.name.clone(),
+            url: s.url(),
+        })
+        .collect();
+    let target = Target {
+        members: members.clone(),
+        vnodes: None,
+        replication_factor: None,
+    };
+    let coordinator = Coordinator::new(Duration::from_secs(5));
+    let observed = coordinator.observe(&members, &target).await;
+    let Some(state) = observed.cluster_state() else {
+        return;
+    };
+    let stored = state.current.epoch > 0;
+    let named = |n: &ServerInfo| state.current.contains(&n.name);
+    if !stored || (state.next.is_none() && servers.iter().all(named)) {
+        return;
+    }
+    tracing::info!(
+        epoch = state.current.epoch,
+        from = state.current.members.len(),
+        to = servers.len(),
+        "the stored ring does not name every server: moving keys"
+    );
+    let mut last = String::new();
+    let mut report = |p: &kv_rebalance::Progress| {
+        let line = format!("{} {}", p.phase.as_str(), p.message);
+        if line != last {
+            tracing::info!(phase = p.phase.as_str(), "{}", p.message);
+            last = line;
+        }
+    };
+    let poll = Duration::from_millis(200);
+    match coordinator
+        .run(
+            &members,
+            &target,
+            poll,
+            Duration::from_secs(600),
+            &mut report,
+        )
+        .await
+    {
+        Ok(done) => tracing::info!(epoch = done.epoch, servers = servers.len(), "keys moved"),
+        Err(error) => tracing::warn!(%error,
+            "the move to every server did not finish; serving anyway, the next start goes on"),
+    }
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener> {

@@ -12,31 +12,22 @@ use std::time::{Duration, Instant};
 use common::{BIN, TestCluster, assert_code, json, kvstore_at, stderr, stdout};
 use kvstore::cluster::ClusterConfig;
 
-#[test]
-fn more_servers_on_the_same_data_dir_take_their_keys_with_every_version_and_fewer_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    // R = 1: a key that changes owner is readable only if its versions moved.
-    let cluster = TestCluster::try_start_with(dir.path(), |c| {
-        c.servers = 2;
-        c.replication_factor = 1;
-    })
-    .unwrap();
-    for i in 0..40 {
+/// Puts versions `{i}.1` and `{i}.2` of keys `{prefix}/0` .. `{prefix}/{n-1}`.
+fn write_two_versions(cluster: &TestCluster, prefix: &str, n: usize) {
+    for i in 0..n {
         for v in 1..=2 {
-            let out = cluster.kvstore(&["put", &format!("grow/{i}"), &format!("\"{i}.{v}\"")]);
+            let out = cluster.kvstore(&["put", &format!("{prefix}/{i}"), &format!("\"{i}.{v}\"")]);
             assert_code(&out, 0);
         }
     }
-    cluster.stop();
+}
 
-    let cluster = TestCluster::try_start_with(dir.path(), |c| {
-        c.servers = 4;
-        c.replication_factor = 1;
-    })
-    .unwrap();
-    let mut on_new_servers = 0;
-    for i in 0..40 {
-        let key = format!("grow/{i}");
+/// Checks that every key [`write_two_versions`] wrote has both versions; answers how many of
+/// them server-3 or server-4 serves.
+fn on_new_servers(cluster: &TestCluster, prefix: &str, n: usize) -> usize {
+    let mut moved = 0;
+    for i in 0..n {
+        let key = format!("{prefix}/{i}");
         let all = json(&cluster.kvstore(&["versions", &key, "--all", "--json"]));
         let values: Vec<_> = all["versions"]
             .as_array()
@@ -46,9 +37,43 @@ fn more_servers_on_the_same_data_dir_take_their_keys_with_every_version_and_fewe
             .collect();
         assert_eq!(values, [format!("{i}.1"), format!("{i}.2")], "{key}");
         let owner = all["server_used"].as_str().unwrap();
-        on_new_servers += usize::from(owner == "server-3" || owner == "server-4");
+        moved += usize::from(owner == "server-3" || owner == "server-4");
     }
-    assert!(on_new_servers > 5, "only {on_new_servers} keys moved");
+    moved
+}
+
+/// `kvstore ring apply` with `servers` as the members of the new ring.
+fn ring_apply(cluster: &TestCluster, servers: &[kvstore::cluster::ServerInfo]) {
+    let members: Vec<String> = servers
+        .iter()
+        .map(|s| format!("{}={}", s.name, s.url()))
+        .collect();
+    let mut args = vec!["ring", "apply", "--timeout", "60s"];
+    for m in &members {
+        args.extend(["--member", m.as_str()]);
+    }
+    assert_code(&cluster.kvstore(&args), 0);
+}
+
+#[test]
+fn more_servers_on_the_same_data_dir_take_their_keys_with_every_version_and_fewer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // R = 1: a key that changes owner is readable only if its versions moved.
+    let cluster = TestCluster::try_start_with(dir.path(), |c| {
+        c.servers = 2;
+        c.replication_factor = 1;
+    })
+    .unwrap();
+    write_two_versions(&cluster, "grow", 40);
+    cluster.stop();
+
+    let cluster = TestCluster::try_start_with(dir.path(), |c| {
+        c.servers = 4;
+        c.replication_factor = 1;
+    })
+    .unwrap();
+    let moved = on_new_servers(&cluster, "grow", 40);
+    assert!(moved > 5, "only {moved} keys moved");
     cluster.stop();
 
     // Going back to 2 would strand the keys now on server-3 and server-4.
@@ -58,6 +83,83 @@ fn more_servers_on_the_same_data_dir_take_their_keys_with_every_version_and_fewe
         .to_string();
     assert!(refused.contains("server-3, server-4"), "{refused}");
     assert!(refused.contains("--servers 4"), "{refused}");
+}
+
+#[test]
+fn more_servers_under_a_stored_ring_get_their_keys_online() {
+    let dir = tempfile::tempdir().unwrap();
+    let r1 = |c: &mut ClusterConfig, servers| {
+        c.servers = servers;
+        c.replication_factor = 1;
+    };
+    let cluster = TestCluster::try_start_with(dir.path(), |c| r1(c, 2)).unwrap();
+    write_two_versions(&cluster, "stored", 30);
+    // `kvstore ring apply` stores the ring (epoch 1): from now on it wins over the flags.
+    ring_apply(&cluster, &cluster.servers);
+    cluster.stop();
+
+    // Four servers on new ports: the two new ones get their keys before `start` returns.
+    let cluster = TestCluster::try_start_with(dir.path(), |c| r1(c, 4)).unwrap();
+    let moved = on_new_servers(&cluster, "stored", 30);
+    assert!(moved > 5, "only {moved} keys moved");
+    let ring = json(&cluster.kvstore(&[
+        "--json",
+        "ring",
+        "show",
+        "--server",
+        &cluster.servers[3].url(),
+    ]));
+    assert_eq!(
+        ring["state"]["current"]["members"].as_array().map(Vec::len),
+        Some(4),
+        "{ring}"
+    );
+    assert!(
+        ring["state"]["current"]["epoch"].as_u64() > Some(1),
+        "{ring}"
+    );
+    // Once more: the ring already names every server, nothing moves.
+    cluster.stop();
+    let cluster = TestCluster::try_start_with(dir.path(), |c| r1(c, 4)).unwrap();
+    let again = json(&cluster.kvstore(&[
+        "--json",
+        "ring",
+        "show",
+        "--server",
+        &cluster.servers[0].url(),
+    ]));
+    assert_eq!(
+        again["state"]["current"]["epoch"],
+        ring["state"]["current"]["epoch"]
+    );
+    cluster.stop();
+}
+
+#[test]
+fn fewer_servers_start_once_a_ring_moved_the_keys_off_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::try_start_with(dir.path(), |c| c.replication_factor = 1).unwrap();
+    for i in 0..20 {
+        assert_code(
+            &cluster.kvstore(&["put", &format!("shrink/{i}"), &i.to_string()]),
+            0,
+        );
+    }
+    // server-3 leaves the ring while the cluster serves; its database stays on disk.
+    ring_apply(&cluster, &cluster.servers[..2]);
+    cluster.stop();
+    assert!(dir.path().join("server-3/kv_store.db").exists());
+
+    let cluster = TestCluster::try_start_with(dir.path(), |c| {
+        c.servers = 2;
+        c.replication_factor = 1;
+    })
+    .expect("server-3 holds nothing the ring needs");
+    for i in 0..20 {
+        let got = json(&cluster.kvstore(&["get", &format!("shrink/{i}"), "--json"]));
+        assert_eq!(got["value"], i, "{got}");
+    }
+    cluster.stop();
 }
 
 #[test]

@@ -88,6 +88,11 @@ pub struct CacheStats {
     pub current_size: u64,
     /// Capacity in keys (`--cache-size`).
     pub max_size: u64,
+    /// Bytes the cached keys and values hold, with an estimate of the bookkeeping.
+    pub current_bytes: u64,
+    /// Memory budget in bytes (`--cache-max-bytes`).
+    pub max_bytes: u64,
+    /// Either limit is reached: the next new key evicts the least recently used one.
     pub is_full: bool,
     /// Entries older than this are dropped (the seed's 30 minutes by default).
     pub expiration_minutes: f64,

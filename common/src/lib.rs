@@ -7,6 +7,7 @@
 //! can depend on it without pulling in storage code.
 
 pub mod api;
+pub mod bytesize;
 pub mod http_metrics;
 pub mod replication;
 pub mod ring;

@@ -190,6 +190,10 @@ impl Default for StorageSpec {
     }
 }
 
+/// The sizes `kv-server --cache-max-bytes` accepts (kv-common's `bytesize::PATTERN`; the
+/// operator's tests hold the two equal, this crate stays a leaf).
+pub const BYTE_SIZE_PATTERN: &str = "^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$";
+
 /// Storage server (`kv-server`) settings.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
@@ -197,6 +201,11 @@ pub struct ServerSpec {
     /// Keys held in each server's LRU cache (default 100; 0 disables it).
     #[schemars(range(min = 0))]
     pub cache_size: i32,
+    /// Memory each server's cache may hold, as whole bytes or with a suffix Ki, Mi, Gi, Ti
+    /// or k, M, G, T (default `64Mi`; `0` disables the cache). Whichever of this and
+    /// `cacheSize` is reached first evicts. Leave room for it in `resources.limits.memory`.
+    #[schemars(pattern(BYTE_SIZE_PATTERN))]
+    pub cache_max_bytes: String,
     /// `Full` fsyncs every commit (default); `Normal` survives a process crash, not power loss.
     pub sync: SyncMode,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -208,6 +217,7 @@ impl Default for ServerSpec {
     fn default() -> Self {
         ServerSpec {
             cache_size: 100,
+            cache_max_bytes: "64Mi".into(),
             sync: SyncMode::Full,
             resources: None,
             scheduling: Scheduling::default(),

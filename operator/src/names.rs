@@ -11,6 +11,9 @@ pub const SERVER_PORT: i32 = 8080;
 pub const GATEWAY_PORT: i32 = 8000;
 /// The gateway picks the Service port named `http` (its `--k8s-port-name` default).
 pub const PORT_NAME: &str = "http";
+/// The servers' `--metrics-listen` port: `/metrics` and `/health` only, open to any scraper.
+pub const METRICS_PORT: i32 = 9090;
+pub const METRICS_PORT_NAME: &str = "metrics";
 /// Name of the volume claim template: claims are `data-<statefulset>-<ordinal>`.
 pub const DATA_VOLUME: &str = "data";
 pub const DATA_DIR: &str = "/data";

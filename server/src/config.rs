@@ -9,11 +9,19 @@ use crate::store::{StoreConfig, SyncMode};
 /// Default `--max-value-bytes`: 1 MiB.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 
+/// Default `--cache-max-bytes`.
+pub const DEFAULT_CACHE_MAX_BYTES: &str = "64Mi";
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerConfig {
     /// Address to listen on.
     #[arg(long, env = "KV_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// Also serve `/metrics` (and `/health`) on this address, and nothing else, so that a
+    /// network policy can let Prometheus in without letting it reach the data. `/metrics`
+    /// stays on `--listen` too.
+    #[arg(long, env = "KV_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Directory holding `kv_store.db` (created if missing).
     #[arg(long, env = "KV_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
@@ -23,6 +31,12 @@ pub struct ServerConfig {
     /// Keys kept in the LRU cache (0 disables it).
     #[arg(long, env = "KV_CACHE_SIZE", default_value_t = 100)]
     pub cache_size: usize,
+    /// Memory the cache may hold: keys, values and bookkeeping, in bytes or with a suffix
+    /// (`64Mi`, `1Gi`, `500M`); 0 disables it. Whichever of this and `--cache-size` is
+    /// reached first evicts the least recently used keys.
+    #[arg(long, env = "KV_CACHE_MAX_BYTES", default_value = DEFAULT_CACHE_MAX_BYTES,
+        value_parser = kv_common::bytesize::parse)]
+    pub cache_max_bytes: u64,
     /// Minutes after which a cached key is dropped (the seed's expiry).
     #[arg(long, env = "KV_CACHE_TTL_MINUTES", default_value_t = 30.0)]
     pub cache_ttl_minutes: f64,
@@ -183,9 +197,11 @@ impl ServerConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            metrics_listen: None,
             data_dir: data_dir.into(),
             node_name: "kv-server".into(),
             cache_size: 100,
+            cache_max_bytes: 64 << 20,
             cache_ttl_minutes: 30.0,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             sync: SyncMode::Full,
@@ -220,6 +236,8 @@ impl ServerConfig {
         StoreConfig {
             data_dir: self.data_dir.clone(),
             cache_size: self.cache_size,
+            // A budget beyond the address space is no budget: saturate on 32-bit targets.
+            cache_max_bytes: usize::try_from(self.cache_max_bytes).unwrap_or(usize::MAX),
             cache_ttl: Duration::from_secs_f64(self.cache_ttl_minutes * 60.0),
             sync: self.sync,
             readers: self.readers,
@@ -241,6 +259,41 @@ mod tests {
         c.cache_ttl_minutes = 1.0;
         c.max_value_bytes = 0;
         assert!(c.validate().unwrap_err().contains("--max-value-bytes"));
+    }
+
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        config: ServerConfig,
+    }
+
+    fn flags(args: &[&str]) -> Result<ServerConfig, String> {
+        use clap::Parser;
+        let argv = std::iter::once("kv-server").chain(args.iter().copied());
+        Flags::try_parse_from(argv)
+            .map(|f| f.config)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_cache_byte_budget_takes_sizes_with_suffixes() {
+        assert_eq!(
+            flags(&[]).unwrap().cache_max_bytes,
+            ServerConfig::new("/x").cache_max_bytes,
+            "the flag's default and ServerConfig::new agree"
+        );
+        assert_eq!(flags(&[]).unwrap().cache_max_bytes, 64 << 20);
+        let c = flags(&["--cache-max-bytes", "1Gi"]).unwrap();
+        assert_eq!(c.store_config().cache_max_bytes, 1 << 30);
+        assert_eq!(
+            flags(&["--cache-max-bytes", "0"]).unwrap().cache_max_bytes,
+            0
+        );
+        let err = flags(&["--cache-max-bytes", "1.5GB"]).unwrap_err();
+        assert!(
+            err.contains("--cache-max-bytes") && err.contains("64Mi"),
+            "{err}"
+        );
     }
 
     #[test]

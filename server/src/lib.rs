@@ -21,9 +21,33 @@ pub use config::ServerConfig;
 pub use error::{Error, Result};
 
 /// Serves the storage API on `listener` until `shutdown` resolves; in-flight requests and
-/// queued writes complete before it returns.
+/// queued writes complete before it returns. With `--metrics-listen`, `/metrics` is also
+/// served on that address (see [`serve`]).
 pub async fn run(
     listener: tokio::net::TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Io {
+                    context: format!("bind the metrics listener {addr}"),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    serve(listener, metrics, config, shutdown).await
+}
+
+/// [`run`] on listeners the caller bound: the storage API on `listener` and, when given, only
+/// `/metrics` and `/health` on `metrics`. A separate metrics port is what lets a NetworkPolicy
+/// admit Prometheus without admitting it to the data.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Option<tokio::net::TcpListener>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
@@ -34,12 +58,49 @@ pub async fn run(
     })?;
     let config = &state.config;
     tracing::info!(%addr, node = %config.node_name, data_dir = %config.data_dir.display(),
-        cache_size = config.cache_size, "kv-server listening");
+        cache_size = config.cache_size, cache_max_bytes = config.cache_max_bytes,
+        "kv-server listening");
     let store = state.store.clone();
     let replication = state.replication.clone();
+    // One shutdown signal for both listeners.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let metrics_task = match metrics {
+        Some(metrics) => {
+            let metrics_addr = metrics.local_addr().ok();
+            tracing::info!(addr = ?metrics_addr, "kv-server metrics listening");
+            let app = http::metrics_app(state.clone());
+            let stop = stopped();
+            Some(tokio::spawn(async move {
+                axum::serve(metrics, app).with_graceful_shutdown(stop).await
+            }))
+        }
+        None => None,
+    };
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
     let served = axum::serve(listener, http::app(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(stopped())
         .await;
+    if let Some(task) = metrics_task {
+        if served.is_err() {
+            // The API listener failed without a shutdown: the metrics one has no signal.
+            task.abort();
+        }
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(%err, "the metrics listener failed"),
+            Err(err) if err.is_cancelled() => {}
+            Err(err) => tracing::warn!(%err, "the metrics listener task failed"),
+        }
+    }
     if let Some(replication) = replication {
         replication.stop();
     }

@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the storage API (the default when no command is given).
-    Serve(ServerConfig),
+    Serve(Box<ServerConfig>),
     /// Empty every database under a data directory (with --dry-run to preview).
     Clean(CleanArgs),
 }
@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<ExitCode> {
             let outcome = kv_server::clean::run(&args, &mut stdin.lock(), &mut std::io::stdout())?;
             return Ok(ExitCode::from(outcome.exit_code() as u8));
         }
-        Some(Command::Serve(config)) => config,
+        Some(Command::Serve(config)) => *config,
         None => cli.serve,
     };
     let runtime = tokio::runtime::Runtime::new().context("start the tokio runtime")?;

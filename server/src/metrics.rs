@@ -176,6 +176,11 @@ impl Metrics {
             cache.evictions.clone(),
         );
         registry.register(
+            "cache_bytes",
+            "Bytes the cached keys and values hold (see --cache-max-bytes)",
+            cache.bytes.clone(),
+        );
+        registry.register(
             "cache_hit_ratio",
             "hits / (hits + misses) since start",
             hit_ratio.clone(),

@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::Ctx;
-use crate::names::{Component, SERVER_PORT};
+use crate::names::{Component, METRICS_PORT, SERVER_PORT};
 
 pub(super) fn service_account(ctx: &Ctx) -> ServiceAccount {
     ServiceAccount {
@@ -74,8 +74,8 @@ pub(super) fn pod_disruption_budget(ctx: &Ctx) -> Option<PodDisruptionBudget> {
 /// replicate to each other and pull missed writes under `/internal/`, a route the gateway
 /// never forwards) and the operator's pods (the rebalancing coordinator: `/internal/ring`,
 /// `/internal/status`, `/internal/cleanup`), in the operator's namespace when it knows it.
-/// Note that this also keeps out a Prometheus scraping the servers' `/metrics`; allow it with
-/// an extra policy of your own.
+/// The metrics port (`/metrics` and `/health` only, nothing that touches data) is open to
+/// every source, so Prometheus can scrape the servers from wherever it runs.
 pub(super) fn network_policy(ctx: &Ctx) -> NetworkPolicy {
     let own = [Component::Gateway, Component::Server].map(|component| NetworkPolicyPeer {
         pod_selector: Some(LabelSelector {
@@ -107,15 +107,26 @@ pub(super) fn network_policy(ctx: &Ctx) -> NetworkPolicy {
                 ..LabelSelector::default()
             }),
             policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(own.into_iter().chain([operator]).collect()),
-                ports: Some(vec![NetworkPolicyPort {
-                    port: Some(IntOrString::Int(SERVER_PORT)),
-                    protocol: Some("TCP".into()),
-                    end_port: None,
-                }]),
-            }]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    from: Some(own.into_iter().chain([operator]).collect()),
+                    ports: Some(vec![tcp(SERVER_PORT)]),
+                },
+                // No `from`: any source.
+                NetworkPolicyIngressRule {
+                    from: None,
+                    ports: Some(vec![tcp(METRICS_PORT)]),
+                },
+            ]),
             ..NetworkPolicySpec::default()
         }),
+    }
+}
+
+fn tcp(port: i32) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        port: Some(IntOrString::Int(port)),
+        protocol: Some("TCP".into()),
+        end_port: None,
     }
 }

@@ -164,6 +164,17 @@ mod tests {
     }
 
     #[test]
+    fn the_crd_accepts_exactly_the_cache_sizes_the_server_parses() {
+        // The CRD's pattern is what stops a bad size before it reaches a pod (where it would
+        // crash-loop); it must be the server's own syntax.
+        assert_eq!(kv_crds::BYTE_SIZE_PATTERN, kv_common::bytesize::PATTERN);
+        let default = kv_crds::ServerSpec::default().cache_max_bytes;
+        assert_eq!(kv_common::bytesize::parse(&default), Ok(64 << 20));
+        let (server, _) = rendered(&cluster(3, ReplicationSpec::default()));
+        assert_eq!(get(&server, "KV_CACHE_MAX_BYTES"), Some("64Mi"));
+    }
+
+    #[test]
     fn servers_know_every_peer_by_its_stable_dns_name() {
         let (server, gateway) = rendered(&cluster(3, ReplicationSpec::default()));
         assert_eq!(
@@ -286,5 +297,36 @@ mod tests {
             namespaces.match_labels.as_ref().unwrap()["kubernetes.io/metadata.name"],
             "kv-system"
         );
+    }
+
+    #[test]
+    fn anyone_may_scrape_the_servers_metrics_port_and_only_that_port() {
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        let cluster = cluster(3, ReplicationSpec::default());
+        let plan = Plan::new(&cluster, None);
+        let children = render(&cluster, &plan, &RenderConfig::default()).unwrap();
+        let rules = children
+            .server_network_policy
+            .spec
+            .unwrap()
+            .ingress
+            .unwrap();
+        let port = |rule: &k8s_openapi::api::networking::v1::NetworkPolicyIngressRule| {
+            let ports = rule.ports.as_ref().unwrap();
+            assert_eq!(ports.len(), 1);
+            ports[0].port.clone().unwrap()
+        };
+        let (data, metrics) = (&rules[0], &rules[1]);
+        assert_eq!(rules.len(), 2);
+        assert_eq!(port(data), IntOrString::Int(crate::names::SERVER_PORT));
+        assert!(data.from.as_ref().is_some_and(|from| !from.is_empty()));
+        assert_eq!(port(metrics), IntOrString::Int(crate::names::METRICS_PORT));
+        assert_eq!(metrics.from, None, "no `from`: every source");
+        // The server listens there, and says so to annotation-driven scrapers.
+        let (server, _) = rendered(&cluster);
+        assert_eq!(get(&server, "KV_METRICS_LISTEN"), Some("0.0.0.0:9090"));
+        let template = children.server_stateful_set.spec.unwrap().template;
+        let annotations = template.metadata.unwrap().annotations.unwrap();
+        assert_eq!(annotations["prometheus.io/port"], "9090");
     }
 }

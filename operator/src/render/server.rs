@@ -18,7 +18,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kv_crds::Scheduling;
 
 use super::Ctx;
-use crate::names::{Component, DATA_DIR, DATA_VOLUME, PORT_NAME, SERVER_PORT};
+use crate::names::{
+    Component, DATA_DIR, DATA_VOLUME, METRICS_PORT, METRICS_PORT_NAME, PORT_NAME, SERVER_PORT,
+};
 
 /// UID/GID of the distroless `nonroot` user; `fsGroup` makes the volume writable for it.
 const NON_ROOT: i64 = 65532;
@@ -33,13 +35,18 @@ pub(super) fn headless_service(ctx: &Ctx) -> Service {
             cluster_ip: Some("None".into()),
             publish_not_ready_addresses: Some(true),
             selector: Some(ctx.names.selector(Component::Server)),
-            ports: Some(vec![ServicePort {
-                name: Some(PORT_NAME.into()),
-                port: SERVER_PORT,
-                target_port: Some(IntOrString::String(PORT_NAME.into())),
-                protocol: Some("TCP".into()),
-                ..ServicePort::default()
-            }]),
+            // `metrics` is for a ServiceMonitor; the gateway takes the port named `http`.
+            ports: Some(
+                [(PORT_NAME, SERVER_PORT), (METRICS_PORT_NAME, METRICS_PORT)]
+                    .map(|(name, port)| ServicePort {
+                        name: Some(name.into()),
+                        port,
+                        target_port: Some(IntOrString::String(name.into())),
+                        protocol: Some("TCP".into()),
+                        ..ServicePort::default()
+                    })
+                    .into(),
+            ),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -81,6 +88,18 @@ pub(super) fn stateful_set(ctx: &Ctx) -> StatefulSet {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(ctx.names.labels(Component::Server)),
+                    // For scrapers configured by annotation (the common Prometheus example
+                    // configuration); the port is the metrics-only one.
+                    annotations: Some(
+                        [
+                            ("prometheus.io/scrape", "true".to_owned()),
+                            ("prometheus.io/port", METRICS_PORT.to_string()),
+                            ("prometheus.io/path", "/metrics".to_owned()),
+                        ]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .collect(),
+                    ),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(pod_spec(ctx)),
@@ -153,19 +172,25 @@ fn server_container(ctx: &Ctx) -> Container {
                 // The server's name in its stats is its ring name.
                 env("KV_NODE_NAME", "$(POD_NAME)".into()),
                 env("KV_CACHE_SIZE", spec.server.cache_size.to_string()),
+                env("KV_CACHE_MAX_BYTES", spec.server.cache_max_bytes.clone()),
                 env("KV_SYNC", spec.server.sync.as_flag().into()),
                 env("KV_LOG_FORMAT", "json".into()),
+                env("KV_METRICS_LISTEN", format!("0.0.0.0:{METRICS_PORT}")),
             ]
             .into_iter()
             .chain(replication_env(ctx).into_iter().map(|(n, v)| env(n, v)))
             .collect(),
         ),
-        ports: Some(vec![ContainerPort {
-            name: Some(PORT_NAME.into()),
-            container_port: SERVER_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(
+            [(PORT_NAME, SERVER_PORT), (METRICS_PORT_NAME, METRICS_PORT)]
+                .map(|(name, port)| ContainerPort {
+                    name: Some(name.into()),
+                    container_port: port,
+                    protocol: Some("TCP".into()),
+                    ..ContainerPort::default()
+                })
+                .into(),
+        ),
         // Opening a large seed database (index migration) can take a while: the startup probe
         // gives it up to 5 minutes before liveness applies.
         startup_probe: Some(http_probe("/health", 2, 150)),

@@ -73,6 +73,15 @@ impl AppState {
     }
 }
 
+/// The `--metrics-listen` port: metrics and liveness only, nothing that reads or writes data.
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(routes::metrics))
+        .route("/health", get(routes::health))
+        .fallback(routes::not_found)
+        .with_state(state)
+}
+
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.max_value_bytes + BODY_OVERHEAD;
     let http_metrics = state.metrics.http.clone();

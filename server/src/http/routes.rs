@@ -297,7 +297,10 @@ pub async fn cache_stats(State(state): State<AppState>) -> Json<CacheStats> {
     Json(CacheStats {
         current_size: s.current_size,
         max_size: s.max_size,
-        is_full: s.current_size >= s.max_size,
+        current_bytes: s.current_bytes,
+        max_bytes: s.max_bytes,
+        // Once either limit is reached a new key evicts the least recently used one.
+        is_full: s.current_size >= s.max_size || s.current_bytes >= s.max_bytes,
         expiration_minutes: s.ttl.as_secs_f64() / 60.0,
         hits: s.hits,
         misses: s.misses,

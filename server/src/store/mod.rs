@@ -44,6 +44,8 @@ pub const DB_FILE: &str = "kv_store.db";
 pub struct StoreConfig {
     pub data_dir: PathBuf,
     pub cache_size: usize,
+    /// Bytes the cache may hold (see `cache.rs` for what is counted).
+    pub cache_max_bytes: usize,
     pub cache_ttl: Duration,
     pub sync: SyncMode,
     /// Idle read connections kept open.
@@ -83,7 +85,12 @@ impl Store {
         let db_path = config.data_dir.join(DB_FILE);
         let lock = DbLock::acquire(&db_path)?;
         let (conn, info) = db::open_writer(&db_path, config.sync)?;
-        let cache = Arc::new(Cache::new(config.cache_size, config.cache_ttl, counters));
+        let cache = Arc::new(Cache::new(
+            config.cache_size,
+            config.cache_max_bytes,
+            config.cache_ttl,
+            counters,
+        ));
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
         let writer_cache = cache.clone();
         let checkpointer = checkpoint::start(&db_path, metrics.checkpoints.clone())?;

@@ -16,6 +16,7 @@ async fn checkpoints_are_paced_under_a_stream_of_commits() {
     let config = StoreConfig {
         data_dir: dir.path().to_owned(),
         cache_size: 16,
+        cache_max_bytes: 1 << 20,
         cache_ttl: Duration::from_secs(60),
         sync: SyncMode::Normal,
         readers: 1,

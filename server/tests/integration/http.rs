@@ -321,6 +321,33 @@ async fn stats_report_the_seed_fields_and_more() {
 }
 
 #[tokio::test]
+async fn the_cache_byte_budget_keeps_large_values_out_and_says_so() {
+    // 4 KiB of cache: small values are cached, a 10 KB value is served from the database
+    // every time, and the stats show the budget and what is held.
+    let app = test_app_with(|c| c.cache_max_bytes = 4096);
+    app.put("small", r#""s""#).await;
+    let big = format!(r#""{}""#, "x".repeat(10_000));
+    app.put("big", &big).await;
+    assert_eq!(app.get("/get/small").await.json()["source"], "cache");
+    for _ in 0..2 {
+        let read = app.get("/get/big").await.json();
+        assert_eq!(read["source"], "database");
+        assert_eq!(read["value"].as_str().unwrap().len(), 10_000);
+    }
+    let cache = app.get("/cache/stats").await.json();
+    assert_eq!(cache["current_size"], 1);
+    assert_eq!(cache["max_bytes"], 4096);
+    let held = cache["current_bytes"].as_u64().unwrap();
+    assert!(held > 0 && held < 1024, "{cache}");
+    assert_eq!(cache["is_full"], false);
+    let metrics = app.get("/metrics").await.text;
+    assert!(
+        metrics.contains(&format!("kv_server_cache_bytes {held}")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn health_ready_metrics_and_docs_answer() {
     let app = test_app();
     assert_eq!(app.get("/health").await.json()["status"], "ok");
@@ -373,4 +400,87 @@ async fn a_closed_store_answers_503_with_retry_after() {
     app.get("/ready")
         .await
         .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+}
+
+#[tokio::test]
+async fn the_metrics_port_serves_metrics_and_health_and_no_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (api_url, metrics_url) = (
+        format!("http://{}", api.local_addr().unwrap()),
+        format!("http://{}", metrics.local_addr().unwrap()),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(kv_server::serve(
+        api,
+        Some(metrics),
+        crate::support::config(dir.path()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let http = reqwest::Client::new();
+    let put = http
+        .put(format!("{api_url}/put/k"))
+        .json(&serde_json::json!({"value": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+
+    let scrape = http
+        .get(format!("{metrics_url}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scrape.status(), 200);
+    let text = scrape.text().await.unwrap();
+    assert!(
+        text.contains(
+            r#"kv_server_http_requests_total{route="/put/{key}",method="PUT",status="200"} 1"#
+        ),
+        "{text}"
+    );
+    let health = http
+        .get(format!("{metrics_url}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    // Nothing of the data API answers there.
+    for path in [
+        "/get/k",
+        "/versions/k",
+        "/cache/stats",
+        "/internal/status",
+        "/admin/snapshot",
+    ] {
+        let r = http
+            .get(format!("{metrics_url}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    let r = http
+        .put(format!("{metrics_url}/put/k"))
+        .json(&serde_json::json!({"value": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // /metrics stays on the API port too.
+    let r = http.get(format!("{api_url}/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    assert!(
+        http.get(format!("{metrics_url}/metrics"))
+            .send()
+            .await
+            .is_err(),
+        "the metrics listener closes with the server"
+    );
 }

@@ -48,6 +48,7 @@ pub fn settings(sts: &Value) -> Settings {
     let number = |name: &str| env(sts, name)?.parse().ok();
     Settings {
         cache_size: number("KV_CACHE_SIZE"),
+        cache_max_bytes: env(sts, "KV_CACHE_MAX_BYTES"),
         vnodes: number("KV_VNODES"),
         replication_factor: number("KV_REPLICATION_FACTOR"),
         write_quorum: number("KV_WRITE_QUORUM"),

@@ -22,6 +22,8 @@ use tokio::task::JoinHandle;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Settings {
     pub cache_size: Option<usize>,
+    /// `KV_CACHE_MAX_BYTES` as written (`64Mi`): the server's own parser reads it.
+    pub cache_max_bytes: Option<String>,
     pub vnodes: Option<usize>,
     pub replication_factor: Option<usize>,
     pub write_quorum: Option<usize>,
@@ -192,6 +194,10 @@ impl PodRun {
         config.node_name = self.name.clone();
         if let Some(size) = settings.cache_size {
             config.cache_size = size;
+        }
+        if let Some(raw) = &settings.cache_max_bytes {
+            config.cache_max_bytes =
+                kv_common::bytesize::parse(raw).map_err(|e| format!("KV_CACHE_MAX_BYTES: {e}"))?;
         }
         if let Some(vnodes) = settings.vnodes {
             config.replication.vnodes = vnodes;
