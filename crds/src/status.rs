@@ -106,6 +106,13 @@ pub struct RingStatus {
     /// Servers the spec asks for, while they differ from `members`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub target_members: Vec<String>,
+    /// Replication factor of the ring in force, as configured (servers cap it at the
+    /// members). When `spec.replication.factor` differs, keys move to the new replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_factor: Option<i32>,
+    /// Virtual nodes per server of the ring in force. When `spec.vnodes` differs, keys move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vnodes: Option<i32>,
     /// `Done` when the ring in force is the target and clean; else the move's phase
     /// (`WaitingForServers`, `Announcing`, `Copying`, `Draining`, `Switching`, `CleaningUp`).
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -40,6 +40,9 @@ pub struct RingPlan {
     pub next_members: Vec<String>,
     /// Servers the spec asks for: pods `0..spec.replicas`.
     pub target: Vec<String>,
+    /// The spec's replication factor and vnodes differ from the ring in force's (or the
+    /// status does not know those yet: a round finds out, and moves keys if they differ).
+    pub relayout: bool,
     /// Keys must move (the target is not in force), or a move is not finished yet.
     pub moving: bool,
 }
@@ -168,12 +171,21 @@ impl RingPlan {
         let next_members = ring.map(|r| r.next_members.clone()).unwrap_or_default();
         let target = names.server_pods(cluster.spec.replicas);
         let unfinished = ring.is_some_and(|r| !r.phase.is_empty() && r.phase != "Done");
+        // Before the first ring is pinned the servers' flags are the spec's (KV_VNODES,
+        // KV_REPLICATION_FACTOR) and the pin records them; after it, the recorded ring decides.
+        let spec = &cluster.spec;
+        let relayout = ring.is_some_and(|r| {
+            r.epoch > 0
+                && (r.replication_factor != Some(spec.replication.factor)
+                    || r.vnodes != Some(spec.vnodes))
+        });
         RingPlan {
-            moving: unfinished || sorted(&target) != sorted(&members),
+            moving: unfinished || relayout || sorted(&target) != sorted(&members),
             seeds,
             members,
             next_members,
             target,
+            relayout,
         }
     }
 }
@@ -270,5 +282,51 @@ mod tests {
         assert_eq!(parse_bytes("1e3"), Some(1000.0));
         assert!(parse_bytes("2Gi").unwrap() > parse_bytes("2G").unwrap());
         assert_eq!(parse_bytes("lots"), None);
+    }
+
+    /// A 3-server cluster whose recorded ring is `epoch` with the given layout.
+    fn cluster(factor: i32, epoch: i64, layout: Option<(i32, i32)>) -> KvCluster {
+        let mut cluster = KvCluster::new(
+            "demo",
+            kv_crds::KvClusterSpec {
+                replication: kv_crds::ReplicationSpec {
+                    factor,
+                    ..kv_crds::ReplicationSpec::default()
+                },
+                ..kv_crds::KvClusterSpec::default()
+            },
+        );
+        let pods: Vec<String> = (0..3).map(|i| format!("demo-server-{i}")).collect();
+        cluster.status = Some(kv_crds::KvClusterStatus {
+            ring: Some(kv_crds::RingStatus {
+                seeds: pods.clone(),
+                members: pods,
+                epoch,
+                phase: "Done".into(),
+                replication_factor: layout.map(|l| l.0),
+                vnodes: layout.map(|l| l.1),
+                ..kv_crds::RingStatus::default()
+            }),
+            ..kv_crds::KvClusterStatus::default()
+        });
+        cluster
+    }
+
+    #[test]
+    fn a_new_replication_factor_or_vnodes_moves_keys_once_the_ring_is_pinned() {
+        let ring = |c: &KvCluster| Plan::new(c, None).ring;
+        let settled = ring(&cluster(3, 1, Some((3, 150))));
+        assert!(!settled.moving && !settled.relayout);
+        let refactored = ring(&cluster(2, 1, Some((3, 150))));
+        assert!(refactored.moving && refactored.relayout);
+        assert_eq!(refactored.target, refactored.members, "the same servers");
+        let mut revnoded = cluster(3, 1, Some((3, 150)));
+        revnoded.spec.vnodes = 200;
+        assert!(ring(&revnoded).relayout);
+        // A ring pinned before the layout was recorded: one round finds out.
+        assert!(ring(&cluster(3, 1, None)).relayout);
+        // Not pinned yet: the servers run with the spec's flags, which the pin records.
+        let unpinned = ring(&cluster(2, 0, None));
+        assert!(!unpinned.moving && !unpinned.relayout);
     }
 }

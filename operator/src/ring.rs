@@ -1,6 +1,7 @@
-//! Moving keys when `spec.replicas` changes: one round of kv-rebalance's coordinator per
-//! reconcile pass, towards the ring of pods `0..spec.replicas` (docs/rebalancing.md), and
-//! the ring part of the status.
+//! Moving keys when `spec.replicas`, `spec.replication.factor` or `spec.vnodes` changes: one
+//! round of kv-rebalance's coordinator per reconcile pass, towards the ring of pods
+//! `0..spec.replicas` with the spec's layout (docs/rebalancing.md), and the ring part of the
+//! status.
 //!
 //! The order is the plan's: on scale up the StatefulSet grows first and the round waits until
 //! every server is ready; on scale down the StatefulSet keeps every server until the round
@@ -146,13 +147,22 @@ pub async fn drive(
         next_epoch: previous.next_epoch,
         next_members: previous.next_members.clone(),
         target_members: ring.target.clone(),
+        replication_factor: previous.replication_factor,
+        vnodes: previous.vnodes,
         ..RingStatus::default()
     };
+    let spec = &cluster.spec;
+    let wanted_layout = (spec.replication.factor, spec.vnodes);
     if !ring.moving {
         let mut pin_pending = false;
         if previous.epoch == 0 && plan.replicas > 0 && ready_servers(sts) >= plan.replicas {
-            status.epoch = pin(rebalancing, &names, &namespace, &ring.members).await;
-            pin_pending = status.epoch == 0;
+            let (epoch, layout) = pin(rebalancing, &names, &namespace, &ring.members).await;
+            status.epoch = epoch;
+            pin_pending = epoch == 0;
+            if let Some((factor, vnodes)) = layout.or((epoch > 0).then_some(wanted_layout)) {
+                status.replication_factor = Some(factor);
+                status.vnodes = Some(vnodes);
+            }
         }
         status.target_members.clear();
         status.phase = "Done".into();
@@ -171,7 +181,20 @@ pub async fn drive(
             status,
         };
     }
-    let from_to = format!("{} -> {} servers", ring.members.len(), ring.target.len());
+    let mut from_to = format!("{} -> {} servers", ring.members.len(), ring.target.len());
+    // Layout changes as far as the status knows them (an unknown one is only being checked).
+    if let Some(was) = previous
+        .replication_factor
+        .filter(|f| *f != wanted_layout.0)
+    {
+        from_to.push_str(&format!(
+            ", replication factor {was} -> {}",
+            wanted_layout.0
+        ));
+    }
+    if let Some(was) = previous.vnodes.filter(|v| *v != wanted_layout.1) {
+        from_to.push_str(&format!(", vnodes {was} -> {}", wanted_layout.1));
+    }
 
     // Scale up: no key moves before every server is up (the first round names them all).
     let started = previous.next_epoch.is_some()
@@ -220,8 +243,8 @@ pub async fn drive(
             .iter()
             .map(|pod| rebalancing.member(&names, &namespace, pod))
             .collect(),
-        vnodes: None,
-        replication_factor: usize::try_from(cluster.spec.replication.factor).ok(),
+        vnodes: usize::try_from(spec.vnodes).ok(),
+        replication_factor: usize::try_from(spec.replication.factor).ok(),
     };
     let round = match rebalancing.stepper.step(&seeds, &target).await {
         Ok(round) => round,
@@ -246,6 +269,7 @@ pub async fn drive(
     };
     let progress = &round.progress;
     if let Some(state) = &round.state {
+        (status.replication_factor, status.vnodes) = layout_of(state);
         status.members = by_ordinal(state.current.names());
         status.next_members = state
             .next
@@ -270,6 +294,11 @@ pub async fn drive(
     }
     if progress.done() {
         status.members = ring.target.clone();
+        // The spec's layout, not the observed one: servers cap R at the members, so a factor
+        // above them is "in force" without a new configuration (the coordinator is done), and
+        // recording the servers' lower number would start a round at every pass.
+        status.replication_factor = Some(wanted_layout.0);
+        status.vnodes = Some(wanted_layout.1);
         status.next_members.clear();
         status.next_epoch = None;
         status.target_members.clear();
@@ -321,8 +350,14 @@ pub async fn drive(
 /// Pins the servers' flags-derived ring (epoch 0) as epoch 1 (a coordinator round does it,
 /// then a second one sees it done): gateways then route by a ring configuration, and a new
 /// server among the Service's endpoints takes no key before a move names it. Returns the
-/// epoch in force, 0 when the servers could not be reached (the next pass tries again).
-async fn pin(rebalancing: &Rebalancing, names: &Names, namespace: &str, members: &[String]) -> i64 {
+/// epoch in force, 0 when the servers could not be reached (the next pass tries again), and
+/// the layout (replication factor, vnodes) in force when a server reported it.
+async fn pin(
+    rebalancing: &Rebalancing,
+    names: &Names,
+    namespace: &str,
+    members: &[String],
+) -> (i64, Option<(i32, i32)>) {
     let members: Vec<RingMember> = members
         .iter()
         .map(|pod| rebalancing.member(names, namespace, pod))
@@ -335,15 +370,27 @@ async fn pin(rebalancing: &Rebalancing, names: &Names, namespace: &str, members:
     };
     for _ in 0..2 {
         match rebalancing.stepper.step(&members, &target).await {
-            Ok(round) if round.progress.done() => return int(round.progress.epoch),
+            Ok(round) if round.progress.done() => {
+                let layout = round.state.as_ref().map(layout_of);
+                let layout = layout.and_then(|(factor, vnodes)| Some((factor?, vnodes?)));
+                return (int(round.progress.epoch), layout);
+            }
             Ok(_) => {}
             Err(why) => {
                 tracing::warn!(%why, "cannot pin the ring yet");
-                return 0;
+                return (0, None);
             }
         }
     }
-    0
+    (0, None)
+}
+
+/// (replication factor as configured, vnodes) of the configuration in force.
+fn layout_of(state: &RingState) -> (Option<i32>, Option<i32>) {
+    (
+        i32::try_from(state.current.replication_factor).ok(),
+        i32::try_from(state.current.vnodes).ok(),
+    )
 }
 
 /// A counter as the status holds it (Kubernetes schemas know int64, not uint64).

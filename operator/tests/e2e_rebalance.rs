@@ -4,7 +4,9 @@
 //! `KV_PEERS` names the first three only), moves keys with the coordinator, and reports the
 //! ring of 5 as `Rebalancing: False/Balanced` -> every version of every key is read ->
 //! `spec.replicas: 2`: keys leave the three highest servers first, the StatefulSet shrinks to
-//! 2 only once the ring of 2 is in force -> every version is still read.
+//! 2 only once the ring of 2 is in force -> every version is still read ->
+//! `spec.replication.factor: 1` (and `writeQuorum: 1`) on the same two servers: each keeps only its own keys (the
+//! servers hold KEYS keys between them, not twice that), and every version is still read.
 
 #[path = "e2e/harness.rs"]
 mod harness;
@@ -112,6 +114,38 @@ async fn scenario() {
     })
     .await;
     every_version_is_read(&http, &gateway.url, &written).await;
+    assert_eq!(
+        keys_held(&http, &gateway.url).await,
+        2 * KEYS,
+        "R = 2 on 2 servers"
+    );
+
+    // A new replication factor, same servers: a move without a new pod.
+    clusters
+        .patch(
+            CLUSTER,
+            &PatchParams::default(),
+            // W must stay at most R: the CRD's validation refuses more (the fake API server
+            // does not check it, and the servers would not start).
+            &Patch::Merge(json!({ "spec": { "replication": { "factor": 1, "writeQuorum": 1 } } })),
+        )
+        .await
+        .expect("patch spec.replication.factor");
+    within(&clusters, MOVE, "replication factor 1 in force", || async {
+        let cluster = clusters.get(CLUSTER).await.ok()?;
+        let ring = cluster.status.as_ref()?.ring.clone()?;
+        let done = ring.replication_factor == Some(1)
+            && ring.phase == "Done"
+            && ring.members.len() == 2
+            && rebalancing(&cluster) == Some(("False", "Balanced".into()));
+        done.then_some(())
+    })
+    .await;
+    every_version_is_read(&http, &gateway.url, &written).await;
+    eventually("each key on one server only", || async {
+        (keys_held(&http, &gateway.url).await == KEYS).then_some(())
+    })
+    .await;
 
     gateway.task.stop().await.expect("gateway stopped cleanly");
     plane
@@ -208,6 +242,19 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Keys held by the servers of the ring, summed (`/db/stats` of each, through the gateway).
+async fn keys_held(http: &Http, gateway: &str) -> usize {
+    let mut total = 0;
+    for server in ["rb-server-0", "rb-server-1"] {
+        let (code, body) = http
+            .get(&format!("{gateway}/db/stats?server={server}"))
+            .await;
+        assert_eq!(code, 200, "{server}: {body}");
+        total += body["total_keys"].as_u64().expect("total_keys") as usize;
+    }
+    total
 }
 
 fn key_url(base: &str, route: &str, key: &str) -> String {

@@ -359,6 +359,67 @@ async fn scale_up_grows_the_statefulset_first_then_moves_keys_once_servers_are_r
     assert_eq!(ring["seeds"], json!(pods(3)));
     assert!(ring.get("targetMembers").is_none(), "{ring}");
     assert_eq!(status.body["status"]["ringMembers"], json!(pods(5)));
+    assert_eq!(
+        (&ring["replicationFactor"], &ring["vnodes"]),
+        (&json!(3), &json!(150))
+    );
+}
+
+#[tokio::test]
+async fn a_new_replication_factor_moves_keys_on_the_same_servers() {
+    let stepper = Arc::new(FakeStepper::default());
+    stepper
+        .then(Phase::Copying, 1, Some(2))
+        .then(Phase::Done, 2, None);
+    let mut kvc = scaled_cluster(3, 3);
+    kvc.spec.replication.factor = 2;
+    {
+        let ring = kvc.status.as_mut().unwrap().ring.as_mut().unwrap();
+        ring.epoch = 1;
+        ring.replication_factor = Some(3);
+        ring.vnodes = Some(150);
+    }
+    let (client, api) = mock_client();
+    let ctx = stepping_context(client, &stepper);
+    let (sts, status, action, kvc) = pass(kvc, ctx, api, 3, 3).await;
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert_eq!(stepper.calls(), vec![(pods(3), pods(3))]);
+    let target = stepper.calls.lock().unwrap()[0].1.clone();
+    assert_eq!(
+        (target.replication_factor, target.vnodes),
+        (Some(2), Some(150))
+    );
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)));
+    let rebalancing = condition(&status, "Rebalancing");
+    assert_eq!(rebalancing["reason"], "Copying");
+    let message = rebalancing["message"].as_str().unwrap();
+    assert!(
+        message.contains("3 -> 3 servers, replication factor 3 -> 2, epoch 1 -> 2"),
+        "{message}"
+    );
+    let ring = &status.body["status"]["ring"];
+    assert_eq!(ring["replicationFactor"], 3, "not in force yet");
+
+    // Done: the new factor is recorded, and the next pass runs no round.
+    let (client, api) = mock_client();
+    let ctx = stepping_context(client, &stepper);
+    let (_, status, _, kvc) = pass(kvc, ctx, api, 3, 3).await;
+    assert_eq!(condition(&status, "Rebalancing")["reason"], "Balanced");
+    let ring = &status.body["status"]["ring"];
+    assert_eq!(
+        (&ring["replicationFactor"], &ring["epoch"]),
+        (&json!(2), &json!(2))
+    );
+    let (client, api) = mock_client();
+    let ctx = stepping_context(client, &stepper);
+    let (_, status, action, _) = pass(kvc, ctx, api, 3, 3).await;
+    assert_eq!(
+        stepper.calls().len(),
+        2,
+        "no round once the factor is in force"
+    );
+    assert_eq!(condition(&status, "Rebalancing")["status"], "False");
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
 }
 
 #[tokio::test]
@@ -445,6 +506,7 @@ async fn once_its_servers_are_ready_the_first_ring_is_pinned_as_epoch_1() {
         vec![(pods(3), pods(3)), (pods(3), pods(3))]
     );
     assert_eq!(status.body["status"]["ring"]["epoch"], 1);
+    assert_eq!(status.body["status"]["ring"]["replicationFactor"], 3);
     assert_eq!(condition(&status, "Rebalancing")["reason"], "Balanced");
 
     // Not yet ready: no round, the epoch stays 0 until a later pass.
