@@ -36,6 +36,10 @@ bench() {
 }
 
 cargo build --release -q -p kv-server -p kv-gateway -p kvstore
+# The build leaves hundreds of MB of dirty pages; their writeback would share the disk with
+# the first case's fsyncs (it halved the durable PUT figure of a run started right after a
+# build).
+sync
 echo "machine: $(nproc) cores, $(uname -r); commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
 echo "load before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 
