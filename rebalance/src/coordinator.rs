@@ -116,10 +116,29 @@ impl Coordinator {
     pub async fn step(&self, seeds: &[RingMember], target: &Target) -> Result<Progress> {
         let observed = self.observe(seeds, target).await;
         let decision = decide(&observed, target).map_err(Error::Plan)?;
-        self.act(decision, observed.cluster_state().cloned()).await
+        // Members are dialled where the seeds and the target say, as in `observe`: the
+        // ring states carry the URLs members had when those rings were made, and a server
+        // restarted since (`kvstore up` on new free ports) is elsewhere now.
+        let mut dial: BTreeMap<&str, &str> = BTreeMap::new();
+        for m in seeds.iter().chain(&target.members) {
+            dial.entry(&m.name).or_insert(&m.url);
+        }
+        let at = |m: &RingMember| RingMember {
+            name: m.name.clone(),
+            url: dial
+                .get(m.name.as_str())
+                .map_or_else(|| m.url.clone(), |u| (*u).to_owned()),
+        };
+        self.act(decision, observed.cluster_state().cloned(), at)
+            .await
     }
 
-    async fn act(&self, decision: Decision, observed: Option<RingState>) -> Result<Progress> {
+    async fn act(
+        &self,
+        decision: Decision,
+        observed: Option<RingState>,
+        at: impl Fn(&RingMember) -> RingMember,
+    ) -> Result<Progress> {
         let mut progress = Progress {
             phase: decision.phase,
             epoch: decision.epoch,
@@ -147,6 +166,8 @@ impl Coordinator {
             } => {
                 let body = serde_json::to_vec(&state)
                     .map_err(|e| Error::Plan(format!("ring state: {e}")))?;
+                let required: Vec<RingMember> = required.iter().map(&at).collect();
+                let best_effort: Vec<RingMember> = best_effort.iter().map(&at).collect();
                 let pushes = required
                     .iter()
                     .map(|m| (m, true))
@@ -179,6 +200,7 @@ impl Coordinator {
                 }
             }
             Action::Cleanup(members) => {
+                let members: Vec<RingMember> = members.iter().map(&at).collect();
                 let results = futures::future::join_all(members.iter().map(|m| async move {
                     (
                         m,
