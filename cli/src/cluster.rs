@@ -12,7 +12,8 @@
 //!
 //! With more than one server they replicate (docs/replication.md): every server is given
 //! every other as a peer (`server-i` at its `127.0.0.1` URL, known since the listeners are
-//! bound before any server starts), and the servers and the gateway the same R and W.
+//! bound before any server starts), and the servers and the gateway the same R, and W when
+//! given (without it each takes a majority of the R in force, which a stored ring may set).
 //!
 //! More servers than last time: while no ring was ever applied, each server's ring comes
 //! from its flags and the servers catch up offline (a database that last caught up under
@@ -67,9 +68,11 @@ pub struct ClusterConfig {
     /// commits on power loss, never on a crash of this process).
     #[arg(long, value_enum, default_value_t = SyncMode::Full)]
     pub sync: SyncMode,
-    /// Servers holding each key (capped at --servers; 1 = no replication).
-    #[arg(long, default_value_t = DEFAULT_REPLICATION_FACTOR)]
-    pub replication_factor: usize,
+    /// Servers holding each key (capped at --servers; 1 = no replication). Default 3; once a
+    /// ring is stored in the data directory, the stored ring's, and a different value moves
+    /// keys to the new replicas before `kvstore up` reports the cluster up.
+    #[arg(long)]
+    pub replication_factor: Option<usize>,
     /// Servers that must hold a version before a put is answered (default: a majority of the
     /// replication factor in force).
     #[arg(long)]
@@ -90,15 +93,22 @@ impl ClusterConfig {
             cache_size: 100,
             cache_max_bytes: 64 << 20,
             sync: SyncMode::Full,
-            replication_factor: DEFAULT_REPLICATION_FACTOR,
+            replication_factor: None,
             write_quorum: None,
         }
     }
 
-    /// The replication factor in force (the flag, capped at the number of servers) and the
-    /// write quorum (the flag, or a majority of that factor).
+    /// `--replication-factor`, or its default.
+    fn factor_flag(&self) -> usize {
+        self.replication_factor
+            .unwrap_or(DEFAULT_REPLICATION_FACTOR)
+    }
+
+    /// The replication factor the flags ask for (capped at the number of servers) and the
+    /// write quorum (the flag, or a majority of that factor). A stored ring's factor wins
+    /// over the default (see [`move_to_servers`]).
     pub fn replication(&self) -> (usize, usize) {
-        let factor = self.replication_factor.min(self.servers).max(1);
+        let factor = self.factor_flag().min(self.servers).max(1);
         (factor, self.write_quorum.unwrap_or(factor / 2 + 1))
     }
 
@@ -152,17 +162,17 @@ impl ClusterConfig {
                 self.servers
             )));
         }
-        if self.replication_factor == 0 {
+        if self.replication_factor == Some(0) {
             return Err(Error::Config(
                 "--replication-factor must be at least 1 (1 = no replication)".into(),
             ));
         }
         let (factor, quorum) = self.replication();
         if quorum == 0 || quorum > factor {
-            let capped = if factor < self.replication_factor {
+            let capped = if factor < self.factor_flag() {
                 format!(
                     " (--replication-factor {} capped at --servers)",
-                    self.replication_factor
+                    self.factor_flag()
                 )
             } else {
                 String::new()
@@ -275,7 +285,9 @@ pub async fn start(
         server.sync = config.sync;
         server.replication.peers = peers.clone();
         server.replication.replication_factor = Some(factor);
-        server.replication.write_quorum = Some(quorum);
+        // Only the flag: without one each server takes a majority of the factor in force,
+        // which a stored ring may set to another value than the flags.
+        server.replication.write_quorum = config.write_quorum;
         let name = info.name.clone();
         let stop = stopped(servers_stopped.clone());
         tasks.spawn(async move { (name, kv_server::run(listener, server, stop).await) });
@@ -307,7 +319,7 @@ pub async fn start(
     };
     gateway_config.listen = gateway;
     gateway_config.replication_factor = factor;
-    gateway_config.write_quorum = Some(quorum);
+    gateway_config.write_quorum = config.write_quorum;
     let (gateway_stop, gateway_stopped) = watch::channel(false);
     let mut gateway_task = tokio::spawn(kv_gateway::run(
         gateway_listener,
@@ -330,9 +342,33 @@ pub async fn start(
         stop_servers(&servers_stop, tasks).await;
         return Err(error);
     }
-    if servers.len() > 1 {
-        move_to_servers(&servers).await;
-    }
+    // Under a stored ring, its factor is the one in force (and W a majority of it, unless
+    // given).
+    let stored = if servers.len() > 1 {
+        // A move may take minutes: Ctrl-C stops it (it goes on at the next start).
+        tokio::select! {
+            stored = move_to_servers(&servers, config.replication_factor) => stored,
+            () = &mut shutdown => {
+                let _ = gateway_stop.send(true);
+                let _ = gateway_task.await;
+                stop_servers(&servers_stop, tasks).await;
+                return Err(Error::Interrupted);
+            }
+        }
+    } else {
+        None
+    };
+    let (factor, quorum) = match stored {
+        Some(ring) => {
+            let factor = ring.factor();
+            let quorum = config
+                .write_quorum
+                .unwrap_or(factor / 2 + 1)
+                .clamp(1, factor);
+            (factor, quorum)
+        }
+        None => (factor, quorum),
+    };
 
     let supervisor = tokio::spawn({
         let servers = servers.clone();
@@ -382,11 +418,18 @@ fn stored_ring(db: &std::path::Path) -> Option<kv_common::ring_config::RingState
 }
 
 /// When the servers run under a stored ring (epoch 1 or more) that does not name them all,
-/// moves keys to the ring of every server with kv-rebalance's coordinator (as `kvstore ring
-/// apply` does) and returns once it is in force. The replication factor and vnodes stay the
-/// ring's: changing them is `kvstore ring apply`'s job. A move that does not finish is
-/// logged and left to the next start (every step is idempotent); the cluster serves anyway.
-pub async fn move_to_servers(servers: &[ServerInfo]) {
+/// or `replication_factor` (the flag, when given) is not the stored ring's, moves keys to the
+/// ring of every server with that factor with kv-rebalance's coordinator (as `kvstore ring
+/// apply` does) and returns once it is in force. The vnodes stay the ring's: changing them
+/// is `kvstore ring apply`'s job. A move that does not finish is logged and left to the next
+/// start (every step is idempotent); the cluster serves anyway.
+///
+/// Returns the stored ring configuration in force at the end, `None` without one (the
+/// servers' rings come from their flags).
+pub async fn move_to_servers(
+    servers: &[ServerInfo],
+    replication_factor: Option<usize>,
+) -> Option<kv_common::ring_config::RingConfig> {
     use kv_common::ring_config::RingMember;
     use kv_rebalance::{Coordinator, Target};
 
@@ -400,23 +443,30 @@ pub async fn move_to_servers(servers: &[ServerInfo]) {
     let target = Target {
         members: members.clone(),
         vnodes: None,
-        replication_factor: None,
+        replication_factor,
     };
     let coordinator = Coordinator::new(Duration::from_secs(5));
-    let observed = coordinator.observe(&members, &target).await;
-    let Some(state) = observed.cluster_state() else {
-        return;
+    let in_force = async || {
+        let observed = coordinator.observe(&members, &target).await;
+        observed
+            .cluster_state()
+            .filter(|s| s.current.epoch > 0)
+            .cloned()
     };
-    let stored = state.current.epoch > 0;
+    // Epoch 0 everywhere: no ring was stored, the servers' flags are the ring.
+    let state = in_force().await?;
     let named = |n: &ServerInfo| state.current.contains(&n.name);
-    if !stored || (state.next.is_none() && servers.iter().all(named)) {
-        return;
+    let new_factor = replication_factor.filter(|&r| r != state.current.replication_factor);
+    if state.next.is_none() && servers.iter().all(named) && new_factor.is_none() {
+        return Some(state.current);
     }
     tracing::info!(
         epoch = state.current.epoch,
         from = state.current.members.len(),
         to = servers.len(),
-        "the stored ring does not name every server: moving keys"
+        replication_factor_from = state.current.replication_factor,
+        replication_factor_to = replication_factor.unwrap_or(state.current.replication_factor),
+        "the stored ring is not the one asked for: moving keys"
     );
     let mut last = String::new();
     let mut report = |p: &kv_rebalance::Progress| {
@@ -441,6 +491,7 @@ pub async fn move_to_servers(servers: &[ServerInfo]) {
         Err(error) => tracing::warn!(%error,
             "the move to every server did not finish; serving anyway, the next start goes on"),
     }
+    Some(in_force().await.map_or(state.current, |s| s.current))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener> {

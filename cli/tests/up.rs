@@ -61,7 +61,7 @@ fn more_servers_on_the_same_data_dir_take_their_keys_with_every_version_and_fewe
     // R = 1: a key that changes owner is readable only if its versions moved.
     let cluster = TestCluster::try_start_with(dir.path(), |c| {
         c.servers = 2;
-        c.replication_factor = 1;
+        c.replication_factor = Some(1);
     })
     .unwrap();
     write_two_versions(&cluster, "grow", 40);
@@ -69,7 +69,7 @@ fn more_servers_on_the_same_data_dir_take_their_keys_with_every_version_and_fewe
 
     let cluster = TestCluster::try_start_with(dir.path(), |c| {
         c.servers = 4;
-        c.replication_factor = 1;
+        c.replication_factor = Some(1);
     })
     .unwrap();
     let moved = on_new_servers(&cluster, "grow", 40);
@@ -90,7 +90,7 @@ fn more_servers_under_a_stored_ring_get_their_keys_online() {
     let dir = tempfile::tempdir().unwrap();
     let r1 = |c: &mut ClusterConfig, servers| {
         c.servers = servers;
-        c.replication_factor = 1;
+        c.replication_factor = Some(1);
     };
     let cluster = TestCluster::try_start_with(dir.path(), |c| r1(c, 2)).unwrap();
     write_two_versions(&cluster, "stored", 30);
@@ -135,10 +135,73 @@ fn more_servers_under_a_stored_ring_get_their_keys_online() {
     cluster.stop();
 }
 
+/// Keys each server's database holds (`total_keys` of `/db/stats`, through the gateway).
+fn keys_per_server(cluster: &TestCluster) -> Vec<u64> {
+    let stats = json(&cluster.kvstore(&["stats", "--json"]));
+    let servers = stats["servers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{stats}"));
+    assert_eq!(servers.len(), cluster.servers.len(), "{stats}");
+    servers
+        .iter()
+        .map(|s| {
+            s["db"]["total_keys"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{stats}"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_new_replication_factor_under_a_stored_ring_moves_keys_and_no_flag_keeps_the_stored_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::start(dir.path());
+    write_two_versions(&cluster, "factor", 20);
+    ring_apply(&cluster, &cluster.servers);
+    cluster.stop();
+
+    // R 3 -> 1 on the same servers: every key ends up on exactly one of them.
+    let cluster =
+        TestCluster::try_start_with(dir.path(), |c| c.replication_factor = Some(1)).unwrap();
+    assert_eq!(cluster.replication(), (1, 1));
+    // Every version still readable (the count of keys on server-3 does not matter here).
+    on_new_servers(&cluster, "factor", 20);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let held = keys_per_server(&cluster);
+        if held.iter().sum::<u64>() == 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still held: {held:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let epoch = |cluster: &TestCluster| {
+        let ring = json(&cluster.kvstore(&[
+            "--json",
+            "ring",
+            "show",
+            "--server",
+            &cluster.servers[0].url(),
+        ]));
+        assert_eq!(ring["state"]["current"]["replication_factor"], 1, "{ring}");
+        ring["state"]["current"]["epoch"].as_u64().unwrap()
+    };
+    let moved_at = epoch(&cluster);
+    cluster.stop();
+
+    // Without the flag the stored factor stays, not the default 3, and nothing moves.
+    let cluster = TestCluster::start(dir.path());
+    assert_eq!(cluster.replication(), (1, 1));
+    assert_eq!(epoch(&cluster), moved_at);
+    assert_eq!(keys_per_server(&cluster).iter().sum::<u64>(), 20);
+    cluster.stop();
+}
+
 #[test]
 fn fewer_servers_start_once_a_ring_moved_the_keys_off_the_others() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = TestCluster::try_start_with(dir.path(), |c| c.replication_factor = 1).unwrap();
+    let cluster =
+        TestCluster::try_start_with(dir.path(), |c| c.replication_factor = Some(1)).unwrap();
     for i in 0..20 {
         assert_code(
             &cluster.kvstore(&["put", &format!("shrink/{i}"), &i.to_string()]),
@@ -152,7 +215,7 @@ fn fewer_servers_start_once_a_ring_moved_the_keys_off_the_others() {
 
     let cluster = TestCluster::try_start_with(dir.path(), |c| {
         c.servers = 2;
-        c.replication_factor = 1;
+        c.replication_factor = Some(1);
     })
     .expect("server-3 holds nothing the ring needs");
     for i in 0..20 {
@@ -276,7 +339,7 @@ fn replication_flags_are_checked_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
     let config = |servers, replication_factor, write_quorum| ClusterConfig {
         servers,
-        replication_factor,
+        replication_factor: Some(replication_factor),
         write_quorum,
         ..ClusterConfig::new(dir.path())
     };

@@ -60,6 +60,12 @@ impl TestCluster {
         })
     }
 
+    /// The replication factor and write quorum `kvstore up` reports.
+    pub fn replication(&self) -> (usize, usize) {
+        let cluster = self.cluster.as_ref().expect("running");
+        (cluster.replication_factor, cluster.write_quorum)
+    }
+
     /// Runs `kvstore ARGS` against this cluster's gateway.
     pub fn kvstore(&self, args: &[&str]) -> Output {
         kvstore_at(&self.url, args, None)
