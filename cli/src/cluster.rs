@@ -98,15 +98,25 @@ impl ClusterConfig {
         }
     }
 
-    /// `--replication-factor`, or its default.
+    /// `--replication-factor`; without it the stored ring's (configured) factor if the data
+    /// directory has one, else the default.
     fn factor_flag(&self) -> usize {
         self.replication_factor
+            .or_else(|| {
+                let db = self
+                    .data_dir
+                    .join("server-1")
+                    .join(kv_server::store::DB_FILE);
+                stored_ring(&db)
+                    .filter(|s| s.current.epoch > 0)
+                    .map(|s| s.current.replication_factor)
+            })
             .unwrap_or(DEFAULT_REPLICATION_FACTOR)
     }
 
-    /// The replication factor the flags ask for (capped at the number of servers) and the
-    /// write quorum (the flag, or a majority of that factor). A stored ring's factor wins
-    /// over the default (see [`move_to_servers`]).
+    /// The replication factor asked for (`--replication-factor`, else a stored ring's, else
+    /// 3; capped at the number of servers) and the write quorum (the flag, or a majority of
+    /// that factor).
     pub fn replication(&self) -> (usize, usize) {
         let factor = self.factor_flag().min(self.servers).max(1);
         (factor, self.write_quorum.unwrap_or(factor / 2 + 1))

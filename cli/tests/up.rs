@@ -189,7 +189,16 @@ fn a_new_replication_factor_under_a_stored_ring_moves_keys_and_no_flag_keeps_the
     let moved_at = epoch(&cluster);
     cluster.stop();
 
-    // Without the flag the stored factor stays, not the default 3, and nothing moves.
+    // Without the flag the stored factor stays, not the default 3, and nothing moves; so a
+    // write quorum above it is refused as it would be with the flag.
+    let refused = TestCluster::try_start_with(dir.path(), |c| c.write_quorum = Some(2))
+        .err()
+        .expect("W above the stored R is refused")
+        .to_string();
+    assert!(
+        refused.contains("--write-quorum must be from 1 to the replication factor, 1"),
+        "{refused}"
+    );
     let cluster = TestCluster::start(dir.path());
     assert_eq!(cluster.replication(), (1, 1));
     assert_eq!(epoch(&cluster), moved_at);
