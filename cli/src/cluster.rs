@@ -100,7 +100,7 @@ impl ClusterConfig {
 
     /// `--replication-factor`; without it the stored ring's (configured) factor if the data
     /// directory has one, else the default.
-    fn factor_flag(&self) -> usize {
+    fn asked_factor(&self) -> usize {
         self.replication_factor
             .or_else(|| {
                 let db = self
@@ -118,7 +118,7 @@ impl ClusterConfig {
     /// 3; capped at the number of servers) and the write quorum (the flag, or a majority of
     /// that factor).
     pub fn replication(&self) -> (usize, usize) {
-        let factor = self.factor_flag().min(self.servers).max(1);
+        let factor = self.asked_factor().min(self.servers).max(1);
         (factor, self.write_quorum.unwrap_or(factor / 2 + 1))
     }
 
@@ -179,10 +179,10 @@ impl ClusterConfig {
         }
         let (factor, quorum) = self.replication();
         if quorum == 0 || quorum > factor {
-            let capped = if factor < self.factor_flag() {
+            let capped = if factor < self.asked_factor() {
                 format!(
                     " (--replication-factor {} capped at --servers)",
-                    self.factor_flag()
+                    self.asked_factor()
                 )
             } else {
                 String::new()
