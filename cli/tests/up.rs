@@ -55,6 +55,12 @@ fn ring_apply(cluster: &TestCluster, servers: &[kvstore::cluster::ServerInfo]) {
     assert_code(&cluster.kvstore(&args), 0);
 }
 
+/// `kvstore ring show --json` of the cluster's `i`-th server.
+fn ring_show(cluster: &TestCluster, i: usize) -> serde_json::Value {
+    let url = cluster.servers[i].url();
+    json(&cluster.kvstore(&["--json", "ring", "show", "--server", &url]))
+}
+
 #[test]
 fn more_servers_on_the_same_data_dir_take_their_keys_with_every_version_and_fewer_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -102,13 +108,7 @@ fn more_servers_under_a_stored_ring_get_their_keys_online() {
     let cluster = TestCluster::try_start_with(dir.path(), |c| r1(c, 4)).unwrap();
     let moved = on_new_servers(&cluster, "stored", 30);
     assert!(moved > 5, "only {moved} keys moved");
-    let ring = json(&cluster.kvstore(&[
-        "--json",
-        "ring",
-        "show",
-        "--server",
-        &cluster.servers[3].url(),
-    ]));
+    let ring = ring_show(&cluster, 3);
     assert_eq!(
         ring["state"]["current"]["members"].as_array().map(Vec::len),
         Some(4),
@@ -121,13 +121,7 @@ fn more_servers_under_a_stored_ring_get_their_keys_online() {
     // Once more: the ring already names every server, nothing moves.
     cluster.stop();
     let cluster = TestCluster::try_start_with(dir.path(), |c| r1(c, 4)).unwrap();
-    let again = json(&cluster.kvstore(&[
-        "--json",
-        "ring",
-        "show",
-        "--server",
-        &cluster.servers[0].url(),
-    ]));
+    let again = ring_show(&cluster, 0);
     assert_eq!(
         again["state"]["current"]["epoch"],
         ring["state"]["current"]["epoch"]
@@ -176,13 +170,7 @@ fn a_new_replication_factor_under_a_stored_ring_moves_keys_and_no_flag_keeps_the
         std::thread::sleep(Duration::from_millis(200));
     }
     let epoch = |cluster: &TestCluster| {
-        let ring = json(&cluster.kvstore(&[
-            "--json",
-            "ring",
-            "show",
-            "--server",
-            &cluster.servers[0].url(),
-        ]));
+        let ring = ring_show(cluster, 0);
         assert_eq!(ring["state"]["current"]["replication_factor"], 1, "{ring}");
         ring["state"]["current"]["epoch"].as_u64().unwrap()
     };
