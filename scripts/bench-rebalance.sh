@@ -47,6 +47,13 @@ start=$(date +%s%N)
     --requests 1 --connections 32 --key-prefix k >/dev/null
 echo "loaded in $(( ($(date +%s%N) - start) / 1000000 )) ms"
 
+pulled() { # versions catch-up pulls stored, then those already held, over every server
+    for i in 1 2 3 4 5; do curl -fsS "http://127.0.0.1:1828$i/metrics" || true; done |
+        awk '/^kv_server_replication_pulled_versions_total/ {s += $NF}
+             /^kv_server_replication_pulled_duplicates_total/ {d += $NF}
+             END {printf "%d %d\n", s, d}'
+}
+
 move() { # tag, then the --member flags of the target
     local tag="$1"
     shift
@@ -55,11 +62,16 @@ move() { # tag, then the --member flags of the target
         2>/dev/null &
     local load=$!
     sleep 2
-    local t0 t1
+    local t0 t1 before after
+    before=$(pulled)
     t0=$(date +%s%N)
     "$BIN/kvstore" ring apply "$@" --seed "server-4=http://127.0.0.1:18284" \
         --seed "server-5=http://127.0.0.1:18285" 2>&1 | tee "$OUT/rebalance-$tag.txt"
     t1=$(date +%s%N)
+    after=$(pulled)
+    # Includes what the load's own writes were pulled for (mostly duplicates of their pushes).
+    echo "catch-up during the move: $(( ${after% *} - ${before% *} )) versions stored," \
+        "$(( ${after#* } - ${before#* } )) received again (already held)"
     sleep 2
     kill -INT "$load"
     wait "$load" || true

@@ -326,6 +326,16 @@ impl Placement {
         self.current
             .replicates(name, key, self.state.current.factor())
     }
+
+    /// Whether `name` gains `key` with `next`: holds it under `next`, not under `current`.
+    pub fn gains(&self, name: &str, key: &str) -> bool {
+        match (&self.next, &self.state.next) {
+            (Some(ring), Some(config)) => {
+                ring.replicates(name, key, config.factor()) && !self.holds_now(name, key)
+            }
+            _ => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -436,6 +446,38 @@ mod tests {
             ..placement.state.clone()
         });
         assert!(keys.iter().all(|k| !unfrozen.write_paused(k)));
+    }
+
+    #[test]
+    fn gained_keys_are_held_under_next_only() {
+        let a = config(1, &["s1", "s2", "s3"], 2);
+        let grown = Placement::new(RingState {
+            current: a.clone(),
+            next: Some(config(2, &["s1", "s2", "s3", "s4"], 2)),
+            frozen: false,
+        });
+        let keys: Vec<String> = (0..2000).map(|i| format!("key{i}")).collect();
+        for key in &keys {
+            for name in ["s1", "s2", "s3", "s4"] {
+                let next_only = grown.holds(name, key) && !grown.holds_now(name, key);
+                assert_eq!(grown.gains(name, key), next_only, "{name} {key}");
+            }
+            // Adding a server only takes keys from the others.
+            assert!(["s1", "s2", "s3"].iter().all(|n| !grown.gains(n, key)));
+        }
+        let s4 = keys.iter().filter(|k| grown.gains("s4", k)).count();
+        assert!((800..1200).contains(&s4), "s4 gains about half: {s4}");
+        // Shrinking: the servers that stay gain what the leaving one held.
+        let shrunk = Placement::new(RingState {
+            current: a.clone(),
+            next: Some(config(2, &["s1", "s2"], 2)),
+            frozen: false,
+        });
+        let s1 = keys.iter().filter(|k| shrunk.gains("s1", k)).count();
+        assert!((400..950).contains(&s1), "{s1}");
+        // Without next nobody gains anything.
+        let stable = Placement::new(RingState::stable(a));
+        assert!(keys.iter().all(|k| !stable.gains("s1", k)));
     }
 
     #[test]

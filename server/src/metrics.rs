@@ -50,6 +50,8 @@ pub struct ReplicationMetrics {
     pub pushed: Family<Labels, Counter>,
     /// Versions this server stored from catch-up pulls, by peer.
     pub pulled: Family<Labels, Counter>,
+    /// Versions catch-up pulls brought that this server held already, by peer.
+    pub pulled_duplicates: Family<Labels, Counter>,
     pub quorum_failures: Counter,
     /// Epoch of the ring in force.
     pub ring_epoch: Gauge,
@@ -69,10 +71,12 @@ impl ReplicationMetrics {
             .inc_by(versions);
     }
 
-    pub fn pulled(&self, peer: &str, versions: u64) {
-        self.pulled
-            .get_or_create(&vec![("peer", peer.to_owned())])
-            .inc_by(versions);
+    pub fn pulled(&self, peer: &str, versions: u64, duplicates: u64) {
+        let labels = vec![("peer", peer.to_owned())];
+        self.pulled.get_or_create(&labels).inc_by(versions);
+        self.pulled_duplicates
+            .get_or_create(&labels)
+            .inc_by(duplicates);
     }
 
     pub fn set_lag(&self, peer: &str, lag: u64) {
@@ -139,6 +143,11 @@ impl Metrics {
             "replication_pulled_versions",
             "Versions stored from catch-up pulls, by peer",
             replication.pulled.clone(),
+        );
+        registry.register(
+            "replication_pulled_duplicates",
+            "Versions catch-up pulls brought that this server held already, by peer",
+            replication.pulled_duplicates.clone(),
         );
         registry.register(
             "replication_quorum_failures",

@@ -109,6 +109,9 @@ fn to_replica(record: Record) -> Result<ReplicaRecord, ApiError> {
 /// This server's versions after `after`, for the keys peer `for` holds; `ring` (optional) is
 /// the asking server's newest epoch: a feed filtered by an older ring would skip keys it
 /// needs, so this server answers `503 ring_behind` until it has learned that epoch.
+/// `gained_below` with `gained_epoch` (together): up to that sequence, only the keys `for`
+/// gains with `next`, if `gained_epoch` is the `current` here (a copy after a cursor the
+/// asking server already had, `replication/copy_base.rs`).
 pub async fn changes(
     State(state): State<AppState>,
     params: Params,
@@ -132,13 +135,23 @@ pub async fn changes(
         )
     })?;
     replication.check_feed_epoch(params.count("ring")?)?;
+    let gained = match (params.count("gained_epoch")?, params.count("gained_below")?) {
+        (Some(epoch), Some(below)) => Some((epoch, below)),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidQuery,
+                "'gained_epoch' and 'gained_below' go together",
+            ));
+        }
+    };
     let (rows, next, head) = state
         .store
         .changes(
             after,
             limit as u32,
             CHANGES_PAGE_BYTES,
-            replication.filter_for(peer.to_owned()),
+            replication.filter_for(peer.to_owned(), gained),
         )
         .await?;
     let records = rows

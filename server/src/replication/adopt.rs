@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use kv_common::ring_config::{CleanupReport, Placement, RingState};
 
+use super::copy_base::{COPY_BASE_META, CopyBase};
 use super::ring_state::{self, Change, Decision};
 use super::{RING_META, Shared, peers};
 use crate::error::{Error, Result};
@@ -58,9 +59,29 @@ pub async fn adopt(shared: &Arc<Shared>, offered: RingState) -> Result<Adoption>
     if reset {
         peers::stop_pullers(shared).await;
     }
+    // Read once the pullers are stopped: no cursor moves under it. Unreadable means no base,
+    // so a full copy.
+    let saved = match new_next && own.state.next.is_none() {
+        true => shared.store.cursors().await.unwrap_or_default(),
+        false => Vec::new(),
+    };
+    let kept = shared.copy_base.load_full();
+    let copy_base = CopyBase::after_adopting(
+        &own.state,
+        &offered,
+        shared.synced.load(Ordering::Relaxed),
+        kept.as_deref(),
+        &saved,
+    );
     let json = serde_json::to_string(&offered)
         .map_err(|e| Error::Internal(format!("ring state does not serialize: {e}")))?;
     let mut entries = vec![(ring_state::RING_STATE_META.to_owned(), json)];
+    if copy_base.as_ref() != kept.as_deref() {
+        entries.push((
+            COPY_BASE_META.to_owned(),
+            CopyBase::to_meta(copy_base.as_ref()),
+        ));
+    }
     if new_current {
         if !same_keys {
             entries.push((ring_state::CLEANUP_PENDING_META.to_owned(), "true".into()));
@@ -89,6 +110,8 @@ pub async fn adopt(shared: &Arc<Shared>, offered: RingState) -> Result<Adoption>
         return Err(error);
     }
     shared.placement.store(placement);
+    let based = copy_base.as_ref().map_or(0, |b| b.cursors.len());
+    shared.copy_base.store(copy_base.map(Arc::new));
     // Under the write guard no put checked under the old state is uncommitted: the head
     // read now covers every version a moving key got here.
     let frozen_head = match offered.frozen {
@@ -116,6 +139,7 @@ pub async fn adopt(shared: &Arc<Shared>, offered: RingState) -> Result<Adoption>
         next = ?offered.next.as_ref().map(|n| n.epoch),
         frozen = offered.frozen,
         resync,
+        copy_base_peers = based,
         "adopted a ring state"
     );
     let cursors = if reset {

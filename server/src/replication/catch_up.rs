@@ -57,7 +57,12 @@ async fn pull(
     instance: &mut String,
     seq: &mut u64,
 ) -> Result<bool, String> {
-    let page = fetch(shared, url, *seq).await?;
+    let gained = shared
+        .copy_base
+        .load()
+        .as_ref()
+        .and_then(|base| base.gained_below(peer, instance, *seq));
+    let page = fetch(shared, url, *seq, gained).await?;
     if page.instance != *instance {
         // A new database behind that name (or the first pull): its sequence numbers mean
         // nothing to the old cursor. Start it over.
@@ -96,7 +101,9 @@ async fn pull(
         tracing::info!(%peer, stored = outcome.stored, duplicates = outcome.duplicates,
             "caught up versions from a peer");
     }
-    shared.metrics.pulled(peer, outcome.stored);
+    shared
+        .metrics
+        .pulled(peer, outcome.stored, outcome.duplicates);
     if shared.placement.load().state.next.is_some() {
         shared
             .copied_versions
@@ -111,14 +118,23 @@ async fn pull(
     Ok(page.next < page.head)
 }
 
-async fn fetch(shared: &Shared, url: &str, after: u64) -> Result<ChangesResponse, String> {
+/// `gained`: `(epoch, below)` from the copy base (`copy_base.rs`).
+async fn fetch(
+    shared: &Shared,
+    url: &str,
+    after: u64,
+    gained: Option<(u64, u64)>,
+) -> Result<ChangesResponse, String> {
     // `ring`: the peer must filter by rings at least as new as this server's (see
     // `Replication::check_feed_epoch`).
-    let target = format!(
+    let mut target = format!(
         "{url}/internal/changes?after={after}&limit={MAX_CHANGES_PAGE}&for={}&ring={}",
         percent_encode(&shared.me),
         shared.placement.load().state.latest_epoch()
     );
+    if let Some((epoch, below)) = gained {
+        target.push_str(&format!("&gained_epoch={epoch}&gained_below={below}"));
+    }
     match shared.client.call(Method::GET, &target, None).await? {
         (StatusCode::OK, body) => {
             serde_json::from_slice(&body).map_err(|e| format!("unreadable change page: {e}"))

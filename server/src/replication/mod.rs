@@ -11,10 +11,12 @@
 //! - `quorum.rs`: waiting for W confirmations (pure counting, unit-tested).
 //! - `ring_state.rs`: which ring states are adopted and what that implies (pure).
 //! - `adopt.rs`: adopting a state durably; the clean-up after a commit.
+//! - `copy_base.rs`: how far a copy needs only the keys a server gains (pure).
 //! - `gossip.rs`: asking peers for their ring states, so a server that missed one converges.
 
 mod adopt;
 mod catch_up;
+mod copy_base;
 mod gossip;
 mod peer_client;
 mod peers;
@@ -27,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use kv_common::replication::{PeerStatus, Record, ReplicationHealth, ReplicationStatus};
 use kv_common::ring_config::{CleanupReport, Placement, RingHealth, RingState, RingView};
 use serde_json::value::RawValue;
@@ -39,6 +41,7 @@ use crate::error::{Error, Result};
 use crate::metrics::ReplicationMetrics;
 use crate::store::{Store, Versioned};
 pub use adopt::Adoption;
+use copy_base::CopyBase;
 use peer_client::PeerClient;
 use sender::Push;
 
@@ -79,6 +82,8 @@ pub(crate) struct Shared {
     copied: AtomicBool,
     /// Versions stored by catch-up since `next` was learned.
     copied_versions: AtomicU64,
+    /// With `next`: up to where each peer's feed is read for gained keys only.
+    copy_base: ArcSwapOption<CopyBase>,
     /// A new `current` was adopted and `/internal/cleanup` has not run since.
     cleanup_pending: AtomicBool,
     /// While frozen: this server's head when it took the freeze (or started frozen), so every
@@ -239,6 +244,13 @@ impl Replication {
             .next
             .as_ref()
             .is_some_and(|n| copied_epoch.as_deref() == Some(n.epoch.to_string().as_str()));
+        // Only a database complete for `current` can claim what its cursors cover.
+        let copy_base = match same_ring && state.next.is_some() {
+            true => CopyBase::from_meta(store.meta(copy_base::COPY_BASE_META).await?.as_deref())
+                .filter(|base| base.epoch == state.current.epoch)
+                .map(Arc::new),
+            false => None,
+        };
         let cleanup_pending = store
             .meta(ring_state::CLEANUP_PENDING_META)
             .await?
@@ -269,6 +281,7 @@ impl Replication {
             synced: AtomicBool::new(synced),
             copied: AtomicBool::new(copied),
             copied_versions: AtomicU64::new(0),
+            copy_base: ArcSwapOption::new(copy_base),
             cleanup_pending: AtomicBool::new(cleanup_pending),
             frozen_head: AtomicU64::new(frozen_head),
             write_quorum: settings.write_quorum,
@@ -381,10 +394,22 @@ impl Replication {
     }
 
     /// A cheap, owned filter for the change feed of peer `name`: the keys it holds now or
-    /// will under `next`.
-    pub fn filter_for(&self, name: String) -> impl Fn(&str) -> bool + Send + 'static {
+    /// will under `next`; up to sequence `below` only those it gains, when it asks so
+    /// (`gained = (epoch, below)`, see `copy_base.rs`) and `epoch` is the `current` here. A
+    /// peer whose `current` differs gets the whole filter, a superset.
+    pub fn filter_for(
+        &self,
+        name: String,
+        gained: Option<(u64, u64)>,
+    ) -> impl Fn(u64, &str) -> bool + Send + 'static {
         let placement = self.shared.placement.load_full();
-        move |key| placement.holds(&name, key)
+        let below = gained
+            .filter(|(epoch, _)| *epoch == placement.epoch() && placement.next.is_some())
+            .map_or(0, |(_, below)| below);
+        move |seq, key| match seq <= below {
+            true => placement.gains(&name, key),
+            false => placement.holds(&name, key),
+        }
     }
 
     /// The write quorum to use: the one the put asks for (the gateway's), else the default,

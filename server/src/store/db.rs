@@ -281,16 +281,16 @@ pub struct ChangeRow {
     pub stored: Versioned,
 }
 
-/// A page of the change feed: rows after `after` whose key `wanted` accepts, scanning at
-/// most `scan` rows and stopping early once `max_bytes` of values are gathered (at least one
-/// row is always returned, so a huge value cannot block the feed). `next` is the last
+/// A page of the change feed: rows after `after` that `wanted` accepts (by sequence and
+/// key), scanning at most `scan` rows and stopping early once `max_bytes` of values are
+/// gathered (at least one row is always returned, so a huge value cannot block the feed). `next` is the last
 /// sequence examined, `head` the newest.
 pub fn changes(
     conn: &Connection,
     after: u64,
     scan: u32,
     max_bytes: usize,
-    wanted: &dyn Fn(&str) -> bool,
+    wanted: &dyn Fn(u64, &str) -> bool,
 ) -> Result<(Vec<ChangeRow>, u64, u64)> {
     let head = head(conn)?;
     let mut stmt = conn
@@ -309,7 +309,7 @@ pub fn changes(
         let seq: i64 = row.get(0).map_err(db_err("read changes"))?;
         let key: String = row.get(1).map_err(db_err("read changes"))?;
         next = seq as u64;
-        if !wanted(&key) {
+        if !wanted(next, &key) {
             continue;
         }
         let (version, value, ts): Row = (
@@ -498,7 +498,7 @@ mod tests {
             )
             .unwrap();
         }
-        let only_a = |k: &str| k == "a";
+        let only_a = |_: u64, k: &str| k == "a";
         let (rows, next, head) = changes(&conn, 0, 10, 1 << 20, &only_a).unwrap();
         assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 3]);
         assert_eq!((next, head), (4, 4));
@@ -507,7 +507,7 @@ mod tests {
         assert!(rows.is_empty());
         assert_eq!(next, 4);
         // The byte limit stops the page early, after at least one row.
-        let all = |_: &str| true;
+        let all = |_: u64, _: &str| true;
         let (rows, next, _) = changes(&conn, 0, 10, 1, &all).unwrap();
         assert_eq!((rows.len(), next), (1, 1));
         assert_eq!(changes(&conn, 4, 10, 1, &all).unwrap().1, 4);

@@ -149,14 +149,14 @@ impl Store {
         answer.await.map_err(|_| Error::ShuttingDown)?
     }
 
-    /// A page of the change feed after `after`, keys filtered by `wanted`: rows, the last
+    /// A page of the change feed after `after`, rows filtered by `wanted(seq, key)`: rows, the last
     /// sequence examined, and the newest sequence. See [`db::changes`].
     pub async fn changes(
         &self,
         after: u64,
         scan: u32,
         max_bytes: usize,
-        wanted: impl Fn(&str) -> bool + Send + 'static,
+        wanted: impl Fn(u64, &str) -> bool + Send + 'static,
     ) -> Result<(Vec<ChangeRow>, u64, u64)> {
         self.read(move |conn| db::changes(conn, after, scan, max_bytes, &wanted))
             .await

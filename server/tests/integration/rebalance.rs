@@ -147,6 +147,32 @@ impl Cluster {
         serde_json::from_value(r.body).unwrap()
     }
 
+    /// Versions server `i`'s catch-up pulls from `from` stored and those it held already.
+    async fn pulled(&self, i: usize, from: &[usize]) -> (u64, u64) {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url(i)))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let sum = |name: &str| -> u64 {
+            text.lines()
+                .filter(|l| {
+                    from.iter()
+                        .any(|&p| l.starts_with(&format!("{name}{{peer=\"{}\"}}", NAMES[p])))
+                })
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                .sum()
+        };
+        (
+            sum("kv_server_replication_pulled_versions_total"),
+            sum("kv_server_replication_pulled_duplicates_total"),
+        )
+    }
+
     /// Waits until `done` holds for the views of every server of `of`.
     async fn wait_views(&self, of: &[usize], what: &str, done: impl Fn(&RingView) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -491,6 +517,145 @@ async fn a_ring_of_three_grows_to_four_while_serving() {
         )
         .await;
     assert_eq!(r.status, 400, "{}", r.body);
+    c.stop_all().await;
+}
+
+/// A server in both rings reads its peers' feeds again for the keys it gains only, up to the
+/// cursors it had when `next` was announced: growing, the old servers receive nothing; then
+/// shrinking, each receives the keys it gains, each version from the other holders, and not
+/// the versions it kept.
+#[tokio::test]
+async fn servers_in_both_rings_copy_only_the_keys_they_gain() {
+    let mut c = Cluster::new(2);
+    for i in 0..3 {
+        c.start(i, &[0, 1, 2]).await;
+    }
+    c.start(3, &[0, 1, 2]).await;
+    c.wait_caught_up(&[0, 1, 2, 3]).await;
+    let a = c.ring(0, &[0, 1, 2]);
+    let b = c.ring(1, &[0, 1, 2, 3]);
+    let grown = Placement::new(RingState::stable(b.clone()));
+    let keys = keys("gain", 60);
+    write(
+        &c,
+        &Placement::new(RingState::stable(a.clone())),
+        &keys,
+        2,
+        "a",
+    )
+    .await;
+    c.wait_caught_up(&[0, 1, 2, 3]).await;
+    let old = [0, 1, 2];
+    let mut was = Vec::new();
+    for i in 0..4 {
+        was.push(c.pulled(i, &old).await);
+    }
+    c.transition(&a, &b, async |_| {}, async |_| {}).await;
+    // Counted before `check_moved`, whose puts are pulled too. From the new server s3 the
+    // old ones read all its feed (it had no cursor there to start from): what it copied.
+    for i in 0..3 {
+        assert_eq!(
+            c.pulled(i, &old).await,
+            was[i],
+            "{} gains nothing, yet received versions from s0..s2",
+            NAMES[i]
+        );
+    }
+    // The new server got every version of its keys: from both old replicas of each.
+    let (stored, duplicates) = c.pulled(3, &old).await;
+    let held = keys.iter().filter(|k| grown.holds_now("s3", k)).count() as u64;
+    assert_eq!(stored - was[3].0, held * 2);
+    assert!(duplicates - was[3].1 <= held * 2);
+    check_moved(&c, &grown, &keys, 2, &[0, 1, 2, 3]).await;
+
+    // Back to three: s0..s2 gain what s3 held, and only that.
+    c.wait_caught_up(&[0, 1, 2, 3]).await;
+    let a2 = c.ring(2, &[0, 1, 2]);
+    let shrunk = Placement::new(RingState::stable(a2.clone()));
+    let all = [0, 1, 2, 3];
+    let mut was = Vec::new();
+    for i in 0..3 {
+        was.push(c.pulled(i, &all).await);
+    }
+    c.transition(&b, &a2, async |_| {}, async |_| {}).await;
+    // Only the lists that named s3 change: each of its keys is gained by one server, which
+    // reads each version from the key's two holders under B (one stored, one duplicate) and
+    // whose copy then shows in its own feed to the key's other holder (one more duplicate
+    // at most). Reading everything again, as before the copy base, would have brought each
+    // server every version it kept from the other holder: 3 of s0..s2 keep about 90 keys'
+    // replicas, 270 versions.
+    let mut gained_versions = 0;
+    let mut duplicates = 0;
+    for i in 0..3 {
+        let (stored, dups) = c.pulled(i, &all).await;
+        let gained = keys
+            .iter()
+            .filter(|k| shrunk.holds_now(NAMES[i], k) && !grown.holds_now(NAMES[i], k))
+            .count() as u64;
+        assert!(gained > 0, "{}", NAMES[i]);
+        assert_eq!(stored - was[i].0, gained * 3, "{}", NAMES[i]);
+        gained_versions += gained * 3;
+        duplicates += dups - was[i].1;
+    }
+    let s3_held = keys.iter().filter(|k| grown.holds_now("s3", k)).count() as u64;
+    assert_eq!(gained_versions, s3_held * 3);
+    assert!(
+        duplicates <= 2 * gained_versions,
+        "{duplicates} duplicates for {gained_versions} gained versions"
+    );
+    check_moved(&c, &shrunk, &keys, 3, &[0, 1, 2]).await;
+    c.stop_all().await;
+}
+
+/// The copy base is stored with the reset cursors: a server restarted before it copied
+/// still reads only the keys it gains below it.
+#[tokio::test]
+async fn the_copy_base_survives_a_restart() {
+    let mut c = Cluster::new(2);
+    for i in 0..3 {
+        c.start(i, &[0, 1, 2]).await;
+    }
+    c.start(3, &[0, 1, 2]).await;
+    c.wait_caught_up(&[0, 1, 2, 3]).await;
+    let a = c.ring(0, &[0, 1, 2]);
+    let b = c.ring(1, &[0, 1, 2, 3]);
+    let keys = keys("restart", 40);
+    write(
+        &c,
+        &Placement::new(RingState::stable(a.clone())),
+        &keys,
+        2,
+        "a",
+    )
+    .await;
+    c.wait_caught_up(&[0, 1, 2, 3]).await;
+    let old = [1, 2];
+    let was = c.pulled(0, &old).await;
+    // s0 alone learns `next` (its peers answer `ring_behind` until they do), and restarts.
+    let announced = RingState {
+        current: a.clone(),
+        next: Some(b.clone()),
+        frozen: false,
+    };
+    c.push(&[0], &announced).await;
+    c.stop(0).await;
+    c.start(0, &[0, 1, 2]).await;
+    assert_eq!(c.view(0).await.state, announced);
+    c.transition(&a, &b, async |_| {}, async |_| {}).await;
+    // The counters restarted with the process.
+    assert_eq!(
+        c.pulled(0, &old).await,
+        (0, 0),
+        "was {was:?} before the restart"
+    );
+    check_moved(
+        &c,
+        &Placement::new(RingState::stable(b)),
+        &keys,
+        2,
+        &[0, 1, 2, 3],
+    )
+    .await;
     c.stop_all().await;
 }
 
