@@ -23,7 +23,7 @@ for i in 1 2 3 4 5; do
     "$BIN/kv-server" --listen "127.0.0.1:1828$i" --data-dir "$DATA/server-$i" \
         --node-name "server-$i" --cache-size 10000 --log-level warn \
         --peers "$peers" --replication-factor 3 --write-quorum 2 \
-        2>"$OUT/rebalance-server-$i.log" &
+        >"$OUT/rebalance-server-$i.log" 2>&1 &
     pids+=("$!")
     all+=(--member "server-$i=http://127.0.0.1:1828$i")
     [ "$i" -le 3 ] && members+=(--member "server-$i=http://127.0.0.1:1828$i")
@@ -36,7 +36,7 @@ for i in 1 2 3; do
 done
 "$BIN/kv-gateway" --listen 127.0.0.1:18280 --replication-factor 3 --write-quorum 2 \
     --backend "server-1=http://127.0.0.1:18281" --backend "server-2=http://127.0.0.1:18282" \
-    --backend "server-3=http://127.0.0.1:18283" --log-level warn 2>"$OUT/rebalance-gateway.log" &
+    --backend "server-3=http://127.0.0.1:18283" --log-level warn >"$OUT/rebalance-gateway.log" 2>&1 &
 pids+=("$!")
 wait_ready http://127.0.0.1:18280
 GW=http://127.0.0.1:18280

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, get, put};
+use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
@@ -123,5 +124,66 @@ pub fn app(state: AppState) -> Router {
             http_metrics,
             kv_common::http_metrics::track,
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().on_failure(log_failure))
+}
+
+/// tower-http logs every 5xx at error. A `503` is this server's answer to a request it must
+/// not serve yet (syncing, a ring move, a newer epoch, too few replicas) and names its cause
+/// in its body, counted in the metrics: during a move there are hundreds, and an operator
+/// must not read them as faults. Other 5xx and failures stay errors.
+fn log_failure(class: ServerErrorsFailureClass, latency: std::time::Duration, _: &tracing::Span) {
+    let latency_ms = latency.as_millis();
+    match class {
+        ServerErrorsFailureClass::StatusCode(http::StatusCode::SERVICE_UNAVAILABLE) => {
+            tracing::debug!(latency_ms, "answered 503 (see its code)");
+        }
+        other => tracing::error!(classification = %other, latency_ms, "response failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tower_http::classify::ServerErrorsFailureClass::StatusCode;
+
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_503_is_not_logged_as_an_error_a_500_is() {
+        let text = Arc::new(Mutex::new(Vec::new()));
+        let sink = text.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || Captured(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::Span::none();
+            super::log_failure(
+                StatusCode(http::StatusCode::SERVICE_UNAVAILABLE),
+                Duration::ZERO,
+                &span,
+            );
+            super::log_failure(
+                StatusCode(http::StatusCode::INTERNAL_SERVER_ERROR),
+                Duration::ZERO,
+                &span,
+            );
+        });
+        let text = String::from_utf8(text.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("ERROR") && text.contains("500"), "{text}");
+    }
 }
