@@ -145,6 +145,7 @@ pub async fn changes(
             ));
         }
     };
+    let epoch = replication.placement().epoch();
     let (rows, next, head) = state
         .store
         .changes(
@@ -154,6 +155,14 @@ pub async fn changes(
             replication.filter_for(peer.to_owned(), gained),
         )
         .await?;
+    // Gained keys only is right while this server's `current` stays the one asked about (a
+    // joiner assigns no version before the switch). If it changed during the read, the page
+    // may hold versions assigned since: serve none and no progress, and the asker reads
+    // again at once, now with the whole filter.
+    let (rows, next) = match gained.is_some() && replication.placement().epoch() != epoch {
+        true => (Vec::new(), after),
+        false => (rows, next),
+    };
     let records = rows
         .into_iter()
         .map(|row| {

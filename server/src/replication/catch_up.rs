@@ -57,11 +57,12 @@ async fn pull(
     instance: &mut String,
     seq: &mut u64,
 ) -> Result<bool, String> {
+    let frozen = shared.placement.load().state.frozen;
     let gained = shared
         .copy_base
         .load()
         .as_ref()
-        .and_then(|base| base.gained_below(peer, instance, *seq));
+        .and_then(|base| base.gained_below(peer, instance, *seq, frozen));
     let page = fetch(shared, url, *seq, gained).await?;
     if page.instance != *instance {
         // A new database behind that name (or the first pull): its sequence numbers mean

@@ -9,10 +9,17 @@
 //! base, a server in both rings received again every version it held, from every replica,
 //! through its writer thread, while serving.
 //!
+//! A server joining with `next` (not in `current`) has no cursor to start from, but until
+//! the switch it assigns no version: everything in its feed was sent to it, by a key's
+//! primary (dual write) or copied from a key's holders, which this server reads too. So while
+//! the copy runs (not yet frozen), a joiner's whole feed is read for gained keys only. Once
+//! frozen, the usual filter: from the switch on a joiner is a primary like any other, and a
+//! page asked before the switch must not skip versions it assigned after.
+//!
 //! Pure: `adopt.rs` persists the base (`kv_meta` entry [`COPY_BASE_META`], in the transaction
 //! that resets the cursors), `catch_up.rs` sends it, `http/internal.rs` applies it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kv_common::ring_config::RingState;
 use serde::{Deserialize, Serialize};
@@ -27,7 +34,13 @@ pub struct CopyBase {
     /// Per peer: the instance of the peer's database and this server's cursor into it when
     /// `next` was announced.
     pub cursors: BTreeMap<String, (String, u64)>,
+    /// The members of `next` not in `current`: read for gained keys only until frozen.
+    #[serde(default)]
+    pub joiners: BTreeSet<String>,
 }
+
+/// `gained_below` for a whole feed (the query's counts stop at `i64::MAX`).
+const WHOLE_FEED: u64 = i64::MAX as u64;
 
 impl CopyBase {
     /// The base to copy with once `offered` is adopted over `own`.
@@ -39,7 +52,8 @@ impl CopyBase {
     ///   seq), if it is `synced`: an unsynced server's saved cursors may be left from a ring
     ///   it no longer catches up under, and claim keys it does not hold.
     /// - Same `current`, `next` already known (frozen, or a new target replacing `next`): the
-    ///   base `kept` so far, still true of the database (copying only adds to it).
+    ///   base `kept` so far, still true of the database (copying only adds to it), with the
+    ///   joiners of the `next` offered.
     pub fn after_adopting(
         own: &RingState,
         offered: &RingState,
@@ -47,12 +61,23 @@ impl CopyBase {
         kept: Option<&CopyBase>,
         cursors: &[(String, String, u64)],
     ) -> Option<CopyBase> {
-        offered.next.as_ref()?;
+        let next = offered.next.as_ref()?;
         if offered.current != own.current {
             return None;
         }
+        let joiners: BTreeSet<String> = next
+            .names()
+            .into_iter()
+            .filter(|name| !offered.current.contains(name))
+            .map(str::to_owned)
+            .collect();
         if own.next.is_some() {
-            return kept.filter(|base| base.epoch == own.current.epoch).cloned();
+            return kept
+                .filter(|base| base.epoch == own.current.epoch)
+                .map(|base| CopyBase {
+                    joiners,
+                    ..base.clone()
+                });
         }
         if !synced {
             return None;
@@ -62,16 +87,26 @@ impl CopyBase {
             .filter(|(_, _, seq)| *seq > 0)
             .map(|(peer, instance, seq)| (peer.clone(), (instance.clone(), *seq)))
             .collect();
-        (!cursors.is_empty()).then_some(CopyBase {
+        (!cursors.is_empty() || !joiners.is_empty()).then_some(CopyBase {
             epoch: own.current.epoch,
             cursors,
+            joiners,
         })
     }
 
-    /// What to ask peer `peer` (database `instance`) for a page after `after`: `(epoch,
-    /// below)` (only gained keys up to `below` under `current` epoch `epoch`), or `None` when
-    /// the base says nothing there.
-    pub fn gained_below(&self, peer: &str, instance: &str, after: u64) -> Option<(u64, u64)> {
+    /// What to ask peer `peer` (database `instance`) for a page after `after`, this server
+    /// being `frozen` or not: `(epoch, below)` (only gained keys up to `below` under `current`
+    /// epoch `epoch`), or `None` when the base says nothing there.
+    pub fn gained_below(
+        &self,
+        peer: &str,
+        instance: &str,
+        after: u64,
+        frozen: bool,
+    ) -> Option<(u64, u64)> {
+        if self.joiners.contains(peer) {
+            return (!frozen).then_some((self.epoch, WHOLE_FEED));
+        }
         let (base_instance, below) = self.cursors.get(peer)?;
         (base_instance == instance && after < *below).then_some((self.epoch, *below))
     }
@@ -121,12 +156,28 @@ mod tests {
         // A cursor at 0 claims nothing.
         assert_eq!(base.epoch, 3);
         assert_eq!(base.cursors.len(), 1);
-        assert_eq!(base.gained_below("b", "ib", 0), Some((3, 40)));
-        assert_eq!(base.gained_below("b", "ib", 39), Some((3, 40)));
+        assert_eq!(base.gained_below("b", "ib", 0, false), Some((3, 40)));
+        assert_eq!(base.gained_below("b", "ib", 39, true), Some((3, 40)));
         // Past the base, or another database behind the name: the usual filter.
-        assert_eq!(base.gained_below("b", "ib", 40), None);
-        assert_eq!(base.gained_below("b", "other", 0), None);
-        assert_eq!(base.gained_below("c", "ic", 0), None);
+        assert_eq!(base.gained_below("b", "ib", 40, false), None);
+        assert_eq!(base.gained_below("b", "other", 0, false), None);
+        assert_eq!(base.gained_below("c", "ic", 0, false), None);
+        // The joiner: its whole feed, whatever its database, until frozen.
+        assert_eq!(base.joiners, ["d".to_owned()].into());
+        assert_eq!(
+            base.gained_below("d", "any", 1000, false),
+            Some((3, i64::MAX as u64))
+        );
+        assert_eq!(base.gained_below("d", "any", 1000, true), None);
+        // A one-member ring growing has no cursor, only a joiner.
+        let alone = ring(3, &["a"]);
+        let grow = RingState {
+            current: alone.clone(),
+            next: Some(ring(4, &["a", "b"])),
+            frozen: false,
+        };
+        let base = CopyBase::after_adopting(&RingState::stable(alone), &grow, true, None, &[]);
+        assert_eq!(base.unwrap().joiners, ["b".to_owned()].into());
         // Not synced: its saved cursors may be from another ring.
         assert_eq!(
             CopyBase::after_adopting(&own, &announced, false, None, &cursors()),
@@ -145,21 +196,28 @@ mod tests {
         let base = CopyBase {
             epoch: 3,
             cursors: [("b".to_owned(), ("ib".to_owned(), 40))].into(),
+            joiners: ["d".to_owned()].into(),
         };
-        // Frozen, or another target: the same base, whatever the cursors are now.
-        for offered in [
-            RingState {
-                frozen: true,
-                ..announced.clone()
-            },
-            RingState {
-                next: Some(ring(5, &["a", "b"])),
-                ..announced.clone()
-            },
-        ] {
-            let kept = CopyBase::after_adopting(&announced, &offered, true, Some(&base), &[]);
-            assert_eq!(kept.as_ref(), Some(&base));
-        }
+        // Frozen: the same base, whatever the cursors are now.
+        let frozen = RingState {
+            frozen: true,
+            ..announced.clone()
+        };
+        let kept = CopyBase::after_adopting(&announced, &frozen, true, Some(&base), &[]);
+        assert_eq!(kept.as_ref(), Some(&base));
+        // Another target: the same cursors, that target's joiners.
+        let retarget = RingState {
+            next: Some(ring(5, &["a", "b", "e"])),
+            ..announced.clone()
+        };
+        let kept = CopyBase::after_adopting(&announced, &retarget, true, Some(&base), &[]);
+        assert_eq!(
+            kept,
+            Some(CopyBase {
+                joiners: ["e".to_owned()].into(),
+                ..base.clone()
+            })
+        );
         // Committed: nothing to copy.
         let committed = RingState::stable(ring(4, &["a", "b", "c", "d"]));
         assert_eq!(
@@ -183,6 +241,7 @@ mod tests {
         let base = CopyBase {
             epoch: 7,
             cursors: [("b".to_owned(), ("ib".to_owned(), 40))].into(),
+            joiners: ["d".to_owned()].into(),
         };
         let json = CopyBase::to_meta(Some(&base));
         assert_eq!(CopyBase::from_meta(Some(&json)), Some(base));
