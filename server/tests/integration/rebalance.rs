@@ -147,17 +147,14 @@ impl Cluster {
         serde_json::from_value(r.body).unwrap()
     }
 
+    async fn metrics(&self, i: usize) -> String {
+        let response = self.http.get(format!("{}/metrics", self.url(i))).send();
+        response.await.unwrap().text().await.unwrap()
+    }
+
     /// Versions server `i`'s catch-up pulls from `from` stored and those it held already.
     async fn pulled(&self, i: usize, from: &[usize]) -> (u64, u64) {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.url(i)))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = self.metrics(i).await;
         let sum = |name: &str| -> u64 {
             text.lines()
                 .filter(|l| {
@@ -344,21 +341,26 @@ async fn check_moved(
     }
 }
 
+/// Servers s0..s2 in a ring of R = 2 (epoch 0, from their flags) and s3 a joiner (not in
+/// their `--peers`: it owns nothing yet), all caught up; the rings before and after s3 joins.
+async fn three_and_a_joiner() -> (Cluster, RingConfig, RingConfig) {
+    let mut c = Cluster::new(2);
+    for i in 0..3 {
+        c.start(i, &[0, 1, 2]).await;
+    }
+    c.start(3, &[0, 1, 2]).await;
+    c.wait_caught_up(&[0, 1, 2, 3]).await;
+    let (a, b) = (c.ring(0, &[0, 1, 2]), c.ring(1, &[0, 1, 2, 3]));
+    (c, a, b)
+}
+
 fn keys(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
 
 #[tokio::test]
 async fn a_ring_of_three_grows_to_four_while_serving() {
-    let mut c = Cluster::new(2);
-    for i in 0..3 {
-        c.start(i, &[0, 1, 2]).await;
-    }
-    // s3 is not in --peers: a joiner, owning nothing yet.
-    c.start(3, &[0, 1, 2]).await;
-    c.wait_caught_up(&[0, 1, 2, 3]).await;
-    let a = c.ring(0, &[0, 1, 2]);
-    let b = c.ring(1, &[0, 1, 2, 3]);
+    let (mut c, a, b) = three_and_a_joiner().await;
     let before = Placement::new(RingState::stable(a.clone()));
     let after = Placement::new(RingState::stable(b.clone()));
     let keys = keys("grow", 60);
@@ -419,15 +421,7 @@ async fn a_ring_of_three_grows_to_four_while_serving() {
     assert!(reports.iter().all(|r| r.epoch == 1));
     let view = c.view(0).await;
     assert!(!view.cleanup_pending && view.synced);
-    let metrics = c
-        .http
-        .get(format!("{}/metrics", c.url(0)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = c.metrics(0).await;
     assert!(metrics.contains("kv_server_ring_epoch 1"), "{metrics}");
     let health = c.get(3, "/health").await.body;
     assert_eq!(health["ring"]["epoch"], 1);
@@ -526,14 +520,7 @@ async fn a_ring_of_three_grows_to_four_while_serving() {
 /// each version from the other holders, and not the versions it kept.
 #[tokio::test]
 async fn servers_in_both_rings_copy_only_the_keys_they_gain() {
-    let mut c = Cluster::new(2);
-    for i in 0..3 {
-        c.start(i, &[0, 1, 2]).await;
-    }
-    c.start(3, &[0, 1, 2]).await;
-    c.wait_caught_up(&[0, 1, 2, 3]).await;
-    let a = c.ring(0, &[0, 1, 2]);
-    let b = c.ring(1, &[0, 1, 2, 3]);
+    let (mut c, a, b) = three_and_a_joiner().await;
     let grown = Placement::new(RingState::stable(b.clone()));
     let keys = keys("gain", 60);
     write(
@@ -635,14 +622,7 @@ async fn servers_in_both_rings_copy_only_the_keys_they_gain() {
 /// still reads only the keys it gains below it.
 #[tokio::test]
 async fn the_copy_base_survives_a_restart() {
-    let mut c = Cluster::new(2);
-    for i in 0..3 {
-        c.start(i, &[0, 1, 2]).await;
-    }
-    c.start(3, &[0, 1, 2]).await;
-    c.wait_caught_up(&[0, 1, 2, 3]).await;
-    let a = c.ring(0, &[0, 1, 2]);
-    let b = c.ring(1, &[0, 1, 2, 3]);
+    let (mut c, a, b) = three_and_a_joiner().await;
     let keys = keys("restart", 40);
     write(
         &c,
