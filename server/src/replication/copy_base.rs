@@ -124,20 +124,8 @@ impl CopyBase {
 
 #[cfg(test)]
 mod tests {
-    use kv_common::ring_config::{RingConfig, RingMember};
-
     use super::*;
-
-    fn ring(epoch: u64, names: &[&str]) -> RingConfig {
-        let members = names
-            .iter()
-            .map(|n| RingMember {
-                name: (*n).into(),
-                url: format!("http://{n}"),
-            })
-            .collect();
-        RingConfig::new(epoch, members, 150, 2).unwrap()
-    }
+    use crate::replication::ring_state::tests::config as ring;
 
     fn cursors() -> Vec<(String, String, u64)> {
         vec![("b".into(), "ib".into(), 40), ("c".into(), "ic".into(), 0)]

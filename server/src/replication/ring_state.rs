@@ -120,11 +120,12 @@ pub fn not_held(placement: &Placement, me: &str, keys: Vec<String>) -> Vec<Strin
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::config::Peer;
 
-    fn config(epoch: u64, names: &[&str]) -> RingConfig {
+    /// A ring of `names` (URLs `http://NAME:1`, 16 vnodes, R = 3), also for `copy_base.rs`.
+    pub(in crate::replication) fn config(epoch: u64, names: &[&str]) -> RingConfig {
         let members = names
             .iter()
             .map(|n| RingMember {

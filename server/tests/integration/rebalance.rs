@@ -354,6 +354,19 @@ async fn three_and_a_joiner() -> (Cluster, RingConfig, RingConfig) {
     (c, a, b)
 }
 
+/// Two versions of each key through its primary under `ring`, then every server caught up.
+async fn write_settled(c: &Cluster, ring: &RingConfig, keys: &[String]) {
+    write(
+        c,
+        &Placement::new(RingState::stable(ring.clone())),
+        keys,
+        2,
+        "a",
+    )
+    .await;
+    c.wait_caught_up(&[0, 1, 2, 3]).await;
+}
+
 fn keys(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
@@ -523,15 +536,7 @@ async fn servers_in_both_rings_copy_only_the_keys_they_gain() {
     let (mut c, a, b) = three_and_a_joiner().await;
     let grown = Placement::new(RingState::stable(b.clone()));
     let keys = keys("gain", 60);
-    write(
-        &c,
-        &Placement::new(RingState::stable(a.clone())),
-        &keys,
-        2,
-        "a",
-    )
-    .await;
-    c.wait_caught_up(&[0, 1, 2, 3]).await;
+    write_settled(&c, &a, &keys).await;
     let old = [0, 1, 2];
     let all = [0, 1, 2, 3];
     let mut was = Vec::new();
@@ -624,15 +629,7 @@ async fn servers_in_both_rings_copy_only_the_keys_they_gain() {
 async fn the_copy_base_survives_a_restart() {
     let (mut c, a, b) = three_and_a_joiner().await;
     let keys = keys("restart", 40);
-    write(
-        &c,
-        &Placement::new(RingState::stable(a.clone())),
-        &keys,
-        2,
-        "a",
-    )
-    .await;
-    c.wait_caught_up(&[0, 1, 2, 3]).await;
+    write_settled(&c, &a, &keys).await;
     let old = [1, 2];
     let was = c.pulled(0, &old).await;
     // s0 alone learns `next` (its peers answer `ring_behind` until they do), and restarts.
