@@ -12,4 +12,5 @@ mod proxying;
 mod rebalance;
 mod replication;
 mod ring;
+mod stall;
 mod stats;

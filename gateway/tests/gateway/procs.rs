@@ -1,6 +1,6 @@
 //! Real kv-server **processes** behind an in-process gateway, for the replication tests: a
 //! process can be killed with SIGKILL (no shutdown code runs, unlike `harness::Server::stop`)
-//! and restarted on the same port and data directory.
+//! and restarted on the same port and data directory, or stalled with SIGSTOP and resumed.
 //!
 //! Every server is started as a member of a replicated cluster (`--peers` listing all,
 //! R = 3, W = 2, catch-up every 200 ms); the gateway is told the same. For the rebalancing
@@ -201,6 +201,29 @@ impl ProcCluster {
         let mut child = child.expect("server is running");
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// SIGSTOP: the process keeps its sockets, so connections succeed and nothing answers
+    /// (a stalled peer, the hardest kind of failure to tell from a slow one).
+    pub fn pause(&self, i: usize) {
+        self.signal(i, "-STOP");
+    }
+
+    /// SIGCONT after [`ProcCluster::pause`].
+    pub fn resume(&self, i: usize) {
+        self.signal(i, "-CONT");
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let pid = {
+            let procs = self.procs.lock().unwrap();
+            procs[i].child.as_ref().expect("server is running").id()
+        };
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid}");
     }
 
     /// Starts server `i` (again) on its port and data directory and waits for its /health.

@@ -1,9 +1,9 @@
-//! Replication under SIGKILL (docs/replication.md), with real server processes:
+//! Replication under SIGKILL and SIGSTOP (docs/replication.md), with real server processes:
 //! - one dead server of three loses no key: reads fall back to replicas, and the server
 //!   catches up on what it missed when it returns;
 //! - the fault test: clients put and get through the gateway while a nemesis kills and
-//!   restarts servers; the recorded history and the final state must pass the checker of
-//!   `kv_test_support::history`.
+//!   restarts servers, or stalls and resumes them; the recorded history and the final state
+//!   must pass the checker of `kv_test_support::history`.
 //!
 //! Run them alone with `cargo test -p kv-gateway --test gateway replication`. The fault test
 //! takes `KV_HISTORY_SEED` (printed at start and on failure) and `KV_HISTORY_SECS` (default
@@ -48,7 +48,7 @@ impl Failures {
     }
 }
 
-async fn wait_health(cluster: &ProcCluster, name: &str, health: &str) {
+pub async fn wait_health(cluster: &ProcCluster, name: &str, health: &str) {
     let gw = &cluster.gateway;
     wait_until(&format!("the gateway sees {name} {health}"), || async {
         let servers = gw.servers_with_token().await;
@@ -282,24 +282,40 @@ pub async fn client(
     }
 }
 
-/// Kills a random server every 1-3 s and restarts it 0.5-2 s later: never two down at once
-/// (R - W = 1). At least one kill, however short the run.
-async fn nemesis(cluster: Arc<ProcCluster>, deadline: Instant, seed: u64, kills: Arc<AtomicUsize>) {
+/// Every 1-3 s takes a random server down for 0.5-2 s, alternating the two ways: `kill -9`
+/// then a restart, and SIGSTOP then SIGCONT (a stalled server: connections open, no
+/// answers). Never two down at once (R - W = 1). At least one of each, however short the run.
+async fn nemesis(
+    cluster: Arc<ProcCluster>,
+    deadline: Instant,
+    seed: u64,
+    faults: Arc<AtomicUsize>,
+) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x6e65_6d65_7369_7300);
     loop {
         let pause = Duration::from_millis(rng.random_range(1_000..3_000));
         let left = deadline.saturating_duration_since(Instant::now());
-        if kills.load(Ordering::SeqCst) > 0 && pause >= left {
+        let done = faults.load(Ordering::SeqCst);
+        if done >= 2 && pause >= left {
             return;
         }
         tokio::time::sleep(pause.min(left / 2)).await;
         let victim = rng.random_range(0..cluster.len());
-        println!("nemesis: kill -9 {}", cluster.names[victim]);
-        cluster.kill(victim);
-        kills.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(rng.random_range(500..2_000))).await;
-        cluster.restart(victim).await;
-        println!("nemesis: {} is back", cluster.names[victim]);
+        let name = &cluster.names[victim];
+        let down = Duration::from_millis(rng.random_range(500..2_000));
+        if done.is_multiple_of(2) {
+            println!("nemesis: kill -9 {name}");
+            cluster.kill(victim);
+            tokio::time::sleep(down).await;
+            cluster.restart(victim).await;
+        } else {
+            println!("nemesis: SIGSTOP {name}");
+            cluster.pause(victim);
+            tokio::time::sleep(down).await;
+            cluster.resume(victim);
+        }
+        faults.fetch_add(1, Ordering::SeqCst);
+        println!("nemesis: {name} is back");
     }
 }
 
@@ -405,7 +421,7 @@ async fn history_under_kill9_is_consistent() {
     let keys: Vec<String> = (0..KEYS).map(|k| format!("h{k}")).collect();
     let recorder = Arc::new(Recorder::new());
     let deadline = Instant::now() + Duration::from_secs(secs);
-    let kills = Arc::new(AtomicUsize::new(0));
+    let fault_count = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
 
     let clients: Vec<_> = (0..CLIENTS)
@@ -419,7 +435,12 @@ async fn history_under_kill9_is_consistent() {
         tokio::time::sleep_until(deadline).await;
         stopper.store(true, Ordering::SeqCst);
     });
-    let faults = tokio::spawn(nemesis(cluster.clone(), deadline, seed, kills.clone()));
+    let faults = tokio::spawn(nemesis(
+        cluster.clone(),
+        deadline,
+        seed,
+        fault_count.clone(),
+    ));
     for c in clients {
         c.await.unwrap();
     }
@@ -445,10 +466,10 @@ async fn history_under_kill9_is_consistent() {
         found,
         unavailable,
     } = Counts::of(&events);
-    let kills = kills.load(Ordering::SeqCst);
+    let fault_count = fault_count.load(Ordering::SeqCst);
     println!(
         "history: {} events, {acked} puts acknowledged, {unknown} indeterminate, {found} reads \
-         found, {unavailable} unavailable, {kills} kills",
+         found, {unavailable} unavailable, {fault_count} faults (kill -9 and SIGSTOP in turn)",
         events.len()
     );
     println!("{report}");
@@ -461,8 +482,8 @@ async fn history_under_kill9_is_consistent() {
             format!("only {acked} acknowledged puts (want {min_acked})"),
         );
     }
-    if kills == 0 {
-        failures.add("nemesis", "no server was killed".into());
+    if fault_count < 2 {
+        failures.add("nemesis", "not both a kill and a stall".into());
     }
     for v in &report.violations {
         failures.add("checker", v.to_string());
