@@ -7,6 +7,8 @@ mod failover;
 mod fake_member;
 mod fallback;
 mod harness;
+mod netsplit;
+mod partition;
 mod procs;
 mod proxying;
 mod rebalance;

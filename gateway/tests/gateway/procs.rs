@@ -18,6 +18,7 @@ use kv_common::ring::{DEFAULT_VNODES, Ring};
 use kv_gateway::GatewayConfig;
 
 use crate::harness::{Gateway, TOKEN, wait_until};
+use crate::netsplit::Link;
 
 pub const REPLICATION_FACTOR: usize = 3;
 pub const WRITE_QUORUM: usize = 2;
@@ -80,7 +81,11 @@ pub struct ProcCluster {
     pub http: reqwest::Client,
     /// Locked only for spawning and killing, never across an await.
     procs: Mutex<Vec<Proc>>,
-    peers: String,
+    /// Each server's `--peers`: the same list for all, unless links are in between.
+    peers: Vec<String>,
+    /// `links[from][to]`: the proxy `from` dials `to` through (`start_with_links`); empty
+    /// otherwise.
+    links: Vec<Vec<Option<Link>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -92,6 +97,16 @@ impl ProcCluster {
     /// `n` members and `spares` more servers started as joiners (`s{n}`, ...), which the
     /// gateway does not know of: a ring configuration brings them in.
     pub async fn start_with_spares(n: usize, spares: usize) -> ProcCluster {
+        ProcCluster::start_inner(n, spares, false).await
+    }
+
+    /// `n` members that dial each other through a [`Link`] per ordered pair, so a test can
+    /// partition them ([`ProcCluster::isolate`]); the gateway dials each directly.
+    pub async fn start_with_links(n: usize) -> ProcCluster {
+        ProcCluster::start_inner(n, 0, true).await
+    }
+
+    async fn start_inner(n: usize, spares: usize, with_links: bool) -> ProcCluster {
         let dir = tempfile::tempdir().unwrap();
         let procs: Vec<Proc> = (0..n + spares)
             .map(|i| Proc {
@@ -101,11 +116,33 @@ impl ProcCluster {
                 child: None,
             })
             .collect();
-        let peers = procs[..n]
-            .iter()
-            .map(|p| format!("{}=http://127.0.0.1:{}", p.name, p.port))
-            .collect::<Vec<_>>()
-            .join(",");
+        let links: Vec<Vec<Option<Link>>> = if with_links {
+            (0..procs.len())
+                .map(|from| {
+                    (0..n)
+                        .map(|to| (from != to).then(|| Link::start(procs[to].port)))
+                        .collect()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let peers = (0..procs.len())
+            .map(|from| {
+                procs[..n]
+                    .iter()
+                    .enumerate()
+                    .map(|(to, p)| {
+                        let port = match links.get(from).and_then(|l| l[to].as_ref()) {
+                            Some(link) => link.port,
+                            None => p.port,
+                        };
+                        format!("{}=http://127.0.0.1:{port}", p.name)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
         let names: Vec<String> = procs.iter().map(|p| p.name.clone()).collect();
         let mut config = GatewayConfig::with_backends(
             procs[..n]
@@ -131,6 +168,7 @@ impl ProcCluster {
                 .unwrap(),
             procs: Mutex::new(procs),
             peers,
+            links,
             _dir: dir,
         };
         for i in 0..n + spares {
@@ -203,6 +241,43 @@ impl ProcCluster {
         child.wait().unwrap();
     }
 
+    /// Cuts server `i` off from every other server, both ways; the gateway still reaches
+    /// all of them.
+    pub fn isolate(&self, i: usize) {
+        self.cut_where(|from, to| from == i || to == i);
+    }
+
+    /// Cuts every link from one server to another for which `which(from, to)` holds.
+    pub fn cut_where(&self, which: impl Fn(usize, usize) -> bool) {
+        for (from, to) in self.pairs() {
+            if which(from, to) {
+                self.link(from, to).cut();
+            }
+        }
+    }
+
+    /// Every link passes again.
+    pub fn heal(&self) {
+        for (from, to) in self.pairs() {
+            self.link(from, to).heal();
+        }
+    }
+
+    fn pairs(&self) -> impl Iterator<Item = (usize, usize)> + use<'_> {
+        let n = self.links.first().map_or(0, Vec::len);
+        (0..n).flat_map(move |from| {
+            (0..n)
+                .filter(move |&to| to != from)
+                .map(move |to| (from, to))
+        })
+    }
+
+    fn link(&self, from: usize, to: usize) -> &Link {
+        self.links[from][to]
+            .as_ref()
+            .expect("started with links (ProcCluster::start_with_links)")
+    }
+
     /// SIGSTOP: the process keeps its sockets, so connections succeed and nothing answers
     /// (a stalled peer, the hardest kind of failure to tell from a slow one).
     pub fn pause(&self, i: usize) {
@@ -245,7 +320,7 @@ impl ProcCluster {
                 .arg("--data-dir")
                 .arg(&proc.dir)
                 .args(["--node-name", &proc.name])
-                .args(["--peers", &self.peers])
+                .args(["--peers", &self.peers[i]])
                 .args(["--replication-factor", &REPLICATION_FACTOR.to_string()])
                 .args(["--write-quorum", &WRITE_QUORUM.to_string()])
                 .args(["--catch-up-interval-ms", "200"])

@@ -1,7 +1,7 @@
 //! Rebalancing under load (docs/rebalancing.md), with real server processes: the cluster goes
 //! from 3 servers to 5, then to 2, through the coordinator (`kv-rebalance`, what `kvstore ring
 //! apply` and the operator run), while clients put and get through the gateway and a server
-//! is killed -9 in the middle of each move. The recorded history and the final state must
+//! is killed -9 or stalled (SIGSTOP) in the middle of each move. The recorded history and the final state must
 //! pass the checker of `kv_test_support::history`: no acknowledged version lost, none forked,
 //! replicas converged, reads fresh.
 //!
@@ -35,8 +35,9 @@ fn members(cluster: &ProcCluster, indices: &[usize]) -> Vec<RingMember> {
         .collect()
 }
 
-/// Moves the cluster to `target` while killing one random server of the old or new ring
-/// after `kill_after`, restarting it a moment later. Returns how long the move took.
+/// Moves the cluster to `target` while killing (or stalling, SIGSTOP) one random server of
+/// the old or new ring after `kill_after`, restarting (resuming) it a moment later. Returns
+/// how long the move took.
 async fn move_to(
     cluster: &Arc<ProcCluster>,
     target: &[usize],
@@ -52,15 +53,24 @@ async fn move_to(
     let victim = involved[rng.random_range(0..involved.len())];
     let kill_after = Duration::from_millis(rng.random_range(50..600));
     let down_for = Duration::from_millis(rng.random_range(300..1_500));
+    let stall = rng.random_bool(0.5);
     let nemesis = {
         let cluster = cluster.clone();
         tokio::spawn(async move {
             tokio::time::sleep(kill_after).await;
-            println!("nemesis: kill -9 {} during the move", cluster.names[victim]);
-            cluster.kill(victim);
-            tokio::time::sleep(down_for).await;
-            cluster.restart(victim).await;
-            println!("nemesis: {} is back", cluster.names[victim]);
+            let name = &cluster.names[victim];
+            if stall {
+                println!("nemesis: SIGSTOP {name} during the move");
+                cluster.pause(victim);
+                tokio::time::sleep(down_for).await;
+                cluster.resume(victim);
+            } else {
+                println!("nemesis: kill -9 {name} during the move");
+                cluster.kill(victim);
+                tokio::time::sleep(down_for).await;
+                cluster.restart(victim).await;
+            }
+            println!("nemesis: {name} is back");
         })
     };
     let seeds = members(cluster, &involved);
