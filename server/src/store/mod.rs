@@ -9,6 +9,7 @@
 mod cache;
 mod checkpoint;
 pub mod db;
+mod known_latest;
 pub mod lock;
 pub mod model;
 pub mod snapshot;

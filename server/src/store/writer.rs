@@ -7,24 +7,21 @@
 //! Nothing here runs on a tokio worker: callers await a oneshot.
 
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lru::LruCache;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::cache::Cache;
 use super::checkpoint::Checkpointer;
+use super::known_latest::KnownLatest;
 use super::model::{PutOutcome, PutRequest, ReplicaBatch, ReplicaOutcome, Versioned, unix_now};
 use crate::error::{Error, Result};
 use crate::metrics::StoreMetrics;
 
 /// Most puts committed in one transaction; bounds the latency a batch adds.
 const MAX_BATCH: usize = 1024;
-/// Keys whose latest version the writer remembers, to skip a lookup per put.
-const KNOWN_LATEST: usize = 65_536;
 
 pub type PutReply = oneshot::Sender<Result<PutOutcome>>;
 pub type ReplicaReply = oneshot::Sender<Result<ReplicaOutcome>>;
@@ -69,7 +66,7 @@ pub struct Writer {
     /// Latest committed version of recently written keys. Exact, because this thread is the
     /// only writer of the database (the data directory lock keeps other processes out), and
     /// updated only after a commit succeeds.
-    known_latest: LruCache<Arc<str>, u64>,
+    known_latest: KnownLatest,
 }
 
 impl Writer {
@@ -84,7 +81,7 @@ impl Writer {
             cache,
             metrics,
             checkpointer,
-            known_latest: LruCache::new(NonZeroUsize::new(KNOWN_LATEST).expect("non-zero")),
+            known_latest: KnownLatest::default(),
         }
     }
 
@@ -240,7 +237,7 @@ impl Writer {
                 self.checkpointer.committed();
                 // Write-through, after the commit is durable and before any caller hears.
                 for (key, stored, is_latest) in applied.committed {
-                    let known = self.known_latest.get(&key).copied().unwrap_or(0);
+                    let known = self.known_latest.get(&key).unwrap_or(0);
                     if stored.version > known {
                         self.known_latest.put(key.clone(), stored.version);
                     }
@@ -333,7 +330,7 @@ impl Writer {
                         return Ok(Some(*v));
                     }
                     if let Some(v) = known_latest.get(key) {
-                        return Ok(Some(*v));
+                        return Ok(Some(v));
                     }
                     Ok(latest_stmt
                         .query_row([&**key], |r| r.get::<_, Option<i64>>(0))
