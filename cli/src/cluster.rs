@@ -91,7 +91,7 @@ impl ClusterConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             server_port: None,
             cache_size: 100,
-            cache_max_bytes: 64 << 20,
+            cache_max_bytes: kv_server::config::default_cache_max_bytes(),
             sync: SyncMode::Full,
             replication_factor: None,
             write_quorum: None,

@@ -7,6 +7,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
+/// The most a server's `--max-value-bytes` may be. Whatever must carry one value whole (the
+/// gateway's answers, a server's reads from its peers) allows at least this much.
+pub const MAX_VALUE_BYTES_LIMIT: usize = 64 << 20;
+
+/// A `/versions` page stops before the values in it would pass this many bytes (it always
+/// holds at least one version), so a page of large values still fits through the gateway.
+pub const VERSIONS_PAGE_BYTES: usize = 8 << 20;
+
 /// Body of `PUT|POST /put/{key}`. Extra fields are ignored, as the seed's pydantic model did.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct PutBody {
@@ -75,7 +83,9 @@ pub struct VersionsResponse {
     pub key: String,
     /// The key's latest version at the time of the read.
     pub latest_version: u64,
-    /// Versions greater than the request's `after`, ascending, at most `limit` of them.
+    /// Versions greater than the request's `after`, ascending, at most `limit` of them and
+    /// fewer once their values reach 8 MiB (`VERSIONS_PAGE_BYTES`; never none while some
+    /// remain): follow `next_after`.
     pub versions: Vec<VersionEntry>,
     /// Pass this as `after` to get the next page; null when this page reaches the latest.
     pub next_after: Option<u64>,

@@ -16,8 +16,9 @@ const DEFAULT_HEALTH_INTERVAL_MS: u64 = 1_000;
 /// Above the server's largest accepted value, so the server, not the gateway, says what is
 /// too large.
 const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
-/// A page of versions can hold many values.
-const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 << 20;
+/// The largest value a server may hold, and room for the JSON around it (a `/versions` page
+/// stops at `VERSIONS_PAGE_BYTES` of values unless its one value is larger).
+const DEFAULT_MAX_RESPONSE_BYTES: usize = kv_common::api::MAX_VALUE_BYTES_LIMIT + (1 << 20);
 const DEFAULT_REMOVAL_GRACE_SECS: u64 = 60;
 /// Replicas per key where there are that many servers.
 pub const DEFAULT_REPLICATION_FACTOR: usize = 3;

@@ -154,7 +154,8 @@ pub async fn get(
     forward(&state, Method::GET, Route::Get, key, query, None).await
 }
 
-/// List a key's versions, oldest first, a page at a time.
+/// List a key's versions, oldest first, a page at a time (at most `limit`, and fewer once
+/// the values reach 8 MiB: follow `next_after`).
 #[utoipa::path(get, path = "/versions/{key}", tag = "keys",
     params(("key" = String, Path), ("after" = Option<u64>, Query), ("limit" = Option<u64>, Query)),
     responses((status = 200, description = "From the key's primary only: a page from a lagging replica could miss versions",

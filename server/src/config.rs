@@ -4,13 +4,20 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kv_common::api::MAX_VALUE_BYTES_LIMIT;
+
 use crate::store::{StoreConfig, SyncMode};
 
 /// Default `--max-value-bytes`: 1 MiB.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 
-/// Default `--cache-max-bytes`.
+/// Default `--cache-max-bytes`, as flags and the operator write it.
 pub const DEFAULT_CACHE_MAX_BYTES: &str = "64Mi";
+
+/// [`DEFAULT_CACHE_MAX_BYTES`] in bytes, for configurations built in code.
+pub fn default_cache_max_bytes() -> u64 {
+    kv_common::bytesize::parse(DEFAULT_CACHE_MAX_BYTES).expect("the default size parses")
+}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerConfig {
@@ -201,7 +208,7 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             node_name: "kv-server".into(),
             cache_size: 100,
-            cache_max_bytes: 64 << 20,
+            cache_max_bytes: default_cache_max_bytes(),
             cache_ttl_minutes: 30.0,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             sync: SyncMode::Full,
@@ -219,10 +226,10 @@ impl ServerConfig {
                 self.cache_ttl_minutes
             ));
         }
-        if self.max_value_bytes == 0 || self.max_value_bytes > 64 << 20 {
+        if self.max_value_bytes == 0 || self.max_value_bytes > MAX_VALUE_BYTES_LIMIT {
             return Err(format!(
-                "--max-value-bytes must be from 1 to {} (64 MiB), got {}",
-                64 << 20,
+                "--max-value-bytes must be from 1 to {MAX_VALUE_BYTES_LIMIT} ({} MiB), got {}",
+                MAX_VALUE_BYTES_LIMIT >> 20,
                 self.max_value_bytes
             ));
         }

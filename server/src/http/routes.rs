@@ -228,7 +228,8 @@ fn json_response(body: String) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// List a key's versions, oldest first, a page at a time.
+/// List a key's versions, oldest first, a page at a time (at most `limit`, and fewer once
+/// the values reach 8 MiB: follow `next_after`).
 #[utoipa::path(
     get, path = "/versions/{key}", tag = "keys",
     params(

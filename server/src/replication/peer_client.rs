@@ -11,8 +11,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 /// Largest answer read from a peer: a change page is bounded by bytes on the sending side
-/// (see `CHANGES_PAGE_BYTES`), plus one value of up to 64 MiB.
-const MAX_ANSWER_BYTES: usize = 80 << 20;
+/// (see `CHANGES_PAGE_BYTES`), plus one value of the largest size a server may accept.
+const MAX_ANSWER_BYTES: usize = kv_common::api::MAX_VALUE_BYTES_LIMIT + (16 << 20);
 
 #[derive(Clone)]
 pub struct PeerClient {

@@ -245,8 +245,15 @@ pub fn exact(conn: &Connection, key: &str, version: u64) -> Result<Option<Versio
         .transpose()
 }
 
-/// Versions after `after`, ascending, at most `limit`; `None` when the key does not exist.
-pub fn page(conn: &Connection, key: &str, after: u64, limit: u32) -> Result<Option<VersionsPage>> {
+/// Versions after `after`, ascending, at most `limit`, stopping before the values would pass
+/// `max_bytes` (but never empty while versions remain); `None` when the key does not exist.
+pub fn page(
+    conn: &Connection,
+    key: &str,
+    after: u64,
+    limit: u32,
+    max_bytes: usize,
+) -> Result<Option<VersionsPage>> {
     let Some(latest) = latest(conn, key)? else {
         return Ok(None);
     };
@@ -256,17 +263,20 @@ pub fn page(conn: &Connection, key: &str, after: u64, limit: u32) -> Result<Opti
                ORDER BY version ASC LIMIT ?3"#,
         )
         .map_err(db_err("list versions"))?;
-    let rows = stmt
-        .query_map(
-            params![key, after.min(i64::MAX as u64) as i64, limit],
-            read_row,
-        )
-        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<Row>>>())
+    let mut rows = stmt
+        .query(params![key, after.min(i64::MAX as u64) as i64, limit])
         .map_err(db_err("list versions"))?;
-    let versions = rows
-        .into_iter()
-        .map(|(v, val, ts)| to_versioned(key, v, val, ts))
-        .collect::<Result<Vec<_>>>()?;
+    let mut versions = Vec::new();
+    let mut bytes = 0;
+    while let Some(row) = rows.next().map_err(db_err("list versions"))? {
+        let (version, value, ts) = read_row(row).map_err(db_err("list versions"))?;
+        let size = value.as_ref().map_or(4, String::len);
+        if !versions.is_empty() && bytes + size > max_bytes {
+            break;
+        }
+        bytes += size;
+        versions.push(to_versioned(key, version, value, ts)?);
+    }
     Ok(Some(VersionsPage {
         latest_version: latest.version,
         versions,

@@ -259,10 +259,12 @@ impl Store {
         }
     }
 
-    /// Versions after `after`, oldest first, at most `limit`.
+    /// Versions after `after`, oldest first, at most `limit` and at most
+    /// [`VERSIONS_PAGE_BYTES`](kv_common::api::VERSIONS_PAGE_BYTES) of values (at least one).
     pub async fn versions(&self, key: &str, after: u64, limit: u32) -> Result<VersionsPage> {
         let owned = key.to_owned();
-        self.read(move |conn| db::page(conn, &owned, after, limit))
+        let max_bytes = kv_common::api::VERSIONS_PAGE_BYTES;
+        self.read(move |conn| db::page(conn, &owned, after, limit, max_bytes))
             .await?
             .ok_or_else(|| Error::KeyNotFound {
                 key: key.to_owned(),

@@ -298,6 +298,38 @@ async fn versions_are_listed_oldest_first_in_pages() {
 }
 
 #[tokio::test]
+async fn a_page_of_large_versions_stops_at_its_byte_budget() {
+    // VERSIONS_PAGE_BYTES is 8 MiB: two values of 3 MiB fit, a third would not; a value
+    // larger than the budget comes alone.
+    let app = test_app_with(|c| c.max_value_bytes = 10 << 20);
+    let text = |mib: usize, c: char| format!("\"{}\"", c.to_string().repeat((mib << 20) - 2));
+    for c in ['a', 'b', 'c', 'd', 'e'] {
+        assert_eq!(app.put("big", &text(3, c)).await.status, StatusCode::OK);
+    }
+    assert_eq!(app.put("big", &text(9, 'f')).await.status, StatusCode::OK);
+    let mut pages = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = app
+            .get(&format!("/versions/big?after={after}&limit=100"))
+            .await
+            .json();
+        let versions: Vec<u64> = page["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["version"].as_u64().unwrap())
+            .collect();
+        pages.push(versions);
+        match page["next_after"].as_u64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(pages, [vec![1, 2], vec![3, 4], vec![5], vec![6]]);
+}
+
+#[tokio::test]
 async fn stats_report_the_seed_fields_and_more() {
     let app = test_app_with(|c| c.cache_size = 2);
     for key in ["a", "b", "c"] {
