@@ -174,6 +174,9 @@ pub enum ErrorCode {
     RingBehind,
     /// The key's primary changes in the ring transition under way; its writes pause briefly.
     Rebalancing,
+    /// The server's disk is full: nothing was stored. Reads still work; writes resume once
+    /// space is freed or the volume grows.
+    StorageFull,
     Internal,
 }
 
@@ -208,6 +211,7 @@ impl ErrorCode {
             ErrorCode::StaleRing => "stale_ring",
             ErrorCode::RingBehind => "ring_behind",
             ErrorCode::Rebalancing => "rebalancing",
+            ErrorCode::StorageFull => "storage_full",
             ErrorCode::Internal => "internal",
         }
     }

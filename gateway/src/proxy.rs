@@ -88,7 +88,8 @@ impl Route {
                   primary is moving (`rebalancing`) or the server has not learned the gateway's ring yet (`ring_behind`), both \
                   with `Retry-After` and nothing stored",
                   body = kv_common::ErrorBody,
-                  headers(("retry-after" = u64, description = "Seconds to wait before retrying")))))]
+                  headers(("retry-after" = u64, description = "Seconds to wait before retrying"))),
+              (status = 507, description = "The primary's disk is full (`storage_full`): nothing was stored", body = kv_common::ErrorBody)))]
 pub async fn put(
     State(state): State<AppState>,
     key: Result<Path<String>, PathRejection>,

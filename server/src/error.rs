@@ -28,6 +28,11 @@ pub enum Error {
     },
     #[error("write failed: {0}")]
     WriteFailed(String),
+    #[error(
+        "write failed: the disk holding the database is full (free space or grow the volume; \
+         reads still work): {0}"
+    )]
+    StorageFull(String),
     #[error("cannot migrate the database: {0}")]
     Migration(String),
     #[error(
@@ -100,6 +105,7 @@ impl Error {
             Error::CorruptValue { .. } => "corrupt_value",
             Error::Database { .. } => "database",
             Error::WriteFailed(_) => "write_failed",
+            Error::StorageFull(_) => "storage_full",
             Error::Migration(_) => "migration",
             Error::DatabaseInUse { .. } => "database_in_use",
             Error::Io { .. } => "io",

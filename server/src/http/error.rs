@@ -47,6 +47,7 @@ impl From<Error> for ApiError {
             }
             Error::VersionOverflow { .. } => (StatusCode::CONFLICT, ErrorCode::VersionConflict),
             Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+            Error::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, ErrorCode::StorageFull),
             Error::QuorumFailed { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::QuorumFailed)
             }

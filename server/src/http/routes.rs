@@ -45,6 +45,7 @@ const DEFAULT_PAGE: u64 = 100;
         (status = 503, description = "Replication: a new database still catching up (`syncing`), or the version was stored here but too few replicas confirmed it in time (`quorum_failed`: the write is uncertain); rebalancing: the key's primary is moving (`rebalancing`) or `x-kv-ring-epoch` is newer than the server's ring (`ring_behind`)", body = kv_common::ErrorBody,
             headers(("retry-after" = u64, description = "Seconds to wait"))),
         (status = 422, description = "Body is not an object with a `value`, or has a non-finite number", body = kv_common::ErrorBody),
+        (status = 507, description = "The server's disk is full (`storage_full`): nothing was stored", body = kv_common::ErrorBody),
     )
 )]
 pub async fn put(

@@ -266,8 +266,13 @@ impl Writer {
                 tracing::error!(error = %err, writes = batch.len(), "batch commit failed");
                 metrics.write_errors.inc_by(batch.len() as u64);
                 let message = err.to_string();
+                let disk_full = is_disk_full(&err);
                 for op in batch.drain(..) {
-                    let failed = Error::WriteFailed(message.clone());
+                    let failed = if disk_full {
+                        Error::StorageFull(message.clone())
+                    } else {
+                        Error::WriteFailed(message.clone())
+                    };
                     match op {
                         Op::Put(_, reply) => {
                             let _ = reply.send(Err(failed));
@@ -479,4 +484,17 @@ enum Answer {
 struct Applied {
     answers: Vec<Answer>,
     committed: Vec<(Arc<str>, Versioned, bool)>,
+}
+
+/// SQLite's "database or disk is full": the volume ran out of space (or the file reached its
+/// size limit). Told apart from other failures because the client's answer differs (507, not
+/// 500) and so does the operator's remedy.
+fn is_disk_full(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::Database {
+            source: rusqlite::Error::SqliteFailure(e, _),
+            ..
+        } if e.code == rusqlite::ErrorCode::DiskFull
+    )
 }

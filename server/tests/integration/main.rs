@@ -6,6 +6,7 @@ mod checkpoint;
 mod clean;
 mod concurrency;
 mod crash;
+mod disk_full;
 mod http;
 mod model;
 mod rebalance;
