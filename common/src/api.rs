@@ -177,6 +177,8 @@ pub enum ErrorCode {
     /// The server's disk is full: nothing was stored. Reads still work; writes resume once
     /// space is freed or the volume grows.
     StorageFull,
+    /// The server's database file is damaged where this request read: run `kv-server check`.
+    DatabaseCorrupt,
     Internal,
 }
 
@@ -212,6 +214,7 @@ impl ErrorCode {
             ErrorCode::RingBehind => "ring_behind",
             ErrorCode::Rebalancing => "rebalancing",
             ErrorCode::StorageFull => "storage_full",
+            ErrorCode::DatabaseCorrupt => "database_corrupt",
             ErrorCode::Internal => "internal",
         }
     }

@@ -96,6 +96,17 @@ pub enum Error {
 
 impl Error {
     /// Short stable label for logs and metrics.
+    /// SQLite found the database file damaged ("malformed") where it read.
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            Error::Database {
+                source: rusqlite::Error::SqliteFailure(e, _),
+                ..
+            } if e.code == rusqlite::ErrorCode::DatabaseCorrupt
+        )
+    }
+
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::KeyNotFound { .. } => "key_not_found",

@@ -7,6 +7,7 @@
 //!
 //! [`run`] serves on a listener until `shutdown` resolves, then lets queued writes finish.
 
+pub mod check;
 pub mod clean;
 pub mod config;
 pub mod error;

@@ -1,4 +1,4 @@
-//! `kv-server`: serve a store, or clean databases. All logic is in the library.
+//! `kv-server`: serve a store, or clean or check databases. All logic is in the library.
 
 use std::process::ExitCode;
 
@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kv_common::telemetry::{self, LogFormat};
 use kv_server::ServerConfig;
+use kv_server::check::CheckArgs;
 use kv_server::clean::CleanArgs;
 
 #[derive(Parser)]
@@ -34,6 +35,8 @@ enum Command {
     Serve(Box<ServerConfig>),
     /// Empty every database under a data directory (with --dry-run to preview).
     Clean(CleanArgs),
+    /// Check a database for damage (read-only; exit code 1 when damaged).
+    Check(CheckArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -44,6 +47,10 @@ fn main() -> anyhow::Result<ExitCode> {
             let stdin = std::io::stdin();
             let outcome = kv_server::clean::run(&args, &mut stdin.lock(), &mut std::io::stdout())?;
             return Ok(ExitCode::from(outcome.exit_code() as u8));
+        }
+        Some(Command::Check(args)) => {
+            let report = kv_server::check::run(&args, &mut std::io::stdout())?;
+            return Ok(ExitCode::from(report.exit_code() as u8));
         }
         Some(Command::Serve(config)) => *config,
         None => cli.serve,

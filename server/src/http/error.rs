@@ -48,6 +48,10 @@ impl From<Error> for ApiError {
             Error::VersionOverflow { .. } => (StatusCode::CONFLICT, ErrorCode::VersionConflict),
             Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
             Error::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, ErrorCode::StorageFull),
+            e if e.is_corruption() => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::DatabaseCorrupt,
+            ),
             Error::QuorumFailed { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::QuorumFailed)
             }
@@ -63,7 +67,10 @@ impl From<Error> for ApiError {
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!(error = %err, kind = err.metric_label(), "request failed");
         }
-        let detail = err.to_string();
+        let mut detail = err.to_string();
+        if code == ErrorCode::DatabaseCorrupt {
+            detail.push_str(": the database file is damaged; see `kv-server check`");
+        }
         let mut api = ApiError::new(status, code, detail);
         if let Error::StaleRing { ring, .. } = err {
             api.ring = Some(ring);

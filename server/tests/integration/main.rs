@@ -2,6 +2,7 @@
 //! real binary killed mid-load, seed databases, the clean-up command, replication and online
 //! rebalancing between in-process servers.
 
+mod check;
 mod checkpoint;
 mod clean;
 mod concurrency;
