@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::procs::{ProcCluster, value_text};
-use crate::replication::{Failures, run_history};
+use crate::replication::{Failures, run_history, until_next_fault};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_cut_off_from_its_peers_acknowledges_nothing_and_loses_nothing() {
@@ -98,13 +98,7 @@ async fn partitioner(
     faults: Arc<AtomicUsize>,
 ) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x7370_6c69_7400);
-    loop {
-        let pause = Duration::from_millis(rng.random_range(1_000..3_000));
-        let left = deadline.saturating_duration_since(Instant::now());
-        if faults.load(Ordering::SeqCst) >= 2 && pause >= left {
-            return;
-        }
-        tokio::time::sleep(pause.min(left / 2)).await;
+    while until_next_fault(&mut rng, deadline, &faults).await {
         let victim = rng.random_range(0..cluster.len());
         let name = &cluster.names[victim];
         match rng.random_range(0..3) {

@@ -292,14 +292,8 @@ async fn nemesis(
     faults: Arc<AtomicUsize>,
 ) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x6e65_6d65_7369_7300);
-    loop {
-        let pause = Duration::from_millis(rng.random_range(1_000..3_000));
-        let left = deadline.saturating_duration_since(Instant::now());
+    while until_next_fault(&mut rng, deadline, &faults).await {
         let done = faults.load(Ordering::SeqCst);
-        if done >= 2 && pause >= left {
-            return;
-        }
-        tokio::time::sleep(pause.min(left / 2)).await;
         let victim = rng.random_range(0..cluster.len());
         let name = &cluster.names[victim];
         let down = Duration::from_millis(rng.random_range(500..2_000));
@@ -317,6 +311,18 @@ async fn nemesis(
         faults.fetch_add(1, Ordering::SeqCst);
         println!("nemesis: {name} is back");
     }
+}
+
+/// A nemesis's pause before its next fault, 1-3 s; false when the run is over (the next
+/// fault would not end before the deadline and two have happened).
+pub async fn until_next_fault(rng: &mut StdRng, deadline: Instant, faults: &AtomicUsize) -> bool {
+    let pause = Duration::from_millis(rng.random_range(1_000..3_000));
+    let left = deadline.saturating_duration_since(Instant::now());
+    if faults.load(Ordering::SeqCst) >= 2 && pause >= left {
+        return false;
+    }
+    tokio::time::sleep(pause.min(left / 2)).await;
+    true
 }
 
 /// Every member's versions of `keys`, read directly, the primaries, and the final read

@@ -263,6 +263,16 @@ async fn conditional_puts_store_only_on_the_expected_version() {
     assert_eq!(app.get("/get/c").await.json()["version"], 2);
 }
 
+/// The version numbers of a `/versions` page, in its order.
+fn version_numbers(page: &serde_json::Value) -> Vec<u64> {
+    page["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect()
+}
+
 #[tokio::test]
 async fn versions_are_listed_oldest_first_in_pages() {
     let app = test_app();
@@ -271,12 +281,7 @@ async fn versions_are_listed_oldest_first_in_pages() {
     }
     let page = app.get("/versions/p?limit=2").await.json();
     assert_eq!(page["latest_version"], 5);
-    let versions: Vec<u64> = page["versions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["version"].as_u64().unwrap())
-        .collect();
+    let versions = version_numbers(&page);
     assert_eq!(versions, [1, 2]);
     assert_eq!(page["versions"][1]["value"], 2);
     assert_eq!(page["next_after"], 2);
@@ -314,13 +319,7 @@ async fn a_page_of_large_versions_stops_at_its_byte_budget() {
             .get(&format!("/versions/big?after={after}&limit=100"))
             .await
             .json();
-        let versions: Vec<u64> = page["versions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v["version"].as_u64().unwrap())
-            .collect();
-        pages.push(versions);
+        pages.push(version_numbers(&page));
         match page["next_after"].as_u64() {
             Some(next) => after = next,
             None => break,
