@@ -1,4 +1,4 @@
-//! `kv-server check`: is a database sound? First SQLite's own check of the file's structure
+//! `kv-server check` (and `kvstore check`): is a database sound? First SQLite's own check of the file's structure
 //! (`quick_check`, or `integrity_check` with `--full`), then kvstore's: every stored value is
 //! JSON a reader can serve, and every key's versions run 1, 2, ... with none missing.
 //!
@@ -12,15 +12,16 @@ use std::path::{Path, PathBuf};
 use rusqlite::Connection;
 
 use crate::error::{Error, Result};
+use crate::store::db;
 use crate::store::model::validate_json;
-use crate::store::{DB_FILE, db};
 
 /// Problems listed in full; beyond that they are only counted.
 const SHOWN: usize = 10;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CheckArgs {
-    /// Data directory holding `kv_store.db`.
+    /// Directory searched, recursively, for `*.db` files (a server's data directory, or a
+    /// local cluster's, which holds one per server).
     #[arg(long, env = "KV_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
     /// SQLite's `integrity_check` (every index entry against its table; slower) instead of
@@ -113,19 +114,36 @@ impl Report {
     }
 }
 
-/// Checks the database of `args.data_dir` and writes the report to `out`.
-pub fn run(args: &CheckArgs, out: &mut impl Write) -> Result<Report> {
-    let path = args.data_dir.join(DB_FILE);
-    if !path.is_file() {
-        return Err(Error::Config(format!("no database at {}", path.display())));
+/// Checks every database under `args.data_dir` and writes a report per file to `out`; one
+/// report per file, in path order.
+pub fn run(args: &CheckArgs, out: &mut impl Write) -> Result<Vec<(PathBuf, Report)>> {
+    let paths = crate::clean::find_databases(&args.data_dir)?;
+    if paths.is_empty() {
+        return Err(Error::Config(format!(
+            "no database (*.db) under {}",
+            args.data_dir.display()
+        )));
     }
-    let conn = db::open_reader(&path)?;
-    let report = check(&conn, args.full);
-    report.write(&path, out).map_err(|source| Error::Io {
-        context: "write the report".into(),
-        source,
-    })?;
-    Ok(report)
+    let mut reports = Vec::with_capacity(paths.len());
+    for path in paths {
+        let conn = db::open_reader(&path)?;
+        let report = check(&conn, args.full);
+        report.write(&path, out).map_err(|source| Error::Io {
+            context: "write the report".into(),
+            source,
+        })?;
+        reports.push((path, report));
+    }
+    Ok(reports)
+}
+
+/// 0 when every database is sound, 1 otherwise; the binaries exit with it.
+pub fn exit_code(reports: &[(PathBuf, Report)]) -> i32 {
+    reports
+        .iter()
+        .map(|(_, r)| r.exit_code())
+        .max()
+        .unwrap_or(0)
 }
 
 /// Every check, in one read transaction. A query that fails on a damaged file is a finding,

@@ -35,7 +35,8 @@ enum Command {
     Serve(Box<ServerConfig>),
     /// Empty every database under a data directory (with --dry-run to preview).
     Clean(CleanArgs),
-    /// Check a database for damage (read-only; exit code 1 when damaged).
+    /// Check every database under a data directory for damage (read-only; exit code 1 when
+    /// one is damaged).
     Check(CheckArgs),
 }
 
@@ -49,8 +50,8 @@ fn main() -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(outcome.exit_code() as u8));
         }
         Some(Command::Check(args)) => {
-            let report = kv_server::check::run(&args, &mut std::io::stdout())?;
-            return Ok(ExitCode::from(report.exit_code() as u8));
+            let reports = kv_server::check::run(&args, &mut std::io::stdout())?;
+            return Ok(ExitCode::from(kv_server::check::exit_code(&reports) as u8));
         }
         Some(Command::Serve(config)) => *config,
         None => cli.serve,

@@ -4,6 +4,7 @@
 
 mod backup;
 mod bench;
+mod check;
 mod clean;
 mod get;
 mod output;
@@ -28,6 +29,7 @@ use crate::client::{Client, DEFAULT_TIMEOUT};
 use crate::{Error, Result};
 
 pub use backup::{BackupArgs, Manifest};
+pub use check::CheckArgs;
 pub use clean::CleanArgs;
 pub use get::GetArgs;
 pub use put::PutArgs;
@@ -63,6 +65,7 @@ Exit codes:
   3  not found: no such key, or no such version of it (404)
   4  conflict: `put --if-version N` and the key is not at version N (412)
 `kvstore clean` keeps `kv-server clean`'s codes: 2 when a running server holds a database.
+`kvstore check`: 1 when a database is damaged.
 `kvstore restore` and `migrate-seed`: 1 when the backup is corrupted or incomplete, 2 when a
 target database is held by a running server or exists (without --force).";
 
@@ -123,6 +126,8 @@ pub enum Command {
     Stats(StatsArgs),
     /// Empty every database under a data directory (`--dry-run` to preview).
     Clean(CleanArgs),
+    /// Check every database under a data directory for damage (read-only).
+    Check(CheckArgs),
     /// Snapshot every server of the ring, consistently while it serves, into `--out DIR`
     /// (`<name>.db` each, plus `manifest.json`).
     Backup(BackupArgs),
@@ -149,6 +154,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Servers(args) => servers::command(global, args),
         Command::Stats(args) => stats::command(global, args),
         Command::Clean(args) => clean::command(args),
+        Command::Check(args) => check::command(args),
         Command::Backup(args) => backup::command(global, args),
         Command::Restore(args) => restore::restore(args),
         Command::MigrateSeed(args) => restore::migrate_seed(args),

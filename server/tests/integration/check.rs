@@ -44,7 +44,10 @@ fn run(dir: &Path) -> (check::Report, String) {
         data_dir: dir.to_owned(),
         full: true,
     };
-    let report = check::run(&args, &mut out).unwrap();
+    let mut reports = check::run(&args, &mut out).unwrap();
+    assert_eq!(reports.len(), 1);
+    let (path, report) = reports.pop().unwrap();
+    assert_eq!(path, dir.join("kv_store.db"));
     (report, String::from_utf8(out).unwrap())
 }
 
@@ -141,4 +144,42 @@ fn a_missing_database_is_an_error() {
     };
     let err = check::run(&args, &mut Vec::new()).unwrap_err();
     assert!(err.to_string().contains("no database"), "{err}");
+}
+
+#[tokio::test]
+async fn every_database_under_a_cluster_directory_is_checked() {
+    // A local cluster's layout: one data directory per server.
+    let dir = tempfile::tempdir().unwrap();
+    database(&dir.path().join("server-1")).await;
+    database(&dir.path().join("server-2")).await;
+    let conn = Connection::open(dir.path().join("server-2/kv_store.db")).unwrap();
+    conn.execute(r#"UPDATE "values" SET value = '{' WHERE key = 'k9'"#, [])
+        .unwrap();
+    drop(conn);
+    let mut out = Vec::new();
+    let args = CheckArgs {
+        data_dir: dir.path().to_owned(),
+        full: false,
+    };
+    let reports = check::run(&args, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let verdicts: Vec<(String, bool)> = reports
+        .iter()
+        .map(|(path, r)| {
+            (
+                path.strip_prefix(dir.path()).unwrap().display().to_string(),
+                r.is_sound(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("server-1/kv_store.db".to_owned(), true),
+            ("server-2/kv_store.db".to_owned(), false)
+        ],
+        "{text}"
+    );
+    assert_eq!(check::exit_code(&reports), 1);
+    assert_eq!(binary_exit_code(dir.path()), 1);
 }
