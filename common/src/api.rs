@@ -164,6 +164,8 @@ pub enum ErrorCode {
     Syncing,
     /// The primary stored the version but not enough replicas confirmed it in time.
     QuorumFailed,
+    /// The primary cannot reach enough replicas for the put's quorum: nothing was stored.
+    QuorumUnavailable,
     /// A put reached a server that is not the key's primary on its ring.
     NotPrimary,
     /// A replica already holds a different value for that (key, version).
@@ -208,6 +210,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Syncing => "syncing",
             ErrorCode::QuorumFailed => "quorum_failed",
+            ErrorCode::QuorumUnavailable => "quorum_unavailable",
             ErrorCode::NotPrimary => "not_primary",
             ErrorCode::ReplicaConflict => "replica_conflict",
             ErrorCode::StaleRing => "stale_ring",
@@ -232,6 +235,7 @@ mod tests {
             ErrorCode::Internal,
             ErrorCode::UnknownServer,
             ErrorCode::QuorumFailed,
+            ErrorCode::QuorumUnavailable,
             ErrorCode::NotPrimary,
             ErrorCode::StaleRing,
             ErrorCode::RingBehind,

@@ -60,6 +60,15 @@ pub enum Error {
         needed: usize,
     },
     #[error(
+        "Key '{key}' was not stored: its write quorum needs {needed} servers and this primary \
+         cannot reach enough of them (unreachable: {}); retry shortly", unreachable.join(", ")
+    )]
+    QuorumUnavailable {
+        key: String,
+        needed: usize,
+        unreachable: Vec<String>,
+    },
+    #[error(
         "this server ('{me}') is not the primary of key '{key}'; '{primary}' is: the gateway and the servers disagree on the ring (check --peers, --vnodes and --replication-factor)"
     )]
     NotPrimary {
@@ -122,6 +131,7 @@ impl Error {
             Error::Io { .. } => "io",
             Error::ShuttingDown => "shutting_down",
             Error::QuorumFailed { .. } => "quorum_failed",
+            Error::QuorumUnavailable { .. } => "quorum_unavailable",
             Error::NotPrimary { .. } => "not_primary",
             Error::Syncing(_) => "syncing",
             Error::StaleRing { .. } => "stale_ring",

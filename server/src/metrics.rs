@@ -53,6 +53,10 @@ pub struct ReplicationMetrics {
     /// Versions catch-up pulls brought that this server held already, by peer.
     pub pulled_duplicates: Family<Labels, Counter>,
     pub quorum_failures: Counter,
+    /// Puts refused before storing anything, their quorum's replicas unreachable.
+    pub quorum_unavailable: Counter,
+    /// 1 while a peer counts as unreachable for quorums (`replication/reach.rs`).
+    pub peer_unreachable: Family<Labels, Gauge>,
     /// Epoch of the ring in force.
     pub ring_epoch: Gauge,
     /// Puts refused `503 rebalancing` (their key's primary is moving, writes frozen).
@@ -77,6 +81,12 @@ impl ReplicationMetrics {
         self.pulled_duplicates
             .get_or_create(&labels)
             .inc_by(duplicates);
+    }
+
+    pub fn set_unreachable(&self, peer: &str, unreachable: bool) {
+        self.peer_unreachable
+            .get_or_create(&vec![("peer", peer.to_owned())])
+            .set(i64::from(unreachable));
     }
 
     pub fn set_lag(&self, peer: &str, lag: u64) {
@@ -153,6 +163,16 @@ impl Metrics {
             "replication_quorum_failures",
             "Puts answered 503 because too few replicas confirmed them in time",
             replication.quorum_failures.clone(),
+        );
+        registry.register(
+            "replication_quorum_unavailable",
+            "Puts refused with nothing stored because too few of their replicas answer",
+            replication.quorum_unavailable.clone(),
+        );
+        registry.register(
+            "replication_peer_unreachable",
+            "1 while a peer got no answer since its last failed exchange (puts needing it are refused)",
+            replication.peer_unreachable.clone(),
         );
         registry.register(
             "ring_epoch",

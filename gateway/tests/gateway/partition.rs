@@ -1,8 +1,9 @@
 //! Partitions among the servers (`netsplit.rs`), R = 3, W = 2, while the gateway reaches
 //! every server: the partition a gateway cannot see, so it keeps sending a cut-off primary
-//! its keys. Such a primary still stores each put (it assigns versions alone) but cannot
-//! reach a quorum, so it answers `503 quorum_failed`; once healed, the others pull what it
-//! stored and every replica of a key holds the same versions.
+//! its keys. Such a primary stores the puts it takes before it knows (it assigns versions
+//! alone) but cannot reach a quorum, so it answers `503 quorum_failed`; once its peers stayed
+//! silent it refuses puts up front (`503 quorum_unavailable`, nothing stored). Once healed,
+//! the others pull what it stored and every replica of a key holds the same versions.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -56,6 +57,28 @@ async fn a_primary_cut_off_from_its_peers_acknowledges_nothing_and_loses_nothing
         }
     }
 
+    // Its peers stayed silent through those puts: now it knows, and refuses puts of its keys
+    // at once, storing nothing (checked below: no version 3 anywhere).
+    let cut_keys: Vec<&String> = keys
+        .iter()
+        .filter(|k| cluster.replicas(k)[0] == cut)
+        .collect();
+    assert!(!cut_keys.is_empty());
+    for key in &cut_keys {
+        let started = Instant::now();
+        let r = gw.put(&format!("/put/{key}"), json!("refused")).send();
+        let r = r.await.unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or_default();
+        let took = started.elapsed();
+        if status != 503 || body["code"] != "quorum_unavailable" || took > Duration::from_secs(1) {
+            failures.add(
+                "put refused up front once the peers are known silent",
+                format!("{key}: {status} {body} after {took:?}"),
+            );
+        }
+    }
+
     // Healed: the versions only the cut-off primary stored reach the others, and every
     // replica of every key holds exactly versions 1 and 2.
     cluster.heal();
@@ -79,8 +102,17 @@ async fn a_primary_cut_off_from_its_peers_acknowledges_nothing_and_loses_nothing
         if body["version"] != 2 || value_text(&body["value"]) != value(key, 2) {
             failures.add("read after healing", format!("{key}: {body}"));
         }
-        let r = gw.put(&format!("/put/{key}"), json!(value(key, 3))).send();
-        let body: Value = r.await.unwrap().json().await.unwrap_or_default();
+        // The primary counts its peers again at their first answer (gossip asks every
+        // second); until then its puts are refused, still storing nothing.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let body = loop {
+            let r = gw.put(&format!("/put/{key}"), json!(value(key, 3))).send();
+            let body: Value = r.await.unwrap().json().await.unwrap_or_default();
+            if body["code"] != "quorum_unavailable" || Instant::now() > deadline {
+                break body;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         if body["version"] != 3 {
             failures.add("put after healing", format!("{key}: {body}"));
         }

@@ -222,11 +222,12 @@ async fn history_across_scale_3_to_5_to_2_is_consistent() {
     let report = history::check(&events, &state, CheckOptions::default());
     let counts = Counts::of(&events);
     println!(
-        "rebalance history: {} events, {} puts acknowledged, {} indeterminate, {} reads found, \
-         {} unavailable; 3 -> 5 took {grow:?}, 5 -> 2 took {shrink:?}",
+        "rebalance history: {} events, {} puts acknowledged, {} indeterminate, {} refused \
+         unstored, {} reads found, {} unavailable; 3 -> 5 took {grow:?}, 5 -> 2 took {shrink:?}",
         events.len(),
         counts.acked,
         counts.unknown,
+        counts.refused,
         counts.found,
         counts.unavailable
     );

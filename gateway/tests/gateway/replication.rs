@@ -61,6 +61,14 @@ pub async fn wait_health(cluster: &ProcCluster, name: &str, health: &str) {
     .await;
 }
 
+/// `503` codes of a put its primary refused before storing it (`admit_put`).
+const REFUSED_UNSTORED: [&str; 4] = [
+    "quorum_unavailable",
+    "syncing",
+    "rebalancing",
+    "ring_behind",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_dead_server_keeps_every_key_readable() {
     let cluster = ProcCluster::start(3).await;
@@ -234,6 +242,14 @@ pub async fn client(
                     Err(_) => PutOutcome::Indeterminate,
                 },
                 Ok(r) if r.status().is_client_error() => PutOutcome::Failed,
+                // Refusals the primary makes before storing anything: the checker holds
+                // it to them (the value must never be seen).
+                Ok(r) if r.status() == 503 => match r.json::<Value>().await {
+                    Ok(body) if REFUSED_UNSTORED.contains(&body["code"].as_str().unwrap_or("")) => {
+                        PutOutcome::Failed
+                    }
+                    _ => PutOutcome::Indeterminate,
+                },
                 _ => PutOutcome::Indeterminate,
             };
             if let PutOutcome::Acked { version } = outcome {
@@ -388,6 +404,8 @@ pub async fn final_state(
 pub struct Counts {
     pub acked: usize,
     pub unknown: usize,
+    /// Puts certainly not stored (4xx, or a refusal before storing).
+    pub refused: usize,
     pub found: usize,
     pub unavailable: usize,
 }
@@ -397,6 +415,7 @@ impl Counts {
         let mut counts = Counts {
             acked: 0,
             unknown: 0,
+            refused: 0,
             found: 0,
             unavailable: 0,
         };
@@ -405,7 +424,7 @@ impl Counts {
                 Event::Put(Put { outcome, .. }) => match outcome {
                     PutOutcome::Acked { .. } => counts.acked += 1,
                     PutOutcome::Indeterminate => counts.unknown += 1,
-                    PutOutcome::Failed => {}
+                    PutOutcome::Failed => counts.refused += 1,
                 },
                 Event::Get(Get { outcome, .. }) => match outcome {
                     GetOutcome::Found { .. } => counts.found += 1,
@@ -481,13 +500,14 @@ where
     let Counts {
         acked,
         unknown,
+        refused,
         found,
         unavailable,
     } = Counts::of(&events);
     let fault_count = fault_count.load(Ordering::SeqCst);
     println!(
-        "history: {} events, {acked} puts acknowledged, {unknown} indeterminate, {found} reads \
-         found, {unavailable} unavailable, {fault_count} faults ({faults_are})",
+        "history: {} events, {acked} puts acknowledged, {unknown} indeterminate, {refused} \
+         refused unstored, {found} reads found, {unavailable} unavailable, {fault_count} faults ({faults_are})",
         events.len()
     );
     println!("{report}");

@@ -55,6 +55,10 @@ impl From<Error> for ApiError {
             Error::QuorumFailed { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::QuorumFailed)
             }
+            Error::QuorumUnavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::QuorumUnavailable,
+            ),
             Error::Syncing(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Syncing),
             Error::NotPrimary { .. } => (StatusCode::MISDIRECTED_REQUEST, ErrorCode::NotPrimary),
             Error::StaleRing { .. } => (StatusCode::CONFLICT, ErrorCode::StaleRing),

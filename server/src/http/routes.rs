@@ -42,7 +42,7 @@ const DEFAULT_PAGE: u64 = 100;
         (status = 414, description = "Key over 1024 bytes", body = kv_common::ErrorBody),
         (status = 409, description = "Rebalancing: `x-kv-ring-epoch` is older than the server's ring (`stale_ring`; the body's `ring` is the server's current ring configuration)", body = kv_common::ErrorBody),
         (status = 421, description = "Replication: this server is not the key's primary (`not_primary`)", body = kv_common::ErrorBody),
-        (status = 503, description = "Replication: a new database still catching up (`syncing`), or the version was stored here but too few replicas confirmed it in time (`quorum_failed`: the write is uncertain); rebalancing: the key's primary is moving (`rebalancing`) or `x-kv-ring-epoch` is newer than the server's ring (`ring_behind`)", body = kv_common::ErrorBody,
+        (status = 503, description = "Replication: a new database still catching up (`syncing`), or the version was stored here but too few replicas confirmed it in time (`quorum_failed`: the write is uncertain), or too few of the key's replicas answer this server to make the quorum (`quorum_unavailable`: nothing stored, retry); rebalancing: the key's primary is moving (`rebalancing`) or `x-kv-ring-epoch` is newer than the server's ring (`ring_behind`)", body = kv_common::ErrorBody,
             headers(("retry-after" = u64, description = "Seconds to wait"))),
         (status = 422, description = "Body is not an object with a `value`, or has a non-finite number", body = kv_common::ErrorBody),
         (status = 507, description = "The server's disk is full (`storage_full`): nothing was stored", body = kv_common::ErrorBody),
@@ -63,7 +63,7 @@ pub async fn put(
     let epoch = ring_epoch(&headers)?;
     let asked_quorum = write_quorum(&headers)?;
     let permit = match &state.replication {
-        Some(replication) => Some(replication.admit_put(&key, epoch).await?),
+        Some(replication) => Some(replication.admit_put(&key, epoch, asked_quorum).await?),
         None => None,
     };
     let value: Box<str> = value.into();
@@ -78,16 +78,15 @@ pub async fn put(
         .await?;
     let acked_by = match (&state.replication, permit) {
         (Some(replication), Some(permit)) => {
-            let placement = permit.committed();
+            let committed = permit.committed();
             let stored = Versioned {
                 version: outcome.version,
                 value,
                 timestamp: outcome.timestamp,
             };
-            let quorum = replication.quorum(asked_quorum);
             Some(
                 replication
-                    .replicate(&placement, &key, &stored, quorum)
+                    .replicate(&committed.placement, &key, &stored, committed.quorum)
                     .await?,
             )
         }

@@ -63,7 +63,7 @@ async fn pull(
         .load()
         .as_ref()
         .and_then(|base| base.gained_below(peer, instance, *seq, frozen));
-    let page = fetch(shared, url, *seq, gained).await?;
+    let page = fetch(shared, peer, url, *seq, gained).await?;
     if page.instance != *instance {
         // A new database behind that name (or the first pull): its sequence numbers mean
         // nothing to the old cursor. Start it over.
@@ -122,6 +122,7 @@ async fn pull(
 /// `gained`: `(epoch, below)` from the copy base (`copy_base.rs`).
 async fn fetch(
     shared: &Shared,
+    peer: &str,
     url: &str,
     after: u64,
     gained: Option<(u64, u64)>,
@@ -136,7 +137,7 @@ async fn fetch(
     if let Some((epoch, below)) = gained {
         target.push_str(&format!("&gained_epoch={epoch}&gained_below={below}"));
     }
-    match shared.client.call(Method::GET, &target, None).await? {
+    match shared.call_peer(peer, Method::GET, &target, None).await? {
         (StatusCode::OK, body) => {
             serde_json::from_slice(&body).map_err(|e| format!("unreadable change page: {e}"))
         }

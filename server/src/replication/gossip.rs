@@ -47,8 +47,7 @@ async fn round(shared: &Arc<Shared>) {
 
 async fn fetch(shared: &Shared, name: &str, url: &str) -> Option<RingView> {
     let answer = shared
-        .client
-        .call(Method::GET, &format!("{url}/internal/ring"), None)
+        .call_peer(name, Method::GET, &format!("{url}/internal/ring"), None)
         .await;
     match answer {
         Ok((StatusCode::OK, body)) => serde_json::from_slice(&body)

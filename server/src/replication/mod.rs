@@ -9,6 +9,7 @@
 //! - `catch_up.rs`: one pull task per peer, with a cursor committed alongside the data.
 //! - `peers.rs`: starting and stopping those tasks as the ring's members change.
 //! - `quorum.rs`: waiting for W confirmations (pure counting, unit-tested).
+//! - `reach.rs`: which peers answer, so a put its quorum cannot confirm is refused up front.
 //! - `ring_state.rs`: which ring states are adopted and what that implies (pure).
 //! - `adopt.rs`: adopting a state durably; the clean-up after a commit.
 //! - `copy_base.rs`: how far a copy needs only the keys a server gains (pure).
@@ -21,6 +22,7 @@ mod gossip;
 mod peer_client;
 mod peers;
 pub mod quorum;
+mod reach;
 pub mod ring_state;
 mod sender;
 
@@ -43,6 +45,7 @@ use crate::store::{Store, Versioned};
 pub use adopt::Adoption;
 use copy_base::CopyBase;
 use peer_client::PeerClient;
+use reach::Reach;
 use sender::Push;
 
 /// Versions that may wait for one peer's sender; beyond that a put does not count on that
@@ -60,6 +63,8 @@ pub(crate) struct Shared {
     me: String,
     store: Store,
     client: PeerClient,
+    /// Which peers answered their last exchange (see `reach.rs`).
+    reach: Reach,
     catch_up_interval: Duration,
     metrics: ReplicationMetrics,
     /// The ring state in force and the rings built from it; swapped whole on adoption.
@@ -127,6 +132,22 @@ impl Shared {
             .collect()
     }
 
+    /// One exchange with `peer` at `url`, noting whether it answered at all (`reach.rs`).
+    async fn call_peer(
+        &self,
+        peer: &str,
+        method: http::Method,
+        url: &str,
+        json_body: Option<Vec<u8>>,
+    ) -> std::result::Result<(http::StatusCode, bytes::Bytes), String> {
+        let answer = self.client.call(method, url, json_body).await;
+        match &answer {
+            Ok(_) => self.reach.answered(peer, &self.metrics),
+            Err(why) => self.reach.failed(peer, why, &self.metrics),
+        }
+        answer
+    }
+
     fn set_progress(&self, peer: &str, update: impl FnOnce(&mut Progress)) {
         let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
         let Some(entry) = progress.get_mut(peer) else {
@@ -186,14 +207,25 @@ impl Shared {
 pub struct PutPermit {
     _checked: OwnedRwLockReadGuard<()>,
     placement: Arc<Placement>,
+    /// The write quorum the put was admitted for.
+    quorum: usize,
 }
 
 impl PutPermit {
     /// Call once the version is committed locally: adoptions may go on, replication follows
-    /// the placement the put was checked under.
-    pub fn committed(self) -> Arc<Placement> {
-        self.placement
+    /// the placement the put was checked under, for the quorum it was admitted with.
+    pub fn committed(self) -> Committed {
+        Committed {
+            placement: self.placement,
+            quorum: self.quorum,
+        }
     }
+}
+
+/// A put committed here, to replicate.
+pub struct Committed {
+    pub placement: Arc<Placement>,
+    pub quorum: usize,
 }
 
 /// The replication side of one server. Absent (`None` in the app state) when standalone.
@@ -270,6 +302,7 @@ impl Replication {
             me: me.clone(),
             store: store.clone(),
             client: PeerClient::new(Duration::from_secs(1), timeout.max(Duration::from_secs(5))),
+            reach: Reach::default(),
             catch_up_interval: Duration::from_millis(settings.catch_up_interval_ms.max(10)),
             metrics,
             placement: ArcSwap::from_pointee(Placement::new(state)),
@@ -318,7 +351,12 @@ impl Replication {
     /// The checks of a put, in order: the request's ring epoch, this server being the key's
     /// primary, the key's writes not paused, the database synced. The permit keeps adoptions
     /// out until the put is committed locally.
-    pub async fn admit_put(&self, key: &str, epoch: Option<u64>) -> Result<PutPermit> {
+    pub async fn admit_put(
+        &self,
+        key: &str,
+        epoch: Option<u64>,
+        asked_quorum: Option<usize>,
+    ) -> Result<PutPermit> {
         let checked = self.shared.freeze.clone().read_owned().await;
         let placement = self.shared.placement.load_full();
         self.check_epoch_of(&placement, epoch)?;
@@ -338,9 +376,21 @@ impl Replication {
             });
         }
         self.check_synced()?;
+        let quorum = self.quorum(asked_quorum);
+        let groups = self.groups(&placement, key, quorum);
+        let reach = &self.shared.reach;
+        if !quorum::possible(&groups, &self.shared.me, |peer| reach.reachable(peer)) {
+            self.shared.metrics.quorum_unavailable.inc();
+            return Err(Error::QuorumUnavailable {
+                key: key.to_owned(),
+                needed: quorum,
+                unreachable: reach.unreachable(),
+            });
+        }
         Ok(PutPermit {
             _checked: checked,
             placement,
+            quorum,
         })
     }
 
@@ -432,21 +482,7 @@ impl Replication {
         stored: &Versioned,
         quorum: usize,
     ) -> Result<Vec<String>> {
-        let replicas = placement.replicas(key);
-        // During a transition a version counts only once W servers hold it in the key's list
-        // under `next` too (a joint quorum, as Raft's joint consensus): at the switch every
-        // acknowledged version is then on W servers of its new list, where reads fall back.
-        let mut groups = vec![quorum::Group {
-            members: replicas.iter().map(|n| (*n).to_owned()).collect(),
-            needed: quorum,
-        }];
-        if let (Some(ring), Some(next)) = (&placement.next, &placement.state.next) {
-            let list = ring.preference_list(key, next.factor());
-            groups.push(quorum::Group {
-                needed: quorum.min(list.len()),
-                members: list.into_iter().map(str::to_owned).collect(),
-            });
-        }
+        let groups = self.groups(placement, key, quorum);
         let others: Vec<&str> = placement
             .targets(key)
             .into_iter()
@@ -474,7 +510,12 @@ impl Replication {
                 }
             }
         }
-        let acked = quorum::wait_joint(self.shared.me.clone(), &groups, waits, self.timeout).await;
+        let quorum::Tally { acked, silent } =
+            quorum::tally(self.shared.me.clone(), &groups, waits, self.timeout).await;
+        for peer in &silent {
+            let why = format!("no confirmation within {:?}", self.timeout);
+            self.shared.reach.failed(peer, &why, &self.shared.metrics);
+        }
         if quorum::met(&groups, &acked) {
             Ok(acked)
         } else {
@@ -486,6 +527,26 @@ impl Replication {
                 needed: quorum,
             })
         }
+    }
+
+    /// The servers that must hold a put's version of `key`, and how many of each list.
+    fn groups(&self, placement: &Placement, key: &str, quorum: usize) -> Vec<quorum::Group> {
+        let replicas = placement.replicas(key);
+        // During a transition a version counts only once W servers hold it in the key's list
+        // under `next` too (a joint quorum, as Raft's joint consensus): at the switch every
+        // acknowledged version is then on W servers of its new list, where reads fall back.
+        let mut groups = vec![quorum::Group {
+            members: replicas.iter().map(|n| (*n).to_owned()).collect(),
+            needed: quorum,
+        }];
+        if let (Some(ring), Some(next)) = (&placement.next, &placement.state.next) {
+            let list = ring.preference_list(key, next.factor());
+            groups.push(quorum::Group {
+                needed: quorum.min(list.len()),
+                members: list.into_iter().map(str::to_owned).collect(),
+            });
+        }
+        groups
     }
 
     /// Adopts `offered` if it is above this server's state (`PUT /internal/ring`, gossip).

@@ -65,9 +65,32 @@ pub async fn wait_joint(
     waits: Vec<(String, oneshot::Receiver<bool>)>,
     timeout: Duration,
 ) -> Vec<String> {
+    tally(me, groups, waits, timeout).await.acked
+}
+
+/// How a wait for confirmations ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tally {
+    /// Who holds the version, the primary first.
+    pub acked: Vec<String>,
+    /// Peers still silent when the timeout struck (empty when the wait ended earlier): the
+    /// primary counts them unreachable until they answer again (`reach.rs`).
+    pub silent: Vec<String>,
+}
+
+/// [`wait_joint`], also saying who stayed silent until the timeout.
+pub async fn tally(
+    me: String,
+    groups: &[Group],
+    waits: Vec<(String, oneshot::Receiver<bool>)>,
+    timeout: Duration,
+) -> Tally {
     let mut acked = vec![me];
     if met(groups, &acked) {
-        return acked;
+        return Tally {
+            acked,
+            silent: Vec::new(),
+        };
     }
     let mut waiting: Vec<String> = waits.iter().map(|(name, _)| name.clone()).collect();
     let mut pending: FuturesUnordered<_> = waits
@@ -88,8 +111,24 @@ pub async fn wait_joint(
             }
         }
     };
-    let _ = tokio::time::timeout(timeout, counting).await;
-    acked
+    let timed_out = tokio::time::timeout(timeout, counting).await.is_err();
+    Tally {
+        acked,
+        silent: if timed_out { waiting } else { Vec::new() },
+    }
+}
+
+/// Whether every group can still be met with the servers `reachable` says answer (the
+/// primary `me` always does): if not, a put would be stored here and confirmed by too few,
+/// so the primary refuses it before storing anything.
+pub fn possible(groups: &[Group], me: &str, reachable: impl Fn(&str) -> bool) -> bool {
+    groups.iter().all(|g| {
+        g.members
+            .iter()
+            .filter(|m| *m == me || reachable(m))
+            .count()
+            >= g.needed
+    })
 }
 
 #[cfg(test)]
@@ -201,5 +240,40 @@ mod tests {
         let mut acked = wait("me".into(), 3, waits, LONG).await;
         acked[1..].sort();
         assert_eq!(acked, ["me", "p0", "p1"]);
+    }
+
+    #[tokio::test]
+    async fn the_tally_names_the_peers_silent_at_the_timeout_only() {
+        let (mut senders, waits) = peers(3);
+        senders.remove(0).send(true).unwrap();
+        let groups = [group(&["me", "p0", "p1", "p2"], 4)];
+        let ended = tally("me".into(), &groups, waits, Duration::from_millis(50)).await;
+        assert_eq!(ended.acked, ["me", "p0"]);
+        let mut silent = ended.silent;
+        silent.sort();
+        assert_eq!(silent, ["p1", "p2"]);
+        drop(senders);
+
+        // Met before the timeout: the peers not waited for are not silent, only unasked.
+        let (mut senders, waits) = peers(2);
+        senders.remove(0).send(true).unwrap();
+        let groups = [group(&["me", "p0", "p1"], 2)];
+        let ended = tally("me".into(), &groups, waits, LONG).await;
+        assert_eq!((ended.acked.len(), ended.silent.len()), (2, 0));
+        drop(senders);
+    }
+
+    #[test]
+    fn a_quorum_is_possible_only_with_enough_reachable_members() {
+        let groups = [group(&["me", "p0", "p1"], 2)];
+        assert!(possible(&groups, "me", |_| true));
+        assert!(possible(&groups, "me", |p| p == "p1"));
+        assert!(!possible(&groups, "me", |_| false));
+        // W = 1 needs no peer at all.
+        assert!(possible(&[group(&["me", "p0"], 1)], "me", |_| false));
+        // During a transition both lists must be reachable; me may be in neither.
+        let joint = [group(&["me", "p0", "p1"], 2), group(&["p1", "p2"], 2)];
+        assert!(possible(&joint, "me", |p| p != "p0"));
+        assert!(!possible(&joint, "me", |p| p != "p2"));
     }
 }

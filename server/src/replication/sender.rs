@@ -42,7 +42,9 @@ pub async fn run(shared: Arc<Shared>, peer: String, url: String, mut rx: mpsc::R
             records,
         })
         .expect("records serialize");
-        let answer = shared.client.call(Method::POST, &target, Some(body)).await;
+        let answer = shared
+            .call_peer(&peer, Method::POST, &target, Some(body))
+            .await;
         let held = match &answer {
             Ok((StatusCode::OK, _)) => vec![true; keys.len()],
             // The rest of the batch was stored; the conflicting versions were not.
