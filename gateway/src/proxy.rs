@@ -84,7 +84,8 @@ impl Route {
               (status = 412, description = "`if_version` is not the latest", body = kv_common::ErrorBody),
               (status = 503, description = "The key's primary is down (`server_unavailable`, with `Retry-After`; the put is never sent to another server), \
                   still syncing a new database (`syncing`), or stored the version but too few replicas confirmed it in time \
-                  (`quorum_failed`: the write is indeterminate, it may or may not become visible); during a rebalance, the key's \
+                  (`quorum_failed`: the write is indeterminate, it may or may not become visible), or cannot reach enough replicas \
+                  for the quorum (`quorum_unavailable`: nothing stored, retry); during a rebalance, the key's \
                   primary is moving (`rebalancing`) or the server has not learned the gateway's ring yet (`ring_behind`), both \
                   with `Retry-After` and nothing stored",
                   body = kv_common::ErrorBody,
