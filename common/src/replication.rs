@@ -87,6 +87,15 @@ pub struct PeerStatus {
     pub lag: u64,
     /// Why the last pull failed, if it did.
     pub last_error: Option<String>,
+    /// Whether the last exchange with the peer (push, pull or gossip) got an answer: puts
+    /// whose quorum needs an unreachable peer are refused (`quorum_unavailable`).
+    #[serde(default = "reachable_by_default")]
+    pub reachable: bool,
+}
+
+/// Servers from before `reachable` existed did not say: assume they did reach the peer.
+fn reachable_by_default() -> bool {
+    true
 }
 
 /// `GET /internal/status`.

@@ -79,6 +79,11 @@ async fn a_primary_cut_off_from_its_peers_acknowledges_nothing_and_loses_nothing
         }
     }
 
+    match cluster.status(cut).await {
+        Ok(status) if status.peers.iter().all(|p| !p.reachable) => {}
+        other => failures.add("status names the silent peers", format!("{other:?}")),
+    }
+
     // Healed: the versions only the cut-off primary stored reach the others, and every
     // replica of every key holds exactly versions 1 and 2.
     cluster.heal();

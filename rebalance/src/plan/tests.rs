@@ -70,6 +70,7 @@ impl Cluster {
                 head: 100,
                 lag: 100u64.saturating_sub(cursor),
                 last_error: None,
+                reachable: true,
             })
             .collect();
         self.observed.statuses.insert(

@@ -580,6 +580,7 @@ impl Replication {
                 head: p.head,
                 lag: p.head.saturating_sub(p.cursor),
                 last_error: p.last_error.clone(),
+                reachable: self.shared.reach.reachable(name),
             })
             .collect();
         let factor = self.shared.placement.load().state.current.factor();
