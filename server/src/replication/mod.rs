@@ -349,7 +349,8 @@ impl Replication {
     }
 
     /// The checks of a put, in order: the request's ring epoch, this server being the key's
-    /// primary, the key's writes not paused, the database synced. The permit keeps adoptions
+    /// primary, the key's writes not paused, the database synced, enough of the key's
+    /// replicas answering for its write quorum. The permit keeps adoptions
     /// out until the put is committed locally.
     pub async fn admit_put(
         &self,
@@ -376,10 +377,16 @@ impl Replication {
             });
         }
         self.check_synced()?;
-        let quorum = self.quorum(asked_quorum);
-        let groups = self.groups(&placement, key, quorum);
+        let quorum = self.quorum(&placement, asked_quorum);
         let reach = &self.shared.reach;
-        if !quorum::possible(&groups, &self.shared.me, |peer| reach.reachable(peer)) {
+        // With every peer answering (the usual case) there is nothing to count.
+        if !reach.all_answer()
+            && !quorum::possible(
+                &self.groups(&placement, key, quorum),
+                &self.shared.me,
+                |peer| reach.reachable(peer),
+            )
+        {
             self.shared.metrics.quorum_unavailable.inc();
             return Err(Error::QuorumUnavailable {
                 key: key.to_owned(),
@@ -463,9 +470,9 @@ impl Replication {
     }
 
     /// The write quorum to use: the one the put asks for (the gateway's), else the default,
-    /// never more than the replication factor in force.
-    pub fn quorum(&self, asked: Option<usize>) -> usize {
-        let factor = self.shared.placement.load().state.current.factor();
+    /// never more than the replication factor of `placement`.
+    fn quorum(&self, placement: &Placement, asked: Option<usize>) -> usize {
+        let factor = placement.state.current.factor();
         asked
             .unwrap_or_else(|| self.shared.quorum_default(factor))
             .clamp(1, factor)

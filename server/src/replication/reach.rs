@@ -51,6 +51,11 @@ impl Reach {
             "peer unreachable: puts that need it for their quorum are refused until it answers");
     }
 
+    /// Whether every peer answered its last exchange.
+    pub fn all_answer(&self) -> bool {
+        self.count.load(Ordering::Acquire) == 0
+    }
+
     /// Whether `peer` counts towards a quorum now.
     pub fn reachable(&self, peer: &str) -> bool {
         self.count.load(Ordering::Acquire) == 0 || !self.lock().contains_key(peer)
@@ -79,11 +84,13 @@ mod tests {
         reach.failed("b", "again", &metrics);
         assert!(!reach.reachable("b"));
         assert!(reach.reachable("c"));
+        assert!(!reach.all_answer());
         assert_eq!(reach.unreachable(), ["b"]);
         reach.answered("c", &metrics);
         assert!(!reach.reachable("b"));
         reach.answered("b", &metrics);
         assert!(reach.reachable("b"));
         assert!(reach.unreachable().is_empty());
+        assert!(reach.all_answer());
     }
 }
