@@ -61,6 +61,9 @@ pub async fn reconcile(shared: &Arc<Shared>, cursors: &[(String, String, u64)]) 
     let mut peers = shared.peers.lock().unwrap_or_else(|p| p.into_inner());
     let mut progress = shared.progress.lock().unwrap_or_else(|p| p.into_inner());
     progress.retain(|name, _| wanted.contains_key(name));
+    shared
+        .reach
+        .retain(|name| wanted.contains_key(name), &shared.metrics);
     for (name, url) in &wanted {
         let tasks = peers.entry(name.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(PUSH_QUEUE);

@@ -61,6 +61,19 @@ impl Reach {
         self.count.load(Ordering::Acquire) == 0 || !self.lock().contains_key(peer)
     }
 
+    /// Forgets the peers `keep` rejects (no longer in the ring): nothing probes them any more.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool, metrics: &ReplicationMetrics) {
+        let mut unreachable = self.lock();
+        unreachable.retain(|peer, _| {
+            let kept = keep(peer);
+            if !kept {
+                metrics.set_unreachable(peer, false);
+            }
+            kept
+        });
+        self.count.store(unreachable.len(), Ordering::Release);
+    }
+
     /// The unreachable peers, by name.
     pub fn unreachable(&self) -> Vec<String> {
         self.lock().keys().cloned().collect()
@@ -92,5 +105,11 @@ mod tests {
         assert!(reach.reachable("b"));
         assert!(reach.unreachable().is_empty());
         assert!(reach.all_answer());
+
+        // A peer that left the ring is forgotten, not counted unreachable for ever.
+        reach.failed("d", "reset", &metrics);
+        reach.failed("e", "reset", &metrics);
+        reach.retain(|peer| peer != "d", &metrics);
+        assert_eq!(reach.unreachable(), ["e"]);
     }
 }
