@@ -125,9 +125,10 @@ async fn a_primary_cut_off_from_its_peers_acknowledges_nothing_and_loses_nothing
     failures.assert_none();
 }
 
-/// Every 1-3 s cuts a random server off for 0.5-2 s: from everyone both ways, or only the
-/// links into it (its pushes pass, nobody can pull from it), or only the links out of it
-/// (its pushes are lost, the others still pull from it). One partition at a time.
+/// Every 1-3 s cuts a random server off for 0.5-4 s (at times long enough for a cut-off
+/// primary to learn its peers are silent and refuse puts up front): from everyone both ways,
+/// or only the links into it (its pushes pass, nobody can pull from it), or only the links
+/// out of it (its pushes are lost, the others still pull from it). One partition at a time.
 async fn partitioner(
     cluster: Arc<ProcCluster>,
     deadline: Instant,
@@ -152,7 +153,7 @@ async fn partitioner(
                 cluster.cut_where(|from, _| from == victim);
             }
         }
-        tokio::time::sleep(Duration::from_millis(rng.random_range(500..2_000))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(500..4_000))).await;
         cluster.heal();
         faults.fetch_add(1, Ordering::SeqCst);
         println!("partition: healed");
