@@ -518,7 +518,7 @@ impl Replication {
             }
         }
         let quorum::Tally { acked, silent } =
-            quorum::tally(self.shared.me.clone(), &groups, waits, self.timeout).await;
+            quorum::wait_joint(self.shared.me.clone(), &groups, waits, self.timeout).await;
         for peer in &silent {
             let why = format!("no confirmation within {:?}", self.timeout);
             self.shared.reach.failed(peer, &why, &self.shared.metrics);

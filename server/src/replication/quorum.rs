@@ -53,19 +53,7 @@ pub async fn wait(
         members,
         needed: quorum,
     };
-    wait_joint(me, &[group], waits, timeout).await
-}
-
-/// Like [`wait`], for several preference lists at once (during a ring transition, the key's
-/// list under the current ring and under the next): done when every group has its count,
-/// failed as soon as one cannot get it any more. [`met`] tells which.
-pub async fn wait_joint(
-    me: String,
-    groups: &[Group],
-    waits: Vec<(String, oneshot::Receiver<bool>)>,
-    timeout: Duration,
-) -> Vec<String> {
-    tally(me, groups, waits, timeout).await.acked
+    wait_joint(me, &[group], waits, timeout).await.acked
 }
 
 /// How a wait for confirmations ended.
@@ -78,8 +66,11 @@ pub struct Tally {
     pub silent: Vec<String>,
 }
 
-/// [`wait_joint`], also saying who stayed silent until the timeout.
-pub async fn tally(
+/// Like [`wait`], for several preference lists at once (during a ring transition, the key's
+/// list under the current ring and under the next): done when every group has its count,
+/// failed as soon as one cannot get it any more. [`met`] tells which; the tally also says who
+/// stayed silent until the timeout.
+pub async fn wait_joint(
     me: String,
     groups: &[Group],
     waits: Vec<(String, oneshot::Receiver<bool>)>,
@@ -205,7 +196,9 @@ mod tests {
         let groups = [group(&["me", "p0", "p1"], 2), group(&["p1", "p2"], 2)];
         let (mut senders, waits) = peers(3);
         senders.remove(0).send(true).unwrap(); // p0: current list met, next list not
-        let acked = wait_joint("me".into(), &groups, waits, Duration::from_millis(50)).await;
+        let acked = wait_joint("me".into(), &groups, waits, Duration::from_millis(50))
+            .await
+            .acked;
         assert_eq!(acked, ["me", "p0"]);
         assert!(!met(&groups, &acked));
 
@@ -213,7 +206,7 @@ mod tests {
         for s in senders {
             s.send(true).unwrap();
         }
-        let acked = wait_joint("me".into(), &groups, waits, LONG).await;
+        let acked = wait_joint("me".into(), &groups, waits, LONG).await.acked;
         assert!(met(&groups, &acked), "{acked:?}");
         assert!(acked.contains(&"p1".to_owned()) && acked.contains(&"p2".to_owned()));
     }
@@ -225,7 +218,7 @@ mod tests {
         // p2 refuses: the next list can no longer reach 2, whatever p0 and p1 say.
         senders.remove(2).send(false).unwrap();
         let started = std::time::Instant::now();
-        let acked = wait_joint("me".into(), &groups, waits, LONG).await;
+        let acked = wait_joint("me".into(), &groups, waits, LONG).await.acked;
         assert!(!met(&groups, &acked));
         assert!(started.elapsed() < Duration::from_secs(5));
         drop(senders);
@@ -243,11 +236,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_tally_names_the_peers_silent_at_the_timeout_only() {
+    async fn the_wait_names_the_peers_silent_at_the_timeout_only() {
         let (mut senders, waits) = peers(3);
         senders.remove(0).send(true).unwrap();
         let groups = [group(&["me", "p0", "p1", "p2"], 4)];
-        let ended = tally("me".into(), &groups, waits, Duration::from_millis(50)).await;
+        let ended = wait_joint("me".into(), &groups, waits, Duration::from_millis(50)).await;
         assert_eq!(ended.acked, ["me", "p0"]);
         let mut silent = ended.silent;
         silent.sort();
@@ -258,7 +251,7 @@ mod tests {
         let (mut senders, waits) = peers(2);
         senders.remove(0).send(true).unwrap();
         let groups = [group(&["me", "p0", "p1"], 2)];
-        let ended = tally("me".into(), &groups, waits, LONG).await;
+        let ended = wait_joint("me".into(), &groups, waits, LONG).await;
         assert_eq!((ended.acked.len(), ended.silent.len()), (2, 0));
         drop(senders);
     }
