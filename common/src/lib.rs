@@ -9,6 +9,7 @@
 pub mod api;
 pub mod bytesize;
 pub mod http_metrics;
+pub mod mux;
 pub mod replication;
 pub mod ring;
 pub mod ring_config;
