@@ -65,6 +65,7 @@ pub async fn serve(
     let replication = state.replication.clone();
     // One shutdown signal for both listeners.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let links_stop = stop_rx.clone();
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -87,9 +88,20 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let served = axum::serve(listener, http::app(state))
+    // HTTP and the gateway's pipelined links share the port (`http::mux`).
+    let app = http::app(state);
+    let (listener, links) =
+        http::mux::split(listener, app.clone(), links_stop).map_err(|source| Error::Io {
+            context: "read listener address".into(),
+            source,
+        })?;
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(stopped())
         .await;
+    if served.is_ok() {
+        // In-flight requests of the links finish before the store closes, as HTTP's do.
+        links.closed().await;
+    }
     if let Some(task) = metrics_task {
         if served.is_err() {
             // The API listener failed without a shutdown: the metrics one has no signal.

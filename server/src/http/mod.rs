@@ -5,6 +5,7 @@ pub mod admin;
 mod error;
 mod extract;
 mod internal;
+pub mod mux;
 mod openapi;
 mod routes;
 

@@ -9,6 +9,7 @@ mod concurrency;
 mod crash;
 mod disk_full;
 mod http;
+mod link;
 mod model;
 mod rebalance;
 mod replication;

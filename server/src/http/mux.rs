@@ -1,0 +1,267 @@
+//! The server's end of the gateway's pipelined link (`kv_common::mux`), on the same port as
+//! HTTP: every accepted connection is sniffed by its first byte, a link's preface starts
+//! with NUL, which no HTTP request does. HTTP connections go on to axum as before; a link is
+//! served here, each request frame through the same router as HTTP (same routes, limits,
+//! metrics), its answers written back as they finish, several per socket call when several
+//! are ready.
+//!
+//! On shutdown a link stops reading, tells the gateway the last request it took (a frame
+//! with id 0), answers those, and closes: the gateway knows that every later request was
+//! never seen, so it can say so instead of reporting an indeterminate outcome.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use futures::stream::{FuturesUnordered, StreamExt};
+use http::{HeaderValue, Request, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use kv_common::mux::{self, PREFACE, RequestFrame, ResponseFrame};
+use kv_common::{ErrorBody, ErrorCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tower::ServiceExt;
+
+/// The largest request frame a link takes: a put of the largest value with room for its
+/// JSON envelope, or a replication batch (the router's own limits apply after this).
+const MAX_REQUEST_FRAME: usize = 80 << 20;
+/// The largest answer sent over a link; a larger one becomes a 502 frame. The gateway's
+/// default `--max-response-bytes` is 65 MiB, `/versions` pages stop before 8 MiB of values.
+const MAX_RESPONSE_BODY: usize = 72 << 20;
+/// Answers gathered into one socket write at most.
+const WRITE_BATCH: usize = 256 << 10;
+
+/// What axum serves: the HTTP connections, once the sniffer has let them through.
+pub struct HttpListener {
+    connections: mpsc::Receiver<(TcpStream, SocketAddr)>,
+    addr: SocketAddr,
+}
+
+impl axum::serve::Listener for HttpListener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        match self.connections.recv().await {
+            Some(connection) => connection,
+            // The acceptor stops only on shutdown, after which axum stops asking.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+}
+
+/// Resolves once every link has answered what it took and closed.
+pub struct Links {
+    alive: mpsc::Receiver<()>,
+}
+
+impl Links {
+    pub async fn closed(mut self) {
+        // Each link holds a sender; `recv` gives `None` when the last one is dropped.
+        let _ = self.alive.recv().await;
+    }
+}
+
+/// Splits `listener` into HTTP connections for axum and links served here with `app`.
+/// Both stop taking connections when `stop` turns true.
+pub fn split(
+    listener: TcpListener,
+    app: Router,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<(HttpListener, Links)> {
+    let addr = listener.local_addr()?;
+    let (http_tx, http_rx) = mpsc::channel(64);
+    let (alive_tx, alive_rx) = mpsc::channel(1);
+    tokio::spawn(accept_loop(listener, app, stop, http_tx, alive_tx));
+    Ok((
+        HttpListener {
+            connections: http_rx,
+            addr,
+        },
+        Links { alive: alive_rx },
+    ))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+    http: mpsc::Sender<(TcpStream, SocketAddr)>,
+    alive: mpsc::Sender<()>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of file descriptors and the like: axum's own loop also waits and
+                // retries rather than giving up the listener.
+                tracing::warn!(%err, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (app, stop, http, alive) = (app.clone(), stop.clone(), http.clone(), alive.clone());
+        tokio::spawn(async move {
+            let mut first = [0u8; 1];
+            match stream.peek(&mut first).await {
+                Ok(1) if first[0] == PREFACE[0] => {
+                    let _ = stream.set_nodelay(true);
+                    if let Err(err) = serve_link(stream, app, stop, alive).await {
+                        tracing::debug!(%peer, %err, "link closed");
+                    }
+                }
+                Ok(1) => {
+                    let _ = http.send((stream, peer)).await;
+                }
+                _ => {}
+            }
+        });
+    }
+}
+
+async fn serve_link(
+    stream: TcpStream,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+    _alive: mpsc::Sender<()>,
+) -> std::io::Result<()> {
+    let (mut reader, mut writer) = stream.into_split();
+    let mut preface = [0u8; PREFACE.len()];
+    reader.read_exact(&mut preface).await?;
+    if &preface != PREFACE {
+        return Err(std::io::Error::other("not a kvstore link"));
+    }
+    writer.write_all(PREFACE).await?;
+    tracing::debug!("gateway link opened");
+    // One task per link runs its requests side by side (a put waiting for its commit does
+    // not hold up the gets behind it): a cached read is answered in the same wake-up that
+    // read it, and all answers ready then leave in one write.
+    let mut in_flight = FuturesUnordered::new();
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut out = BytesMut::with_capacity(64 << 10);
+    let mut last_taken = 0;
+    let mut reading = true;
+    loop {
+        if reading {
+            loop {
+                match mux::decode_request(&mut buf, MAX_REQUEST_FRAME) {
+                    Ok(Some(frame)) => {
+                        last_taken = frame.id;
+                        in_flight.push(answer(app.clone(), frame));
+                    }
+                    Ok(None) => break,
+                    Err(err) => return Err(std::io::Error::other(err)),
+                }
+            }
+        }
+        while let Some(Some(answer)) = in_flight.next().now_or_never() {
+            out.extend_from_slice(&answer);
+            if out.len() >= WRITE_BATCH {
+                break;
+            }
+        }
+        if !out.is_empty() {
+            writer.write_all(&out).await?;
+            out.clear();
+            continue;
+        }
+        if !reading && in_flight.is_empty() {
+            // Shut down, and every request taken has been answered.
+            return writer.shutdown().await;
+        }
+        tokio::select! {
+            read = reader.read_buf(&mut buf), if reading => match read {
+                Ok(0) => reading = false,
+                Ok(_) => {}
+                Err(err) => return Err(err),
+            },
+            Some(answer) = in_flight.next() => out.extend_from_slice(&answer),
+            _ = stop.wait_for(|stop| *stop), if reading => {
+                // Tell the gateway which requests were taken; later ones it may send again.
+                reading = false;
+                // No headers, an 8-byte body: it always fits a frame.
+                let _ = mux::encode_response(&mut out, &mux::goaway(last_taken));
+            }
+        }
+    }
+}
+
+/// Runs one request through the router; its answer as an encoded frame.
+async fn answer(app: Router, frame: RequestFrame) -> Bytes {
+    let id = frame.id;
+    let response = match to_request(frame) {
+        Some(request) => {
+            let response = match app.oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            let (parts, body) = response.into_parts();
+            match Limited::new(body, MAX_RESPONSE_BODY).collect().await {
+                Ok(body) => ResponseFrame {
+                    id,
+                    status: parts.status,
+                    headers: parts
+                        .headers
+                        .iter()
+                        .map(|(name, value)| (name.clone(), value.clone()))
+                        .collect(),
+                    body: body.to_bytes(),
+                },
+                Err(err) => plain(id, StatusCode::BAD_GATEWAY, &err.to_string()),
+            }
+        }
+        None => plain(id, StatusCode::BAD_REQUEST, "malformed request frame"),
+    };
+    let mut out = BytesMut::new();
+    if mux::encode_response(&mut out, &response).is_err() {
+        // A header the frame layout cannot hold: say so rather than drop the request.
+        out.clear();
+        let refusal = plain(
+            id,
+            StatusCode::BAD_GATEWAY,
+            "answer does not fit a link frame",
+        );
+        let _ = mux::encode_response(&mut out, &refusal);
+    }
+    out.freeze()
+}
+
+fn to_request(frame: RequestFrame) -> Option<Request<Body>> {
+    let mut request = Request::builder()
+        .method(frame.method)
+        .uri(frame.path)
+        .body(Body::from(frame.body))
+        .ok()?;
+    let headers = request.headers_mut();
+    for (name, value) in frame.headers {
+        headers.append(name, value);
+    }
+    Some(request)
+}
+
+fn plain(id: u64, status: StatusCode, message: &str) -> ResponseFrame {
+    let body = ErrorBody {
+        detail: message.to_owned(),
+        code: ErrorCode::BadGateway,
+    };
+    ResponseFrame {
+        id,
+        status,
+        headers: vec![(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+    }
+}

@@ -1,0 +1,206 @@
+//! The gateway's pipelined link on a real server: it shares the HTTP port, answers frames
+//! through the same router as HTTP, closes on a malformed frame, and on shutdown names the
+//! last request it took before closing.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Method, StatusCode, header};
+use kv_common::mux::{self, PREFACE, RequestFrame, ResponseFrame};
+use kv_server::ServerConfig;
+use kv_server::store::SyncMode;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+struct Server {
+    port: u16,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<kv_server::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new(dir.path());
+    config.sync = SyncMode::Normal;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(kv_server::run(listener, config, async {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    while http
+        .get(format!("http://127.0.0.1:{port}/health"))
+        .send()
+        .await
+        .is_err()
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Server {
+        port,
+        stop: Some(stop),
+        task,
+        _dir: dir,
+    }
+}
+
+async fn open_link(port: u16) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream.write_all(PREFACE).await.unwrap();
+    let mut echo = [0u8; PREFACE.len()];
+    stream.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, PREFACE);
+    stream
+}
+
+fn frame(id: u64, method: Method, path: &str, body: &str) -> RequestFrame {
+    RequestFrame {
+        id,
+        method,
+        path: path.into(),
+        headers: vec![(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body: Bytes::copy_from_slice(body.as_bytes()),
+    }
+}
+
+async fn send(stream: &mut TcpStream, frames: &[RequestFrame]) {
+    let mut out = BytesMut::new();
+    for frame in frames {
+        mux::encode_request(&mut out, frame).unwrap();
+    }
+    stream.write_all(&out).await.unwrap();
+}
+
+/// Answers until `count` have come or the server closes the link.
+async fn answers(stream: &mut TcpStream, buf: &mut BytesMut, count: usize) -> Vec<ResponseFrame> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        while let Some(answer) = mux::decode_response(buf, 1 << 20).unwrap() {
+            got.push(answer);
+        }
+        if got.len() < count && stream.read_buf(buf).await.unwrap() == 0 {
+            break;
+        }
+    }
+    got
+}
+
+fn json(answer: &ResponseFrame) -> Value {
+    serde_json::from_slice(&answer.body).unwrap()
+}
+
+#[tokio::test]
+async fn frames_are_answered_like_http_on_the_same_port() {
+    let mut server = start().await;
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let stored: Value = http
+        .put(format!("{base}/put/over%20http"))
+        .json(&serde_json::json!({"value": "h"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stored["version"], 1);
+
+    let mut link = open_link(server.port).await;
+    let mut buf = BytesMut::new();
+    // Pipelined: a put, then a read of it in the same write (the read may run first: they
+    // are independent requests, as two HTTP clients' would be), an HTTP-written key, an
+    // unknown route and a bad body.
+    send(
+        &mut link,
+        &[
+            frame(1, Method::PUT, "/put/k%2F1", r#"{"value": {"a": 1}}"#),
+            frame(2, Method::GET, "/get/over%20http", ""),
+            frame(3, Method::GET, "/nowhere", ""),
+            frame(4, Method::POST, "/put/k", "not json"),
+        ],
+    )
+    .await;
+    let mut got = answers(&mut link, &mut buf, 4).await;
+    got.sort_by_key(|a| a.id);
+    assert_eq!(got.iter().map(|a| a.id).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert_eq!(got[0].status, StatusCode::OK);
+    assert_eq!(json(&got[0])["key"], "k/1");
+    assert_eq!(json(&got[0])["version"], 1);
+    assert_eq!(got[1].status, StatusCode::OK);
+    assert_eq!(json(&got[1])["value"], "h");
+    assert!(
+        got[1]
+            .headers
+            .iter()
+            .any(|(name, value)| name == header::CONTENT_TYPE && value == "application/json")
+    );
+    assert_eq!(got[2].status, StatusCode::NOT_FOUND);
+    assert_eq!(got[3].status, StatusCode::BAD_REQUEST);
+    assert_eq!(json(&got[3])["code"], "invalid_json");
+
+    // What the link wrote, HTTP reads.
+    let read: Value = http
+        .get(format!("{base}/get/k%2F1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["value"], serde_json::json!({"a": 1}));
+
+    // A malformed frame closes the link (no guessing at the rest of the stream); HTTP and
+    // new links are unaffected.
+    let mut bad = BytesMut::new();
+    mux::encode_request(&mut bad, &frame(5, Method::GET, "/get/k", "")).unwrap();
+    bad[12] = 99; // no such method
+    link.write_all(&bad).await.unwrap();
+    assert!(answers(&mut link, &mut buf, 1).await.is_empty());
+    let mut again = open_link(server.port).await;
+    send(&mut again, &[frame(1, Method::GET, "/get/k%2F1", "")]).await;
+    assert_eq!(
+        answers(&mut again, &mut BytesMut::new(), 1).await[0].status,
+        StatusCode::OK
+    );
+
+    server.stop.take().unwrap().send(()).unwrap();
+    server.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn on_shutdown_a_link_names_the_last_request_it_took_and_closes() {
+    let mut server = start().await;
+    let mut link = open_link(server.port).await;
+    let mut buf = BytesMut::new();
+    send(
+        &mut link,
+        &[frame(7, Method::PUT, "/put/k", r#"{"value": 1}"#)],
+    )
+    .await;
+    assert_eq!(
+        answers(&mut link, &mut buf, 1).await[0].status,
+        StatusCode::OK
+    );
+
+    server.stop.take().unwrap().send(()).unwrap();
+    let got = answers(&mut link, &mut buf, 2).await;
+    assert_eq!(
+        got.len(),
+        1,
+        "the farewell, then the end of the stream: {got:?}"
+    );
+    assert_eq!(mux::goaway_last(&got[0]), Some(7));
+    // The server finished: an open link does not hold up its shutdown.
+    tokio::time::timeout(Duration::from_secs(10), server.task)
+        .await
+        .expect("the server stops")
+        .unwrap()
+        .unwrap();
+}
