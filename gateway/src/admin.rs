@@ -81,7 +81,7 @@ pub async fn snapshot(
         .map_err(|_| upstream_error(&state, &name, CallError::Timeout(HEADERS_TIMEOUT)))?
         .map_err(|e| {
             let error = if e.is_connect() {
-                CallError::Connect(e)
+                CallError::Connect(e.into())
             } else {
                 CallError::Transport(e.into())
             };

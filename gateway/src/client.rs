@@ -12,16 +12,20 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use kv_common::mux::{self, RequestFrame, ResponseFrame};
+
+use crate::config::Transport;
 use crate::health;
 use crate::membership::Backend;
 use crate::metrics::GatewayMetrics;
+use crate::mux::{LinkError, Links};
 
 /// Why a call to a member got no HTTP answer.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// No connection could be made: the member is down (and is now marked so).
     #[error("cannot connect: {0}")]
-    Connect(#[source] hyper_util::client::legacy::Error),
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Connected, but no whole answer within the request timeout. Not a health verdict: a
     /// slow answer may still have been applied.
     #[error("no answer within {0:?}")]
@@ -38,6 +42,8 @@ pub enum CallError {
 #[derive(Clone)]
 pub struct BackendClient {
     http: Client<HttpConnector, Full<Bytes>>,
+    /// The pipelined links, when `--backend-transport link`.
+    links: Option<Arc<Links>>,
     request_timeout: Duration,
     max_response_bytes: usize,
     metrics: Arc<GatewayMetrics>,
@@ -48,6 +54,7 @@ impl BackendClient {
         connect_timeout: Duration,
         request_timeout: Duration,
         max_response_bytes: usize,
+        transport: Transport,
         metrics: Arc<GatewayMetrics>,
     ) -> BackendClient {
         let mut connector = HttpConnector::new();
@@ -57,8 +64,11 @@ impl BackendClient {
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
+        let links = (transport == Transport::Link)
+            .then(|| Arc::new(Links::new(connect_timeout, max_response_bytes)));
         BackendClient {
             http,
+            links,
             request_timeout,
             max_response_bytes,
             metrics,
@@ -124,6 +134,41 @@ impl BackendClient {
         body: Option<(Bytes, HeaderValue)>,
         headers: &[(HeaderName, HeaderValue)],
     ) -> Result<Response<Bytes>, CallError> {
+        if let Some(links) = &self.links
+            && mux::carries(&method)
+        {
+            let mut frame_headers = headers.to_vec();
+            let payload = match body.clone() {
+                Some((bytes, content_type)) => {
+                    frame_headers.push((header::CONTENT_TYPE, content_type));
+                    bytes
+                }
+                None => Bytes::new(),
+            };
+            let request = RequestFrame {
+                id: 0,
+                method: method.clone(),
+                path: path_and_query.to_owned(),
+                headers: frame_headers,
+                body: payload,
+            };
+            match links.call(&backend.url, request).await {
+                Ok(answer) => return self.answer_of(answer),
+                // A server without the link: HTTP below.
+                Err(LinkError::Refused) => {}
+                // Announced by the server as never taken, even after trying a new link: it
+                // is shutting down, as good as down.
+                Err(err @ (LinkError::Connect(_) | LinkError::NotTaken)) => {
+                    return Err(CallError::Connect(err.into()));
+                }
+                Err(LinkError::TooLarge) => {
+                    return Err(CallError::TooLarge(self.max_response_bytes));
+                }
+                Err(err @ (LinkError::Lost(_) | LinkError::Frame(_))) => {
+                    return Err(CallError::Transport(err.into()));
+                }
+            }
+        }
         let uri = backend
             .url
             .join(path_and_query)
@@ -144,7 +189,7 @@ impl BackendClient {
             .map_err(|e| CallError::Transport(e.into()))?;
         let response = self.http.request(request).await.map_err(|e| {
             if e.is_connect() {
-                CallError::Connect(e)
+                CallError::Connect(e.into())
             } else {
                 CallError::Transport(e.into())
             }
@@ -162,5 +207,18 @@ impl BackendClient {
             })?
             .to_bytes();
         Ok(Response::from_parts(parts, bytes))
+    }
+
+    fn answer_of(&self, answer: ResponseFrame) -> Result<Response<Bytes>, CallError> {
+        if answer.body.len() > self.max_response_bytes {
+            return Err(CallError::TooLarge(self.max_response_bytes));
+        }
+        let mut response = Response::new(answer.body);
+        *response.status_mut() = answer.status;
+        let headers = response.headers_mut();
+        for (name, value) in answer.headers {
+            headers.append(name, value);
+        }
+        Ok(response)
     }
 }

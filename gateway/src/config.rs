@@ -41,6 +41,15 @@ impl Replication {
     }
 }
 
+/// How the gateway carries requests to servers (`--backend-transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// The pipelined link of `kv_common::mux`.
+    Link,
+    /// One HTTP/1.1 exchange per request, over pooled keep-alive connections.
+    Http,
+}
+
 /// Flatten it into a binary's own parser (`#[command(flatten)]`), as `kv-gateway` does.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayConfig {
@@ -90,6 +99,12 @@ pub struct GatewayConfig {
     /// Largest server answer forwarded, in bytes.
     #[arg(long, env = "KV_MAX_RESPONSE_BYTES", default_value_t = DEFAULT_MAX_RESPONSE_BYTES)]
     pub max_response_bytes: usize,
+
+    /// How requests travel to servers: `link`, the pipelined link (many requests per
+    /// connection and socket call; a server that does not speak it gets HTTP), or `http`,
+    /// one pooled HTTP/1.1 exchange per request.
+    #[arg(long, env = "KV_BACKEND_TRANSPORT", value_enum, default_value_t = Transport::Link)]
+    pub backend_transport: Transport,
 
     /// File holding the API token clients must send as `Authorization: Bearer TOKEN`.
     /// Without it (nor --api-token) authentication is off.
@@ -159,6 +174,7 @@ impl GatewayConfig {
             health_interval_ms: DEFAULT_HEALTH_INTERVAL_MS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            backend_transport: Transport::Link,
             api_token_file: None,
             api_token: None,
         })

@@ -23,6 +23,7 @@ pub mod error;
 pub mod health;
 pub mod membership;
 pub mod metrics;
+pub mod mux;
 pub mod openapi;
 pub mod proxy;
 pub mod replicas;

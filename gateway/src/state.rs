@@ -50,6 +50,7 @@ impl AppState {
             config.connect_timeout(),
             config.request_timeout(),
             config.max_response_bytes,
+            config.backend_transport,
             metrics,
         );
         Ok(AppState(Arc::new(Shared {

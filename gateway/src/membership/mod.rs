@@ -53,6 +53,12 @@ impl BackendUrl {
         Ok(BackendUrl { authority })
     }
 
+    /// `host:port` to connect to (port 80 when the URL names none).
+    pub fn host_port(&self) -> String {
+        let port = self.authority.port_u16().unwrap_or(80);
+        format!("{}:{port}", self.authority.host())
+    }
+
     /// The URL of `path_and_query` (which must start with `/`) on this server.
     pub fn join(&self, path_and_query: &str) -> Result<Uri, http::Error> {
         Uri::builder()

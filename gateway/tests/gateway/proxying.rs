@@ -1,12 +1,26 @@
 //! put / get / versions through the gateway land on the key's owner.
 
+use kv_gateway::config::Transport;
 use serde_json::{Value, json};
 
 use crate::harness::Cluster;
 
 #[tokio::test]
 async fn put_get_versions_reach_the_owner_with_awkward_keys() {
-    let cluster = Cluster::start(&["kv-0", "kv-1", "kv-2"]).await;
+    put_get_versions_over(Transport::Link).await;
+}
+
+/// `--backend-transport http`: the same answers, one HTTP exchange per request.
+#[tokio::test]
+async fn put_get_versions_reach_the_owner_over_plain_http_too() {
+    put_get_versions_over(Transport::Http).await;
+}
+
+async fn put_get_versions_over(transport: Transport) {
+    let cluster = Cluster::start_with(&["kv-0", "kv-1", "kv-2"], |config| {
+        config.backend_transport = transport;
+    })
+    .await;
     let gw = &cluster.gateway;
     // One path segment each: `/`, space, unicode, `%`, `?`, `#`, dots.
     // (`..` alone cannot be tested: HTTP clients resolve it before sending.)

@@ -1,0 +1,660 @@
+//! The gateway's end of the pipelined link to each server (`kv_common::mux`): one TCP
+//! connection per server carries every request to it, tagged with ids, so that under load
+//! many requests go out in one socket write and many answers come back in one read, instead
+//! of one HTTP exchange each (docs/benchmarks.md, "The pipelined link").
+//!
+//! One task writes a link's frames, all that are queued in one call; one task reads its
+//! answers and hands each to the request waiting for that id. A request whose link fails
+//! gets [`LinkError::Lost`] (it may have been applied, like an HTTP request whose connection
+//! broke); one that the server announced it never took (its shutdown frame names the last
+//! id it took) gets [`LinkError::NotTaken`] and is sent again on a new link. A server that
+//! does not speak the link answers its preface with HTTP: [`LinkError::Refused`], and the
+//! caller uses HTTP for that server for a while.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use kv_common::mux::{self, PREFACE, RequestFrame, ResponseFrame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
+
+use crate::membership::BackendUrl;
+
+/// How long a server that refused the link is spoken to over HTTP before the link is tried
+/// again (it may have been upgraded meanwhile).
+const REFUSED_FOR: Duration = Duration::from_secs(60);
+/// Room in an answer frame beyond its body: status, headers.
+const FRAME_OVERHEAD: usize = 64 << 10;
+
+/// Why a request got no answer over a link.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LinkError {
+    /// No connection could be made: the server is down.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// The server does not speak the link; use HTTP.
+    #[error("the server does not speak the link")]
+    Refused,
+    /// The link broke with the request sent: it may or may not have been applied.
+    #[error("link lost: {0}")]
+    Lost(String),
+    /// The server closed the link before taking the request: it was not applied.
+    #[error("the server closed the link before taking the request")]
+    NotTaken,
+    /// The answer is larger than the gateway forwards (`--max-response-bytes`).
+    #[error("answer too large")]
+    TooLarge,
+    /// The request does not fit a frame (a bug of the caller's, never sent).
+    #[error("{0}")]
+    Frame(#[from] mux::FrameError),
+}
+
+type Waiter = oneshot::Sender<Result<ResponseFrame, LinkError>>;
+
+/// The links to every server, by address; cheap to share behind an `Arc`.
+pub struct Links {
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    connect_timeout: Duration,
+    max_answer: usize,
+}
+
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    /// Held while connecting, so that a burst of requests opens one link, not one each.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+enum SlotState {
+    #[default]
+    None,
+    Up(Arc<Link>),
+    Refused(Instant),
+}
+
+struct Link {
+    writer: OwnedWriteHalf,
+    /// Frames not yet written, and whether someone is writing them.
+    outbox: Mutex<Outbox>,
+    /// Wakes the link's flusher task when a write would block, and when the link is dropped.
+    blocked: Arc<tokio::sync::Notify>,
+    /// Requests sent and not answered, by id. `open` is only changed under this lock, so a
+    /// request is either registered before the link fails (and failed with it) or sees it
+    /// closed and goes elsewhere.
+    pending: Mutex<HashMap<u64, Waiter>>,
+    open: AtomicBool,
+    next_id: AtomicU64,
+}
+
+#[derive(Default)]
+struct Outbox {
+    frames: BytesMut,
+    /// A caller or the flusher task is writing `frames`; others only append.
+    writing: bool,
+}
+
+impl Links {
+    /// `max_answer` bounds an answer's body, as `--max-response-bytes` does over HTTP.
+    pub fn new(connect_timeout: Duration, max_answer: usize) -> Links {
+        Links {
+            slots: Mutex::default(),
+            connect_timeout,
+            max_answer,
+        }
+    }
+
+    /// Sends `request` (its id is the link's to choose) to the server at `url` and waits for
+    /// the answer. Dropping the future forgets the request (the caller's timeout).
+    pub async fn call(
+        &self,
+        url: &BackendUrl,
+        mut request: RequestFrame,
+    ) -> Result<ResponseFrame, LinkError> {
+        let slot = self.slot(url);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let link = self.link(url, &slot).await?;
+            request.id = link.next_id.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            {
+                let mut pending = lock(&link.pending);
+                if !link.open.load(Ordering::Acquire) {
+                    continue;
+                }
+                pending.insert(request.id, tx);
+            }
+            let forget = Forget {
+                link: &link,
+                id: request.id,
+            };
+            if link.queue(&request)? {
+                // This request's task writes the queue, after letting the other tasks ready
+                // on this thread queue theirs: one write then carries them all. The guard
+                // writes even if this task is dropped meanwhile (its client went away):
+                // the others' frames are in the queue too.
+                let flusher = Flusher(&link);
+                tokio::task::yield_now().await;
+                drop(flusher);
+            }
+            let answer = rx
+                .await
+                .unwrap_or_else(|_| Err(LinkError::Lost("link dropped".into())));
+            drop(forget);
+            match answer {
+                Err(LinkError::NotTaken) if attempts < 3 => continue,
+                answer => return answer,
+            }
+        }
+    }
+
+    fn slot(&self, url: &BackendUrl) -> Arc<Slot> {
+        lock(&self.slots)
+            .entry(url.host_port())
+            .or_default()
+            .clone()
+    }
+
+    async fn link(&self, url: &BackendUrl, slot: &Slot) -> Result<Arc<Link>, LinkError> {
+        if let Some(link) = current(slot)? {
+            return Ok(link);
+        }
+        let _connecting = slot.connecting.lock().await;
+        if let Some(link) = current(slot)? {
+            return Ok(link);
+        }
+        match self.open(url).await {
+            Ok(link) => {
+                *lock(&slot.state) = SlotState::Up(link.clone());
+                Ok(link)
+            }
+            Err(LinkError::Refused) => {
+                tracing::info!(server = %url.host_port(), "server does not speak the link; using HTTP");
+                *lock(&slot.state) = SlotState::Refused(Instant::now() + REFUSED_FOR);
+                Err(LinkError::Refused)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn open(&self, url: &BackendUrl) -> Result<Arc<Link>, LinkError> {
+        let address = url.host_port();
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&address))
+            .await
+            .map_err(|_| {
+                LinkError::Connect(format!("no connection within {:?}", self.connect_timeout))
+            })?
+            .map_err(|err| LinkError::Connect(err.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = stream.into_split();
+        let handshake = async {
+            writer.write_all(PREFACE).await?;
+            let mut echo = [0u8; PREFACE.len()];
+            reader.read_exact(&mut echo).await?;
+            Ok::<_, std::io::Error>(echo)
+        };
+        match tokio::time::timeout(self.connect_timeout, handshake).await {
+            Ok(Ok(echo)) if &echo == PREFACE => {}
+            // An HTTP answer, or a close: a server without the link.
+            Ok(Ok(_)) => return Err(LinkError::Refused),
+            Ok(Err(err)) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(LinkError::Refused);
+            }
+            Ok(Err(err)) => return Err(LinkError::Connect(err.to_string())),
+            Err(_) => return Err(LinkError::Connect("no answer to the link's preface".into())),
+        }
+        let link = Arc::new(Link {
+            writer,
+            outbox: Mutex::default(),
+            blocked: Arc::default(),
+            pending: Mutex::default(),
+            open: AtomicBool::new(true),
+            next_id: AtomicU64::new(1),
+        });
+        tracing::debug!(server = %address, "link opened");
+        // Both tasks hold the link weakly: they end with it, or when its socket fails.
+        tokio::spawn(flush_blocked(Arc::downgrade(&link), link.blocked.clone()));
+        tokio::spawn(read_answers(
+            Arc::downgrade(&link),
+            reader,
+            self.max_answer + FRAME_OVERHEAD,
+            address,
+        ));
+        Ok(link)
+    }
+}
+
+/// The slot's open link, `None` to open one, or `Refused` while HTTP is in use.
+fn current(slot: &Slot) -> Result<Option<Arc<Link>>, LinkError> {
+    match &*lock(&slot.state) {
+        SlotState::Up(link) if link.open.load(Ordering::Acquire) => Ok(Some(link.clone())),
+        SlotState::Refused(until) if Instant::now() < *until => Err(LinkError::Refused),
+        _ => Ok(None),
+    }
+}
+
+/// Writes the link's queue when dropped: whoever set `writing` must flush, come what may.
+struct Flusher<'a>(&'a Link);
+
+impl Drop for Flusher<'_> {
+    fn drop(&mut self) {
+        self.0.flush();
+    }
+}
+
+/// Unregisters a request whose caller stopped waiting (timeout), so that its late answer
+/// is dropped and the table does not grow.
+struct Forget<'a> {
+    link: &'a Link,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        lock(&self.link.pending).remove(&self.id);
+    }
+}
+
+impl Link {
+    /// Queues `request`; `true` when the caller is to write the queue ([`Link::flush`]),
+    /// nobody else being at it: a request then costs no wake-up of another task, and under
+    /// load the frames that queue up meanwhile leave together.
+    fn queue(&self, request: &RequestFrame) -> Result<bool, LinkError> {
+        let mut outbox = lock(&self.outbox);
+        mux::encode_request(&mut outbox.frames, request)?;
+        if outbox.writing {
+            return Ok(false);
+        }
+        outbox.writing = true;
+        Ok(true)
+    }
+
+    /// Writes queued frames until none are left or the socket is full; in the second case
+    /// the flusher task takes over. Called only by whoever set `writing`.
+    fn flush(&self) {
+        loop {
+            let mut batch = {
+                let mut outbox = lock(&self.outbox);
+                if outbox.frames.is_empty() {
+                    outbox.writing = false;
+                    return;
+                }
+                outbox.frames.split()
+            };
+            while !batch.is_empty() {
+                match self.writer.try_write(&batch) {
+                    Ok(written) => batch.advance(written),
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                        // Put the rest back in front and let the flusher wait for room.
+                        let mut outbox = lock(&self.outbox);
+                        batch.unsplit(std::mem::take(&mut outbox.frames));
+                        outbox.frames = batch;
+                        drop(outbox);
+                        self.blocked.notify_one();
+                        return;
+                    }
+                    Err(err) => {
+                        lock(&self.outbox).frames.clear();
+                        self.fail(&LinkError::Lost(err.to_string()));
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes the link for new requests and fails every waiting one with `why`.
+    fn fail(&self, why: &LinkError) {
+        let mut pending = lock(&self.pending);
+        self.open.store(false, Ordering::Release);
+        for (_, waiter) in pending.drain() {
+            let _ = waiter.send(Err(why.clone()));
+        }
+    }
+
+    /// The server's shutdown frame: nothing new is sent, requests after `last` were never
+    /// taken; those up to it are still answered.
+    fn going_away(&self, last: u64) {
+        let mut pending = lock(&self.pending);
+        self.open.store(false, Ordering::Release);
+        let untaken: Vec<u64> = pending.keys().copied().filter(|id| *id > last).collect();
+        for id in untaken {
+            if let Some(waiter) = pending.remove(&id) {
+                let _ = waiter.send(Err(LinkError::NotTaken));
+            }
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // Ends the flusher task (its link is gone).
+        self.blocked.notify_one();
+    }
+}
+
+/// Finishes writes that found the socket full.
+async fn flush_blocked(link: std::sync::Weak<Link>, blocked: Arc<tokio::sync::Notify>) {
+    loop {
+        blocked.notified().await;
+        let Some(strong) = link.upgrade() else { return };
+        if strong.writer.writable().await.is_err() {
+            strong.fail(&LinkError::Lost("socket failed".into()));
+            return;
+        }
+        strong.flush();
+    }
+}
+
+async fn read_answers(
+    link: std::sync::Weak<Link>,
+    mut reader: OwnedReadHalf,
+    max: usize,
+    address: String,
+) {
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    // Bytes still to drop of an answer over the limit.
+    let mut skipping = 0usize;
+    let why = 'read: loop {
+        match reader.read_buf(&mut buf).await {
+            Ok(0) => break "closed by the server".to_owned(),
+            Ok(_) => {}
+            Err(err) => break err.to_string(),
+        }
+        let Some(link) = link.upgrade() else { return };
+        loop {
+            if skipping > 0 {
+                let dropped = skipping.min(buf.len());
+                buf.advance(dropped);
+                skipping -= dropped;
+                if skipping > 0 {
+                    break;
+                }
+            }
+            // Too large an answer fails its own request, as over HTTP, not the link.
+            if let Some((id, length)) = mux::oversized(&buf, max) {
+                if let Some(waiter) = lock(&link.pending).remove(&id) {
+                    let _ = waiter.send(Err(LinkError::TooLarge));
+                }
+                skipping = length;
+                continue;
+            }
+            match mux::decode_response(&mut buf, max) {
+                Ok(Some(frame)) if frame.id == mux::GOAWAY_ID => {
+                    let last = mux::goaway_last(&frame).unwrap_or(0);
+                    tracing::debug!(server = %address, last, "server closing the link");
+                    link.going_away(last);
+                }
+                Ok(Some(frame)) => {
+                    if let Some(waiter) = lock(&link.pending).remove(&frame.id) {
+                        let _ = waiter.send(Ok(frame));
+                    }
+                }
+                Ok(None) => break,
+                Err(err) => break 'read err.to_string(),
+            }
+        }
+    };
+    tracing::debug!(server = %address, %why, "link closed");
+    if let Some(link) = link.upgrade() {
+        link.fail(&LinkError::Lost(why));
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks leaves nothing half-done worth refusing to read.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use bytes::Bytes;
+    use http::{Method, StatusCode};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn request(path: &str) -> RequestFrame {
+        RequestFrame {
+            id: 0,
+            method: Method::GET,
+            path: path.into(),
+            headers: vec![],
+            body: Bytes::new(),
+        }
+    }
+
+    fn links() -> Arc<Links> {
+        Arc::new(Links::new(Duration::from_secs(2), 1 << 20))
+    }
+
+    /// A fake server's end of one link: the preface, then frames read until `count`.
+    async fn take_frames(
+        stream: &mut TcpStream,
+        buf: &mut BytesMut,
+        count: usize,
+    ) -> Vec<RequestFrame> {
+        let mut frames = Vec::new();
+        while frames.len() < count {
+            while let Some(frame) = mux::decode_request(buf, 1 << 20).unwrap() {
+                frames.push(frame);
+            }
+            if frames.len() < count && stream.read_buf(buf).await.unwrap() == 0 {
+                break;
+            }
+        }
+        frames
+    }
+
+    async fn accept_link(listener: &TcpListener) -> (TcpStream, BytesMut) {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut preface = [0u8; PREFACE.len()];
+        stream.read_exact(&mut preface).await.unwrap();
+        assert_eq!(&preface, PREFACE);
+        stream.write_all(PREFACE).await.unwrap();
+        (stream, BytesMut::new())
+    }
+
+    fn answer(out: &mut BytesMut, frame: &RequestFrame) {
+        let answer = ResponseFrame {
+            id: frame.id,
+            status: StatusCode::OK,
+            headers: vec![],
+            body: Bytes::from(frame.path.clone()),
+        };
+        mux::encode_response(out, &answer).unwrap();
+    }
+
+    async fn fake<F, Fut>(handler: F) -> BackendUrl
+    where
+        F: FnOnce(TcpListener) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = BackendUrl::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        tokio::spawn(handler(listener));
+        url
+    }
+
+    #[tokio::test]
+    async fn answers_go_to_their_callers_whatever_their_order() {
+        let url = fake(|listener: TcpListener| async move {
+            let (mut stream, mut buf) = accept_link(&listener).await;
+            let frames = take_frames(&mut stream, &mut buf, 3).await;
+            let mut out = BytesMut::new();
+            for frame in frames.iter().rev() {
+                answer(&mut out, frame);
+            }
+            stream.write_all(&out).await.unwrap();
+            let _ = stream.read_buf(&mut buf).await;
+        })
+        .await;
+        let links = links();
+        let calls = ["/get/a", "/get/b", "/get/c"].map(|path| {
+            let (links, url) = (links.clone(), url.clone());
+            tokio::spawn(async move { links.call(&url, request(path)).await })
+        });
+        for (call, path) in calls.into_iter().zip(["/get/a", "/get/b", "/get/c"]) {
+            let answer = call.await.unwrap().unwrap();
+            assert_eq!(answer.body, path.as_bytes());
+        }
+    }
+
+    #[tokio::test]
+    async fn too_large_an_answer_fails_its_request_not_the_link() {
+        let url = fake(|listener: TcpListener| async move {
+            let (mut stream, mut buf) = accept_link(&listener).await;
+            let frames = take_frames(&mut stream, &mut buf, 2).await;
+            let mut out = BytesMut::new();
+            let huge = ResponseFrame {
+                id: frames[0].id,
+                status: StatusCode::OK,
+                headers: vec![],
+                body: Bytes::from(vec![b'x'; 2 << 20]),
+            };
+            mux::encode_response(&mut out, &huge).unwrap();
+            answer(&mut out, &frames[1]);
+            // In small pieces, so the reader drops the big one across several reads.
+            for piece in out.chunks(100_000) {
+                stream.write_all(piece).await.unwrap();
+            }
+            let _ = stream.read_buf(&mut buf).await;
+        })
+        .await;
+        let links = links();
+        let (big, small) = tokio::join!(
+            links.call(&url, request("/get/big")),
+            links.call(&url, request("/get/small")),
+        );
+        assert!(matches!(big, Err(LinkError::TooLarge)));
+        assert_eq!(small.unwrap().body, "/get/small");
+    }
+
+    #[tokio::test]
+    async fn a_server_without_the_link_is_refused_and_remembered() {
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let url = fake(move |listener: TcpListener| async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                // What hyper answers to bytes that are not HTTP.
+                let mut first = [0u8; 9];
+                let _ = stream.read_exact(&mut first).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        })
+        .await;
+        let links = links();
+        assert!(matches!(
+            links.call(&url, request("/get/a")).await,
+            Err(LinkError::Refused)
+        ));
+        assert!(matches!(
+            links.call(&url, request("/get/a")).await,
+            Err(LinkError::Refused)
+        ));
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "the refusal is remembered"
+        );
+    }
+
+    #[tokio::test]
+    async fn requests_the_server_never_took_are_sent_again_on_a_new_link() {
+        let url = fake(|listener: TcpListener| async move {
+            // First link: two requests arrive, the first is answered, then the server shuts
+            // down having taken only that one.
+            let (mut stream, mut buf) = accept_link(&listener).await;
+            let frames = take_frames(&mut stream, &mut buf, 2).await;
+            let mut out = BytesMut::new();
+            answer(&mut out, &frames[0]);
+            mux::encode_response(&mut out, &mux::goaway(frames[0].id)).unwrap();
+            stream.write_all(&out).await.unwrap();
+            drop(stream);
+            // Second link: answers what comes.
+            let (mut stream, mut buf) = accept_link(&listener).await;
+            let frames = take_frames(&mut stream, &mut buf, 1).await;
+            let mut out = BytesMut::new();
+            answer(&mut out, &frames[0]);
+            stream.write_all(&out).await.unwrap();
+            let _ = stream.read_buf(&mut buf).await;
+        })
+        .await;
+        let links = links();
+        let (first, second) = tokio::join!(
+            links.call(&url, request("/get/first")),
+            links.call(&url, request("/get/second")),
+        );
+        assert_eq!(first.unwrap().body, "/get/first");
+        assert_eq!(second.unwrap().body, "/get/second");
+    }
+
+    #[tokio::test]
+    async fn a_broken_link_fails_what_it_carried_and_the_next_call_reconnects() {
+        let url = fake(|listener: TcpListener| async move {
+            let (mut stream, mut buf) = accept_link(&listener).await;
+            take_frames(&mut stream, &mut buf, 1).await;
+            drop(stream); // crashed with the request taken
+            let (mut stream, mut buf) = accept_link(&listener).await;
+            let frames = take_frames(&mut stream, &mut buf, 1).await;
+            let mut out = BytesMut::new();
+            answer(&mut out, &frames[0]);
+            stream.write_all(&out).await.unwrap();
+            let _ = stream.read_buf(&mut buf).await;
+        })
+        .await;
+        let links = links();
+        assert!(matches!(
+            links.call(&url, request("/get/a")).await,
+            Err(LinkError::Lost(_))
+        ));
+        assert_eq!(
+            links.call(&url, request("/get/b")).await.unwrap().body,
+            "/get/b"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_listener_is_a_connect_error_and_a_forgotten_request_leaves_nothing_behind() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = BackendUrl::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        drop(listener);
+        assert!(matches!(
+            links().call(&url, request("/get/a")).await,
+            Err(LinkError::Connect(_))
+        ));
+
+        // A server that never answers: the caller gives up (its timeout), and its entry goes.
+        let url = fake(|listener: TcpListener| async move {
+            let (mut stream, mut buf) = accept_link(&listener).await;
+            take_frames(&mut stream, &mut buf, 1).await;
+            std::future::pending::<()>().await;
+        })
+        .await;
+        let links = links();
+        let call = tokio::time::timeout(
+            Duration::from_millis(200),
+            links.call(&url, request("/get/a")),
+        );
+        assert!(call.await.is_err());
+        let slot = links.slot(&url);
+        let Ok(Some(link)) = current(&slot) else {
+            panic!("the link stays open")
+        };
+        assert!(lock(&link.pending).is_empty());
+    }
+}
