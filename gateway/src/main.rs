@@ -4,6 +4,10 @@ use clap::Parser;
 use kv_common::telemetry::{self, LogFormat};
 use kv_gateway::GatewayConfig;
 
+/// Measured: glibc malloc was about a fifth of the CPU of a proxied request.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "kv-gateway",
