@@ -7,8 +7,10 @@
 #            and wake-ups any proxy pays, nothing else);
 #   hyper    gateway/examples/hyper_pipe.rs, an HTTP proxy of the gateway's parts (hyper's
 #            server and pooled client) with no work of its own;
-#   gateway  kv-gateway with this one server as its only member.
-# Rounds alternate the four so that a slow minute of the VM hits all of them alike.
+#   gateway  kv-gateway with this one server as its only member, over the pipelined link
+#            (its default `--backend-transport link`);
+#   gateway-http  the same with `--backend-transport http`, one HTTP exchange per request.
+# Rounds alternate the five so that a slow minute of the VM hits all of them alike.
 # Reports go to target/bench/floors-*.json; the summary to target/bench/floors.md.
 #
 # Usage: scripts/bench-floors.sh [seconds per run, default 8] [rounds, default 3]
@@ -35,9 +37,12 @@ pids+=("$!")
 "$BIN/kv-gateway" --listen 127.0.0.1:18100 --backend server-1=http://127.0.0.1:18180 \
     --log-level warn &
 pids+=("$!")
-for port in 18190 18191 18100; do wait_ready "http://127.0.0.1:$port"; done
+"$BIN/kv-gateway" --listen 127.0.0.1:18101 --backend server-1=http://127.0.0.1:18180 \
+    --backend-transport http --log-level warn &
+pids+=("$!")
+for port in 18190 18191 18100 18101; do wait_ready "http://127.0.0.1:$port"; done
 
-targets=(direct:18180 byte:18190 hyper:18191 gateway:18100)
+targets=(direct:18180 byte:18190 hyper:18191 gateway:18100 gateway-http:18101)
 cases=()
 for op in put get; do
     ratio=$([ "$op" = get ] && echo 1 || echo 0)

@@ -9,11 +9,14 @@
 # BENCH_PIN=1 runs the gateway cases with the gateway on CPU 0 and the servers and the load
 # generator on CPU 1 (taskset): on a 2-core VM that layout avoids most cross-CPU wake-ups
 # (see docs/benchmarks.md); the single-server cases are never pinned.
+# BENCH_TRANSPORT=http runs the gateway cases with `--backend-transport http` (case names get
+# `-http`); the default is the pipelined link.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
 RUNS="${2:-3}"
 PIN="${BENCH_PIN:-0}"
+TRANSPORT="${BENCH_TRANSPORT:-link}"
 cases=()
 # shellcheck source=scripts/bench-common.sh
 source scripts/bench-common.sh
@@ -84,7 +87,9 @@ cluster() { # replication-factor tag
             done
         done
     fi
+    [ "$TRANSPORT" = link ] || tag="$tag-$TRANSPORT"
     "${gw[@]}" "$BIN/kv-gateway" --listen 127.0.0.1:18100 "${backends[@]}" --log-level warn \
+        --backend-transport "$TRANSPORT" \
         --replication-factor "$r" --write-quorum "$([ "$r" = 1 ] && echo 1 || echo 2)" &
     pids+=("$!")
     wait_ready http://127.0.0.1:18100
