@@ -64,8 +64,13 @@ impl BackendClient {
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        let links = (transport == Transport::Link)
-            .then(|| Arc::new(Links::new(connect_timeout, max_response_bytes)));
+        let links = (transport == Transport::Link).then(|| {
+            Arc::new(Links::new(
+                connect_timeout,
+                max_response_bytes,
+                metrics.clone(),
+            ))
+        });
         BackendClient {
             http,
             links,
@@ -155,7 +160,7 @@ impl BackendClient {
             match links.call(&backend.url, request).await {
                 Ok(answer) => return self.answer_of(answer),
                 // A server without the link: HTTP below.
-                Err(LinkError::Refused) => {}
+                Err(LinkError::Refused | LinkError::Unanswered) => {}
                 // Announced by the server as never taken, even after trying a new link: it
                 // is shutting down, as good as down.
                 Err(err @ (LinkError::Connect(_) | LinkError::NotTaken)) => {

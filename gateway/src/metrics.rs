@@ -44,6 +44,13 @@ pub struct RouteLabels {
     pub route: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LinkLabels {
+    /// `opened`, `closed` (broken, or closed by the server), `goaway` (the server announced
+    /// its shutdown) or `refused` (the server does not speak the link: HTTP is used).
+    pub event: &'static str,
+}
+
 pub struct GatewayMetrics {
     member_requests: Family<OutcomeLabels, Counter>,
     member_latency: Family<MemberLabels, Histogram>,
@@ -54,6 +61,7 @@ pub struct GatewayMetrics {
     ring_members: Gauge,
     ring_config_adoptions: Family<AdoptionLabels, Counter>,
     stale_ring_retries: Family<RouteLabels, Counter>,
+    link_events: Family<LinkLabels, Counter>,
 }
 
 impl GatewayMetrics {
@@ -71,6 +79,7 @@ impl GatewayMetrics {
             ring_members: Gauge::default(),
             ring_config_adoptions: Family::default(),
             stale_ring_retries: Family::default(),
+            link_events: Family::default(),
         };
         registry.register(
             "gateway_member_requests",
@@ -118,6 +127,12 @@ impl GatewayMetrics {
             "gateway_stale_ring_retries",
             "Key requests routed again on a newer ring after a member answered stale_ring",
             metrics.stale_ring_retries.clone(),
+        );
+        registry.register(
+            "gateway_link_events",
+            "Pipelined links to servers opened, closed, announced closing by their server \
+             (goaway) or refused by a server without the link (HTTP used instead)",
+            metrics.link_events.clone(),
         );
         Arc::new(metrics)
     }
@@ -197,5 +212,9 @@ impl GatewayMetrics {
         self.stale_ring_retries
             .get_or_create(&RouteLabels { route })
             .inc();
+    }
+
+    pub fn link_event(&self, event: &'static str) {
+        self.link_events.get_or_create(&LinkLabels { event }).inc();
     }
 }

@@ -24,10 +24,13 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 
 use crate::membership::BackendUrl;
+use crate::metrics::GatewayMetrics;
 
 /// How long a server that refused the link is spoken to over HTTP before the link is tried
 /// again (it may have been upgraded meanwhile).
 const REFUSED_FOR: Duration = Duration::from_secs(60);
+/// How long HTTP is used after a server closed a new link without answering its preface.
+const UNANSWERED_FOR: Duration = Duration::from_secs(1);
 /// Room in an answer frame beyond its body: status, headers.
 const FRAME_OVERHEAD: usize = 64 << 10;
 
@@ -40,6 +43,10 @@ pub enum LinkError {
     /// The server does not speak the link; use HTTP.
     #[error("the server does not speak the link")]
     Refused,
+    /// The server closed a new link without answering its preface (only inside this
+    /// module: callers see [`LinkError::Refused`] and use HTTP).
+    #[error("the server closed the link at its preface")]
+    Unanswered,
     /// The link broke with the request sent: it may or may not have been applied.
     #[error("link lost: {0}")]
     Lost(String),
@@ -61,6 +68,7 @@ pub struct Links {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     connect_timeout: Duration,
     max_answer: usize,
+    metrics: Arc<GatewayMetrics>,
 }
 
 #[derive(Default)]
@@ -101,11 +109,16 @@ struct Outbox {
 
 impl Links {
     /// `max_answer` bounds an answer's body, as `--max-response-bytes` does over HTTP.
-    pub fn new(connect_timeout: Duration, max_answer: usize) -> Links {
+    pub fn new(
+        connect_timeout: Duration,
+        max_answer: usize,
+        metrics: Arc<GatewayMetrics>,
+    ) -> Links {
         Links {
             slots: Mutex::default(),
             connect_timeout,
             max_answer,
+            metrics,
         }
     }
 
@@ -175,8 +188,13 @@ impl Links {
                 Ok(link)
             }
             Err(LinkError::Refused) => {
+                self.metrics.link_event("refused");
                 tracing::info!(server = %url.host_port(), "server does not speak the link; using HTTP");
                 *lock(&slot.state) = SlotState::Refused(Instant::now() + REFUSED_FOR);
+                Err(LinkError::Refused)
+            }
+            Err(LinkError::Unanswered) => {
+                *lock(&slot.state) = SlotState::Refused(Instant::now() + UNANSWERED_FOR);
                 Err(LinkError::Refused)
             }
             Err(err) => Err(err),
@@ -201,10 +219,20 @@ impl Links {
         };
         match tokio::time::timeout(self.connect_timeout, handshake).await {
             Ok(Ok(echo)) if &echo == PREFACE => {}
-            // An HTTP answer, or a close: a server without the link.
+            // An HTTP answer: a server without the link.
             Ok(Ok(_)) => return Err(LinkError::Refused),
-            Ok(Err(err)) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(LinkError::Refused);
+            // Closed without a word: a server going away, a proxy with nowhere to forward
+            // to, or a server without the link that answers nothing to a bad request. HTTP
+            // for this request says which, with HTTP's own errors.
+            Ok(Err(err))
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                return Err(LinkError::Unanswered);
             }
             Ok(Err(err)) => return Err(LinkError::Connect(err.to_string())),
             Err(_) => return Err(LinkError::Connect("no answer to the link's preface".into())),
@@ -217,7 +245,8 @@ impl Links {
             open: AtomicBool::new(true),
             next_id: AtomicU64::new(1),
         });
-        tracing::debug!(server = %address, "link opened");
+        self.metrics.link_event("opened");
+        tracing::info!(server = %address, "link opened");
         // Both tasks hold the link weakly: they end with it, or when its socket fails.
         tokio::spawn(flush_blocked(Arc::downgrade(&link), link.blocked.clone()));
         tokio::spawn(read_answers(
@@ -225,6 +254,7 @@ impl Links {
             reader,
             self.max_answer + FRAME_OVERHEAD,
             address,
+            self.metrics.clone(),
         ));
         Ok(link)
     }
@@ -309,13 +339,15 @@ impl Link {
         }
     }
 
-    /// Closes the link for new requests and fails every waiting one with `why`.
-    fn fail(&self, why: &LinkError) {
+    /// Closes the link for new requests and fails every waiting one with `why`; how many.
+    fn fail(&self, why: &LinkError) -> usize {
         let mut pending = lock(&self.pending);
         self.open.store(false, Ordering::Release);
+        let failed = pending.len();
         for (_, waiter) in pending.drain() {
             let _ = waiter.send(Err(why.clone()));
         }
+        failed
     }
 
     /// The server's shutdown frame: nothing new is sent, requests after `last` were never
@@ -357,6 +389,7 @@ async fn read_answers(
     mut reader: OwnedReadHalf,
     max: usize,
     address: String,
+    metrics: Arc<GatewayMetrics>,
 ) {
     let mut buf = BytesMut::with_capacity(64 << 10);
     // Bytes still to drop of an answer over the limit.
@@ -388,7 +421,8 @@ async fn read_answers(
             match mux::decode_response(&mut buf, max) {
                 Ok(Some(frame)) if frame.id == mux::GOAWAY_ID => {
                     let last = mux::goaway_last(&frame).unwrap_or(0);
-                    tracing::debug!(server = %address, last, "server closing the link");
+                    tracing::info!(server = %address, last, "server closing the link");
+                    metrics.link_event("goaway");
                     link.going_away(last);
                 }
                 Ok(Some(frame)) => {
@@ -401,9 +435,14 @@ async fn read_answers(
             }
         }
     };
-    tracing::debug!(server = %address, %why, "link closed");
-    if let Some(link) = link.upgrade() {
-        link.fail(&LinkError::Lost(why));
+    metrics.link_event("closed");
+    let failed = link
+        .upgrade()
+        .map_or(0, |link| link.fail(&LinkError::Lost(why.clone())));
+    if failed > 0 {
+        tracing::warn!(server = %address, %why, failed, "link closed with requests in flight; their outcome is unknown");
+    } else {
+        tracing::info!(server = %address, %why, "link closed");
     }
 }
 
@@ -435,7 +474,9 @@ mod tests {
     }
 
     fn links() -> Arc<Links> {
-        Arc::new(Links::new(Duration::from_secs(2), 1 << 20))
+        let metrics =
+            GatewayMetrics::register(&mut prometheus_client::registry::Registry::default());
+        Arc::new(Links::new(Duration::from_secs(2), 1 << 20, metrics))
     }
 
     /// A fake server's end of one link: the preface, then frames read until `count`.
@@ -570,6 +611,40 @@ mod tests {
             accepted.load(Ordering::SeqCst),
             1,
             "the refusal is remembered"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_link_closed_at_its_preface_means_http_for_a_moment_only() {
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let url = fake(move |listener: TcpListener| async move {
+            loop {
+                // Accepted and closed at once: a forwarder with nowhere to go.
+                drop(listener.accept().await.unwrap());
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .await;
+        let links = links();
+        assert!(matches!(
+            links.call(&url, request("/get/a")).await,
+            Err(LinkError::Refused)
+        ));
+        assert!(matches!(
+            links.call(&url, request("/get/a")).await,
+            Err(LinkError::Refused)
+        ));
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(UNANSWERED_FOR + Duration::from_millis(100)).await;
+        assert!(matches!(
+            links.call(&url, request("/get/a")).await,
+            Err(LinkError::Refused)
+        ));
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "the link is tried again"
         );
     }
 

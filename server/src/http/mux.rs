@@ -111,17 +111,25 @@ async fn accept_loop(
                 continue;
             }
         };
-        let (app, stop, http, alive) = (app.clone(), stop.clone(), http.clone(), alive.clone());
+        let (app, mut stop, http, alive) = (app.clone(), stop.clone(), http.clone(), alive.clone());
         tokio::spawn(async move {
+            // A connection that has not said a word by shutdown is closed, as axum closes
+            // idle ones: it must not hold the server's shutdown up (this task holds `alive`).
             let mut first = [0u8; 1];
-            match stream.peek(&mut first).await {
+            let peeked = tokio::select! {
+                peeked = stream.peek(&mut first) => peeked,
+                _ = stop.wait_for(|stop| *stop) => return,
+            };
+            match peeked {
                 Ok(1) if first[0] == PREFACE[0] => {
                     let _ = stream.set_nodelay(true);
-                    if let Err(err) = serve_link(stream, app, stop, alive).await {
-                        tracing::debug!(%peer, %err, "link closed");
+                    match serve_link(stream, app, stop, alive).await {
+                        Ok(()) => tracing::info!(%peer, "gateway link closed"),
+                        Err(err) => tracing::info!(%peer, %err, "gateway link closed"),
                     }
                 }
                 Ok(1) => {
+                    // Fails once axum has stopped and dropped its end.
                     let _ = http.send((stream, peer)).await;
                 }
                 _ => {}
@@ -138,12 +146,15 @@ async fn serve_link(
 ) -> std::io::Result<()> {
     let (mut reader, mut writer) = stream.into_split();
     let mut preface = [0u8; PREFACE.len()];
-    reader.read_exact(&mut preface).await?;
+    tokio::select! {
+        read = reader.read_exact(&mut preface) => read?,
+        _ = stop.wait_for(|stop| *stop) => return Ok(()),
+    };
     if &preface != PREFACE {
         return Err(std::io::Error::other("not a kvstore link"));
     }
     writer.write_all(PREFACE).await?;
-    tracing::debug!("gateway link opened");
+    tracing::info!(peer = ?reader.peer_addr().ok(), "gateway link opened");
     // One task per link runs its requests side by side (a put waiting for its commit does
     // not hold up the gets behind it): a cached read is answered in the same wake-up that
     // read it, and all answers ready then leave in one write.

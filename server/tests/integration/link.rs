@@ -204,3 +204,22 @@ async fn on_shutdown_a_link_names_the_last_request_it_took_and_closes() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn connections_that_said_nothing_or_half_a_preface_do_not_hold_up_shutdown() {
+    let mut server = start().await;
+    let _silent = TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    let mut half = TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    half.write_all(&PREFACE[..3]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.stop.take().unwrap().send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server.task)
+        .await
+        .expect("the server stops")
+        .unwrap()
+        .unwrap();
+}
