@@ -1,6 +1,7 @@
-//! The one HTTP client the gateway talks to members with: pooled keep-alive connections,
-//! connect and request timeouts, bounded response bodies, per-member metrics, and passive
-//! health marking when a member cannot be reached.
+//! The one client the gateway talks to members with: over the pipelined link (`mux`,
+//! `--backend-transport link`) or pooled keep-alive HTTP/1.1 connections; connect and
+//! request timeouts, bounded response bodies, per-member metrics, and passive health marking
+//! when a member cannot be reached, the same for both.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
