@@ -473,6 +473,12 @@ mod tests {
         }
     }
 
+    /// The link says "use HTTP" for a call to `url`.
+    async fn assert_refused(links: &Links, url: &BackendUrl) {
+        let call = links.call(url, request("/get/a")).await;
+        assert!(matches!(call, Err(LinkError::Refused)), "{call:?}");
+    }
+
     fn links() -> Arc<Links> {
         let metrics =
             GatewayMetrics::register(&mut prometheus_client::registry::Registry::default());
@@ -599,14 +605,8 @@ mod tests {
         })
         .await;
         let links = links();
-        assert!(matches!(
-            links.call(&url, request("/get/a")).await,
-            Err(LinkError::Refused)
-        ));
-        assert!(matches!(
-            links.call(&url, request("/get/a")).await,
-            Err(LinkError::Refused)
-        ));
+        assert_refused(&links, &url).await;
+        assert_refused(&links, &url).await;
         assert_eq!(
             accepted.load(Ordering::SeqCst),
             1,
@@ -627,20 +627,11 @@ mod tests {
         })
         .await;
         let links = links();
-        assert!(matches!(
-            links.call(&url, request("/get/a")).await,
-            Err(LinkError::Refused)
-        ));
-        assert!(matches!(
-            links.call(&url, request("/get/a")).await,
-            Err(LinkError::Refused)
-        ));
+        assert_refused(&links, &url).await;
+        assert_refused(&links, &url).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         tokio::time::sleep(UNANSWERED_FOR + Duration::from_millis(100)).await;
-        assert!(matches!(
-            links.call(&url, request("/get/a")).await,
-            Err(LinkError::Refused)
-        ));
+        assert_refused(&links, &url).await;
         assert_eq!(
             accepted.load(Ordering::SeqCst),
             2,

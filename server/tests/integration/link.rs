@@ -92,6 +92,10 @@ async fn answers(stream: &mut TcpStream, buf: &mut BytesMut, count: usize) -> Ve
     got
 }
 
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 fn json(answer: &ResponseFrame) -> Value {
     serde_json::from_slice(&answer.body).unwrap()
 }
@@ -101,15 +105,11 @@ async fn frames_are_answered_like_http_on_the_same_port() {
     let mut server = start().await;
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{}", server.port);
-    let stored: Value = http
-        .put(format!("{base}/put/over%20http"))
-        .json(&serde_json::json!({"value": "h"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stored = json_of(
+        http.put(format!("{base}/put/over%20http"))
+            .json(&serde_json::json!({"value": "h"})),
+    )
+    .await;
     assert_eq!(stored["version"], 1);
 
     let mut link = open_link(server.port).await;
@@ -146,14 +146,7 @@ async fn frames_are_answered_like_http_on_the_same_port() {
     assert_eq!(json(&got[3])["code"], "invalid_json");
 
     // What the link wrote, HTTP reads.
-    let read: Value = http
-        .get(format!("{base}/get/k%2F1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read = json_of(http.get(format!("{base}/get/k%2F1"))).await;
     assert_eq!(read["value"], serde_json::json!({"a": 1}));
 
     // A malformed frame closes the link (no guessing at the rest of the stream); HTTP and
