@@ -3,8 +3,10 @@
 //! many requests go out in one socket write and many answers come back in one read, instead
 //! of one HTTP exchange each (docs/benchmarks.md, "The pipelined link").
 //!
-//! One task writes a link's frames, all that are queued in one call; one task reads its
-//! answers and hands each to the request waiting for that id. A request whose link fails
+//! A request's own task queues its frame and, when nobody is writing, yields once and
+//! writes every frame queued by then in one call (a small task takes over only when the
+//! socket is full); one task reads the link's answers and hands each to the request waiting
+//! for that id. A request whose link fails
 //! gets [`LinkError::Lost`] (it may have been applied, like an HTTP request whose connection
 //! broke); one that the server announced it never took (its shutdown frame names the last
 //! id it took) gets [`LinkError::NotTaken`] and is sent again on a new link. A server that
