@@ -7,6 +7,7 @@ mod failover;
 mod fake_member;
 mod fallback;
 mod harness;
+mod link;
 mod netsplit;
 mod partition;
 mod procs;
