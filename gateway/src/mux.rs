@@ -31,6 +31,9 @@ use crate::metrics::GatewayMetrics;
 /// How long a server that refused the link is spoken to over HTTP before the link is tried
 /// again (it may have been upgraded meanwhile).
 const REFUSED_FOR: Duration = Duration::from_secs(60);
+/// How long a request must have waited, with nothing read on its link meanwhile, for its
+/// caller giving up to condemn the link (see [`Forget`]).
+const SILENT_LINK: Duration = Duration::from_secs(2);
 /// How long HTTP is used after a server closed a new link without answering its preface.
 const UNANSWERED_FOR: Duration = Duration::from_secs(1);
 /// Room in an answer frame beyond its body: status, headers.
@@ -100,6 +103,8 @@ struct Link {
     pending: Mutex<HashMap<u64, Waiter>>,
     open: AtomicBool,
     next_id: AtomicU64,
+    /// Reads that brought bytes, for telling a silent link from a busy one.
+    heard: AtomicU64,
 }
 
 #[derive(Default)]
@@ -145,11 +150,14 @@ impl Links {
                 }
                 pending.insert(request.id, tx);
             }
-            let forget = Forget {
+            let mut forget = Forget {
                 link: &link,
                 id: request.id,
+                sent: None,
             };
-            if link.queue(&request)? {
+            let flush = link.queue(&request)?;
+            forget.sent = Some((Instant::now(), link.heard.load(Ordering::Acquire)));
+            if flush {
                 // This request's task writes the queue, after letting the other tasks ready
                 // on this thread queue theirs: one write then carries them all. The guard
                 // writes even if this task is dropped meanwhile (its client went away):
@@ -246,6 +254,7 @@ impl Links {
             pending: Mutex::default(),
             open: AtomicBool::new(true),
             next_id: AtomicU64::new(1),
+            heard: AtomicU64::new(0),
         });
         self.metrics.link_event("opened");
         tracing::info!(server = %address, "link opened");
@@ -280,16 +289,32 @@ impl Drop for Flusher<'_> {
     }
 }
 
-/// Unregisters a request whose caller stopped waiting (timeout), so that its late answer
-/// is dropped and the table does not grow.
+/// Unregisters a request whose caller stopped waiting (timeout, or its client went away),
+/// so that its late answer is dropped and the table does not grow.
 struct Forget<'a> {
     link: &'a Link,
     id: u64,
+    /// When the frame was queued, and how many reads the link had made by then.
+    sent: Option<(Instant, u64)>,
 }
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        lock(&self.link.pending).remove(&self.id);
+        let unanswered = lock(&self.link.pending).remove(&self.id).is_some();
+        // Given up on after a while over a link that has read nothing since it was sent
+        // (health checks alone make it read every second): the server or the way to it is
+        // gone without a word, a node lost or an address moved. Drop the link, as HTTP drops
+        // a connection whose request timed out, so that the next request connects afresh
+        // instead of waiting on a dead socket until TCP gives up.
+        if let Some((at, heard)) = self.sent
+            && unanswered
+            && at.elapsed() >= SILENT_LINK
+            && self.link.heard.load(Ordering::Acquire) == heard
+        {
+            self.link.fail(&LinkError::Lost(
+                "nothing heard on the link within the request's wait".into(),
+            ));
+        }
     }
 }
 
@@ -403,6 +428,7 @@ async fn read_answers(
             Err(err) => break err.to_string(),
         }
         let Some(link) = link.upgrade() else { return };
+        link.heard.fetch_add(1, Ordering::Release);
         loop {
             if skipping > 0 {
                 let dropped = skipping.min(buf.len());
@@ -557,6 +583,73 @@ mod tests {
             let answer = call.await.unwrap().unwrap();
             assert_eq!(answer.body, path.as_bytes());
         }
+    }
+
+    #[tokio::test]
+    async fn a_link_silent_through_a_given_up_request_is_dropped_a_busy_one_is_kept() {
+        let waited = SILENT_LINK + Duration::from_millis(200);
+        // Silent: takes the request, never says a word again (a node gone). The next request
+        // must not wait on that socket: it gets a new link.
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let url = fake(move |listener: TcpListener| async move {
+            let mut held = Vec::new();
+            loop {
+                let (mut stream, mut buf) = accept_link(&listener).await;
+                counter.fetch_add(1, Ordering::SeqCst);
+                take_frames(&mut stream, &mut buf, 1).await;
+                held.push(stream);
+            }
+        })
+        .await;
+        let silent = links();
+        let call = tokio::time::timeout(waited, silent.call(&url, request("/get/a")));
+        assert!(call.await.is_err());
+        assert!(
+            current(&silent.slot(&url)).unwrap().is_none(),
+            "the silent link is dropped"
+        );
+        let again = tokio::time::timeout(
+            Duration::from_millis(300),
+            silent.call(&url, request("/get/b")),
+        );
+        assert!(again.await.is_err());
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new link was opened");
+
+        // Busy: one request is never answered, but others are meanwhile: the server is alive
+        // and the link stays.
+        let url = fake(|listener: TcpListener| async move {
+            let (mut stream, mut buf) = accept_link(&listener).await;
+            loop {
+                let frames = take_frames(&mut stream, &mut buf, 1).await;
+                let Some(frame) = frames.first() else { return };
+                if frame.path != "/get/slow" {
+                    let mut out = BytesMut::new();
+                    answer(&mut out, frame);
+                    stream.write_all(&out).await.unwrap();
+                }
+            }
+        })
+        .await;
+        let busy = links();
+        let slow = {
+            let (busy, url) = (busy.clone(), url.clone());
+            tokio::spawn(async move {
+                tokio::time::timeout(waited, busy.call(&url, request("/get/slow"))).await
+            })
+        };
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(
+                busy.call(&url, request("/get/fast")).await.unwrap().body,
+                "/get/fast"
+            );
+        }
+        assert!(slow.await.unwrap().is_err());
+        assert!(
+            current(&busy.slot(&url)).unwrap().is_some(),
+            "the busy link is kept"
+        );
     }
 
     #[tokio::test]
