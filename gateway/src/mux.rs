@@ -178,10 +178,12 @@ impl Links {
     }
 
     fn slot(&self, url: &BackendUrl) -> Arc<Slot> {
-        lock(&self.slots)
-            .entry(url.host_port())
-            .or_default()
-            .clone()
+        let mut slots = lock(&self.slots);
+        // Looked up by `&str` first: no allocation on the request path once the slot exists.
+        if let Some(slot) = slots.get(url.host_port()) {
+            return slot.clone();
+        }
+        slots.entry(url.host_port().to_owned()).or_default().clone()
     }
 
     async fn link(&self, url: &BackendUrl, slot: &Slot) -> Result<Arc<Link>, LinkError> {
@@ -212,7 +214,7 @@ impl Links {
     }
 
     async fn open(&self, url: &BackendUrl) -> Result<Arc<Link>, LinkError> {
-        let address = url.host_port();
+        let address = url.host_port().to_owned();
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&address))
             .await
             .map_err(|_| {

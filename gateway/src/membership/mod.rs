@@ -30,6 +30,8 @@ pub struct Member {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendUrl {
     authority: Authority,
+    /// `host:port`, computed once: the link looks its connection up by it on every request.
+    host_port: String,
 }
 
 impl BackendUrl {
@@ -50,13 +52,20 @@ impl BackendUrl {
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             return Err(format!("invalid URL '{s}': no path or query allowed"));
         }
-        Ok(BackendUrl { authority })
+        let host_port = format!(
+            "{}:{}",
+            authority.host(),
+            authority.port_u16().unwrap_or(80)
+        );
+        Ok(BackendUrl {
+            authority,
+            host_port,
+        })
     }
 
     /// `host:port` to connect to (port 80 when the URL names none).
-    pub fn host_port(&self) -> String {
-        let port = self.authority.port_u16().unwrap_or(80);
-        format!("{}:{port}", self.authority.host())
+    pub fn host_port(&self) -> &str {
+        &self.host_port
     }
 
     /// The URL of `path_and_query` (which must start with `/`) on this server.
