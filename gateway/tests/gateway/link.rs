@@ -45,22 +45,15 @@ async fn a_server_stopping_under_load_answers_what_it_took_and_nothing_else_is_s
         outcomes.extend(writer.await.unwrap());
     }
 
-    let stored: Vec<&String> = outcomes
-        .iter()
-        .filter(|(_, status, _)| *status == 200)
-        .map(|(key, _, _)| key)
-        .collect();
-    let refused: Vec<&String> = outcomes
-        .iter()
-        .filter(|(_, status, code)| *status == 503 && code == "server_unavailable")
-        .map(|(key, _, _)| key)
-        .collect();
-    let other: Vec<_> = outcomes
-        .iter()
-        .filter(|(_, status, code)| {
-            *status != 200 && !(*status == 503 && code == "server_unavailable")
-        })
-        .collect();
+    // Each put is stored (200), refused as never seen (503 server_unavailable), or other.
+    let (mut stored, mut refused, mut other) = (Vec::new(), Vec::new(), Vec::new());
+    for (key, status, code) in &outcomes {
+        match (*status, code.as_str()) {
+            (200, _) => stored.push(key),
+            (503, "server_unavailable") => refused.push(key),
+            _ => other.push((key, status, code)),
+        }
+    }
     assert!(
         other.is_empty(),
         "indeterminate or unexpected answers: {other:?}"
@@ -80,26 +73,14 @@ async fn a_server_stopping_under_load_answers_what_it_took_and_nothing_else_is_s
             .is_ok_and(|r| r.status() == 404)
     })
     .await;
-    for key in stored {
-        assert_eq!(
-            gw.get(&format!("/get/{key}"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200,
-            "{key}"
-        );
-    }
-    for key in refused {
-        assert_eq!(
-            gw.get(&format!("/get/{key}"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            404,
-            "{key}"
-        );
+    let stored = stored.into_iter().map(|key| (key, 200));
+    for (key, expected) in stored.chain(refused.into_iter().map(|key| (key, 404))) {
+        let status = gw
+            .get(&format!("/get/{key}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, expected, "{key}");
     }
 }
