@@ -13,7 +13,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, put};
 use kvstore::bench::stats::Summary;
-use kvstore::bench::{self, Config, Report, Stop};
+use kvstore::bench::{self, Client, Config, Report, Stop};
 use tokio::net::TcpListener;
 
 /// What the test server saw, for checking the bench against it.
@@ -70,6 +70,9 @@ async fn serve(store: Arc<Store>) -> String {
     format!("http://{addr}")
 }
 
+/// Both HTTP clients of the bench must count the same things.
+const CLIENTS: [Client; 2] = [Client::Raw, Client::Hyper];
+
 fn config(url: &str, stop: Stop) -> Config {
     Config {
         connections: 4,
@@ -111,11 +114,20 @@ fn assert_healthy(report: &Report) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_second_run_reports_sane_numbers() {
+    for client in CLIENTS {
+        one_second_run(client).await;
+    }
+}
+
+async fn one_second_run(client: Client) {
     let store = Arc::new(Store::default());
     let url = serve(store.clone()).await;
-    let report = bench::run(&config(&url, Stop::Duration(Duration::from_secs(1))))
-        .await
-        .unwrap();
+    let one_second = Config {
+        client,
+        ..config(&url, Stop::Duration(Duration::from_secs(1)))
+    };
+    let report = bench::run(&one_second).await.unwrap();
+    assert_eq!(report.config.client, client);
 
     assert_healthy(&report);
     assert!(
@@ -175,11 +187,18 @@ async fn progress_comes_every_second_and_a_stop_signal_ends_the_run_early() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_count_is_exact_and_the_mix_follows_the_read_ratio() {
+    for client in CLIENTS {
+        request_count(client).await;
+    }
+}
+
+async fn request_count(client: Client) {
     let store = Arc::new(Store::default());
     let url = serve(store.clone()).await;
 
     let reads_only = Config {
         read_ratio: 1.0,
+        client,
         ..config(&url, Stop::Requests(500))
     };
     let report = bench::run(&reads_only).await.unwrap();
@@ -189,6 +208,7 @@ async fn a_request_count_is_exact_and_the_mix_follows_the_read_ratio() {
     let writes_only = Config {
         read_ratio: 0.0,
         warmup: false,
+        client,
         ..config(&url, Stop::Requests(300))
     };
     let puts_before = store.puts.load(Ordering::Relaxed);
@@ -201,6 +221,12 @@ async fn a_request_count_is_exact_and_the_mix_follows_the_read_ratio() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_2xx_answers_are_counted_by_status_and_not_timed() {
+    for client in CLIENTS {
+        non_2xx(client).await;
+    }
+}
+
+async fn non_2xx(client: Client) {
     let store = Arc::new(Store {
         fail_puts: true,
         ..Store::default()
@@ -210,6 +236,7 @@ async fn non_2xx_answers_are_counted_by_status_and_not_timed() {
     let writes = Config {
         read_ratio: 0.0,
         warmup: false,
+        client,
         ..config(&url, Stop::Requests(200))
     };
     let report = bench::run(&writes).await.unwrap();
@@ -220,9 +247,11 @@ async fn non_2xx_answers_are_counted_by_status_and_not_timed() {
     assert_eq!(report.total.latency_us.max, 0, "failures are not timed");
 
     // With reads, the warm-up fails first: measuring 404s would be meaningless.
-    let err = bench::run(&config(&url, Stop::Requests(10)))
-        .await
-        .unwrap_err();
+    let reads = Config {
+        client,
+        ..config(&url, Stop::Requests(10))
+    };
+    let err = bench::run(&reads).await.unwrap_err();
     assert!(
         matches!(err, kvstore::Error::Warmup { failed: 100, .. }),
         "{err}"
@@ -237,15 +266,18 @@ async fn no_server_gives_connect_errors() {
     let url = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
 
-    let writes = Config {
-        read_ratio: 0.0,
-        warmup: false,
-        ..config(&url, Stop::Requests(20))
-    };
-    let report = bench::run(&writes).await.unwrap();
-    assert_eq!(report.total.requests, 20);
-    assert_eq!(report.total.errors.connect, 20);
-    assert!(report.all_failed());
+    for client in CLIENTS {
+        let writes = Config {
+            read_ratio: 0.0,
+            warmup: false,
+            client,
+            ..config(&url, Stop::Requests(20))
+        };
+        let report = bench::run(&writes).await.unwrap();
+        assert_eq!(report.total.requests, 20);
+        assert_eq!(report.total.errors.connect, 20, "{client:?}");
+        assert!(report.all_failed());
+    }
 }
 
 /// The binary: `--json` prints one parsable object on stdout, exit code 0; and a run where every
@@ -273,6 +305,17 @@ fn the_binary_prints_json_and_fails_when_every_request_fails() {
     assert_eq!(json["total"]["requests"], 200);
     assert_eq!(json["total"]["ok"], 200);
     assert_eq!(json["threads"], 1);
+    assert_eq!(json["config"]["client"], "raw");
+
+    let out = Command::new(bin)
+        .args(["bench", "--json", "--url", &url, "-n", "100", "-c", "2"])
+        .args(["-k", "10", "--client", "hyper"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["config"]["client"], "hyper");
+    assert_eq!(json["total"]["ok"], 100);
 
     let out = Command::new(bin)
         .args(["bench", "-n", "50", "-c", "2", "-k", "10", "--url", &url])

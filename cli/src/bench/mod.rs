@@ -5,13 +5,15 @@
 //! `PUT {url}/put/{key}` on uniformly random keys, for a duration or a request count. A warm-up
 //! first writes every key once, so that a GET of a missing key (a 404) is a real error.
 //!
-//! Modules: [`config`] (flags), [`workload`] (what to send), `runner` (the workers), [`stats`]
+//! Modules: [`config`] (flags), [`workload`] (what to send), `runner` (the workers), `wire` (the
+//! default HTTP/1.1 client), [`stats`]
 //! (histograms and counters), [`report`] (progress line, table, JSON).
 
 pub mod config;
 pub mod report;
 mod runner;
 pub mod stats;
+mod wire;
 pub mod workload;
 
 use std::future::Future;
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use tokio::time::MissedTickBehavior;
 
-pub use config::{BenchArgs, Config, Stop};
+pub use config::{BenchArgs, Client, Config, Stop};
 pub use report::{Progress, Report};
 
 use crate::{Error, Result};
@@ -63,6 +65,7 @@ pub async fn run_with(
         addr,
         workload: Workload::new(config, &host, port, &path_prefix),
         timeout: config.timeout,
+        client: config.client,
         stop: AtomicBool::new(false),
     });
     let stop_task = tokio::spawn({

@@ -1,10 +1,12 @@
 //! The load itself: `connections` workers, each a tokio task driving its own HTTP/1.1 connection
 //! with one request in flight, through an optional warm-up phase and the measured phase.
 //!
-//! A worker owns a raw `hyper::client::conn::http1` connection rather than sharing a pooled
-//! client: no pool lock per request, and exactly one connection per worker. A connection that
-//! breaks or times out is dropped and a new one is made for the next request; connection time is
-//! never part of a request's latency.
+//! A worker owns its connection rather than sharing a pooled client: no pool lock per request,
+//! and exactly one connection per worker. With `--client raw` (the default) the connection is
+//! the bench's own ([`super::wire`]), written and read by the worker's task; with `--client
+//! hyper`, a raw `hyper::client::conn::http1` connection, which runs in a task of its own. A
+//! connection that breaks or times out is dropped and a new one is made for the next request;
+//! connection time is never part of a request's latency.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -21,8 +23,9 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::net::TcpStream;
 
-use super::config::Stop;
+use super::config::{Client, Stop};
 use super::stats::{Failure, Op, WorkerStats};
+use super::wire;
 use super::workload::Workload;
 
 /// Pause after a failed connection attempt, so that a server that is down is not hammered with
@@ -34,6 +37,7 @@ pub struct Shared {
     pub addr: SocketAddr,
     pub workload: Workload,
     pub timeout: Duration,
+    pub client: Client,
     /// Set on Ctrl-C: workers finish the request in flight and stop.
     pub stop: AtomicBool,
 }
@@ -91,27 +95,38 @@ impl Phase {
 /// A worker's connection, kept across phases so the measured phase starts warm.
 #[derive(Default)]
 pub struct Conn {
-    sender: Option<SendRequest<Full<Bytes>>>,
+    link: Option<Link>,
+}
+
+enum Link {
+    Raw(wire::Connection),
+    Hyper(SendRequest<Full<Bytes>>),
 }
 
 impl Conn {
     /// A connection ready for a request: the current one, or a new one if it was closed.
-    async fn ready(
-        &mut self,
-        addr: SocketAddr,
-        timeout: Duration,
-    ) -> Option<&mut SendRequest<Full<Bytes>>> {
-        let alive = match &mut self.sender {
-            Some(sender) => sender.ready().await.is_ok(),
+    async fn ready(&mut self, shared: &Shared) -> Option<&mut Link> {
+        let alive = match &mut self.link {
+            Some(Link::Raw(_)) => true,
+            Some(Link::Hyper(sender)) => sender.ready().await.is_ok(),
             None => false,
         };
         if !alive {
-            self.sender = match tokio::time::timeout(timeout, connect(addr)).await {
-                Ok(Some(sender)) => Some(sender),
-                _ => None,
+            let connect = async {
+                match shared.client {
+                    Client::Raw => wire::Connection::connect(shared.addr)
+                        .await
+                        .ok()
+                        .map(Link::Raw),
+                    Client::Hyper => connect(shared.addr).await.map(Link::Hyper),
+                }
             };
+            self.link = tokio::time::timeout(shared.timeout, connect)
+                .await
+                .ok()
+                .flatten();
         }
-        self.sender.as_mut()
+        self.link.as_mut()
     }
 }
 
@@ -143,7 +158,7 @@ pub async fn work(
     let mut rng = SmallRng::from_rng(&mut rand::rng());
     let json = HeaderValue::from_static("application/json");
     while let Some((op, key)) = phase.next(&shared, &mut rng) {
-        let Some(sender) = conn.ready(shared.addr, shared.timeout).await else {
+        let Some(link) = conn.ready(&shared).await else {
             lock(&stats).op_mut(op).record_failure(Failure::Connect);
             tokio::time::sleep(CONNECT_BACKOFF).await;
             continue;
@@ -153,24 +168,41 @@ pub async fn work(
             Op::Get => Bytes::new(),
             Op::Put => workload.body(&mut rng),
         };
-        let mut request = Request::new(Full::new(body));
-        *request.uri_mut() = workload.keys.uri(op, key);
-        request.headers_mut().insert(HOST, workload.host.clone());
-        if op == Op::Put {
-            *request.method_mut() = Method::PUT;
-            request.headers_mut().insert(CONTENT_TYPE, json.clone());
-        }
 
         let started = Instant::now();
-        let outcome = tokio::time::timeout(shared.timeout, exchange(sender, request)).await;
+        let outcome = match link {
+            Link::Raw(connection) => {
+                let path = workload.keys.path(op, key);
+                let host = workload.host.as_bytes();
+                let exchange = connection.exchange(op, path, host, &body);
+                tokio::time::timeout(shared.timeout, exchange).await
+            }
+            Link::Hyper(sender) => {
+                let mut request = Request::new(Full::new(body));
+                *request.uri_mut() = workload.keys.uri(op, key);
+                request.headers_mut().insert(HOST, workload.host.clone());
+                if op == Op::Put {
+                    *request.method_mut() = Method::PUT;
+                    request.headers_mut().insert(CONTENT_TYPE, json.clone());
+                }
+                let exchange = exchange(sender, request);
+                tokio::time::timeout(shared.timeout, exchange).await
+            }
+        };
         let latency = started.elapsed();
-        let outcome = outcome.unwrap_or(Err(Failure::Timeout));
-        match outcome {
-            Ok(status) => lock(&stats).op_mut(op).record_status(status, latency),
+        match outcome.unwrap_or(Err(Failure::Timeout)) {
+            Ok(answer) => {
+                if !answer.reusable {
+                    conn.link = None;
+                }
+                lock(&stats)
+                    .op_mut(op)
+                    .record_status(answer.status, latency);
+            }
             Err(failure) => {
                 // The connection's state is unknown (a half-read answer, a stuck server):
                 // start over on a new one.
-                conn.sender = None;
+                conn.link = None;
                 lock(&stats).op_mut(op).record_failure(failure);
             }
         }
@@ -179,10 +211,11 @@ pub async fn work(
 }
 
 /// Sends `request` and reads the whole answer, discarding the body without buffering it.
+/// hyper's connection task closes a connection that is not reusable by itself.
 async fn exchange(
     sender: &mut SendRequest<Full<Bytes>>,
     request: Request<Full<Bytes>>,
-) -> Result<u16, Failure> {
+) -> Result<wire::Answer, Failure> {
     let response = sender
         .send_request(request)
         .await
@@ -192,5 +225,8 @@ async fn exchange(
     while let Some(frame) = body.frame().await {
         frame.map_err(|_| Failure::Io)?;
     }
-    Ok(status)
+    Ok(wire::Answer {
+        status,
+        reusable: true,
+    })
 }

@@ -76,12 +76,25 @@ impl KeySpace {
     /// The origin-form URI (path only) of `op` on key `index`. No allocation: the URI shares the
     /// key space's buffer.
     pub fn uri(&self, op: Op, index: usize) -> Uri {
-        let range = self.starts[index] as usize..self.starts[index + 1] as usize;
-        let paths = match op {
+        let range = self.range(index);
+        Uri::from_maybe_shared(self.paths(op).slice(range))
+            .expect("percent-encoded paths are valid URIs")
+    }
+
+    /// The same path as [`KeySpace::uri`], as bytes.
+    pub fn path(&self, op: Op, index: usize) -> &[u8] {
+        &self.paths(op)[self.range(index)]
+    }
+
+    fn range(&self, index: usize) -> std::ops::Range<usize> {
+        self.starts[index] as usize..self.starts[index + 1] as usize
+    }
+
+    fn paths(&self, op: Op) -> &Bytes {
+        match op {
             Op::Get => &self.get_paths,
             Op::Put => &self.put_paths,
-        };
-        Uri::from_maybe_shared(paths.slice(range)).expect("percent-encoded paths are valid URIs")
+        }
     }
 }
 
@@ -161,6 +174,7 @@ mod tests {
         assert_eq!(keys.len(), 12);
         assert_eq!(keys.uri(Op::Get, 0).path(), "/kv/get/a%20b%2F%C3%A9%3F0");
         assert_eq!(keys.uri(Op::Put, 11).path(), "/kv/put/a%20b%2F%C3%A9%3F11");
+        assert_eq!(keys.path(Op::Put, 11), b"/kv/put/a%20b%2F%C3%A9%3F11");
         assert_eq!(
             KeySpace::new("", "bench-", 1).uri(Op::Get, 0),
             "/get/bench-0"
