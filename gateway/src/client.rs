@@ -17,7 +17,7 @@ use kv_common::mux::{self, RequestFrame, ResponseFrame};
 
 use crate::config::Transport;
 use crate::health;
-use crate::membership::Backend;
+use crate::membership::{Backend, Topology};
 use crate::metrics::GatewayMetrics;
 use crate::mux::{LinkError, Links};
 
@@ -83,6 +83,19 @@ impl BackendClient {
 
     pub fn metrics(&self) -> &GatewayMetrics {
         &self.metrics
+    }
+
+    /// Closes the links to servers that are not members of `topology` (see [`Links::retain`]).
+    /// Over HTTP nothing to do: the pool closes idle connections by itself.
+    pub fn forget_former_members(&self, topology: &Topology) {
+        if let Some(links) = &self.links {
+            links.retain(|address| {
+                topology
+                    .backends
+                    .values()
+                    .any(|backend| backend.url.host_port() == address)
+            });
+        }
     }
 
     /// Sends one request to `backend` and reads the whole answer (bounded). `body` is the

@@ -108,8 +108,9 @@ impl ReplicationState {
     }
 }
 
-/// Checks every member's `/health` each `interval`, and at once when the topology changes.
-/// Runs until the task is aborted.
+/// Checks every member's `/health` each `interval`, and at once when the topology changes;
+/// after each round, closes the links to servers that are no longer members. Runs until the
+/// task is aborted.
 pub async fn run_checks(topology: Arc<TopologyHandle>, client: BackendClient, interval: Duration) {
     loop {
         let current = topology.load();
@@ -118,6 +119,7 @@ pub async fn run_checks(topology: Arc<TopologyHandle>, client: BackendClient, in
             .values()
             .map(|backend| probe(&topology, &client, backend, interval));
         futures::future::join_all(probes).await;
+        client.forget_former_members(&current);
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             () = topology.changed.notified() => {}

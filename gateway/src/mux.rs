@@ -177,6 +177,21 @@ impl Links {
         }
     }
 
+    /// Closes the links to the servers `keep` rejects (members that left the ring): a link
+    /// ends once the requests still on it are answered, and a server that comes back gets a
+    /// new one. Without this, a former member's link would stay open until that server closed
+    /// it, holding a connection and a task on both ends.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut slots = lock(&self.slots);
+        slots.retain(|address, slot| {
+            let kept = keep(address);
+            if !kept && matches!(*lock(&slot.state), SlotState::Up(_)) {
+                tracing::info!(server = %address, "closing the link to a former member");
+            }
+            kept
+        });
+    }
+
     fn slot(&self, url: &BackendUrl) -> Arc<Slot> {
         let mut slots = lock(&self.slots);
         // Looked up by `&str` first: no allocation on the request path once the slot exists.
@@ -652,6 +667,62 @@ mod tests {
             current(&busy.slot(&url)).unwrap().is_some(),
             "the busy link is kept"
         );
+    }
+
+    #[tokio::test]
+    async fn links_to_former_members_close_once_their_requests_are_answered() {
+        // Each fake answers every request, and reports when the gateway closed its link.
+        let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+        let mut urls = Vec::new();
+        for name in ["kept", "former"] {
+            let closed_tx = closed_tx.clone();
+            urls.push(
+                fake(move |listener: TcpListener| async move {
+                    let (mut stream, mut buf) = accept_link(&listener).await;
+                    loop {
+                        let frames = take_frames(&mut stream, &mut buf, 1).await;
+                        let Some(frame) = frames.first() else { break };
+                        // The slow request is answered only after the retain below.
+                        if frame.path == "/get/slow" {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                        let mut out = BytesMut::new();
+                        answer(&mut out, frame);
+                        stream.write_all(&out).await.unwrap();
+                    }
+                    closed_tx.send(name).unwrap();
+                })
+                .await,
+            );
+        }
+        let links = links();
+        for url in &urls {
+            links.call(url, request("/get/a")).await.unwrap();
+        }
+        let slow = {
+            let (links, url) = (links.clone(), urls[1].clone());
+            tokio::spawn(async move { links.call(&url, request("/get/slow")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let kept = urls[0].host_port().to_owned();
+        links.retain(|address| address == kept);
+
+        // The request in flight on the former member's link still gets its answer, then the
+        // link closes; the kept one stays open and usable.
+        assert_eq!(slow.await.unwrap().unwrap().body, "/get/slow");
+        let first_closed = tokio::time::timeout(Duration::from_secs(5), closed.recv()).await;
+        assert_eq!(first_closed.unwrap(), Some("former"));
+        assert_eq!(
+            links.call(&urls[0], request("/get/b")).await.unwrap().body,
+            "/get/b"
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), closed.recv())
+                .await
+                .is_err(),
+            "the kept link stays open"
+        );
+        assert_eq!(lock(&links.slots).len(), 1);
     }
 
     #[tokio::test]
