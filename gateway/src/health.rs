@@ -119,7 +119,9 @@ pub async fn run_checks(topology: Arc<TopologyHandle>, client: BackendClient, in
             .values()
             .map(|backend| probe(&topology, &client, backend, interval));
         futures::future::join_all(probes).await;
-        client.forget_former_members(&current);
+        // The topology of now, not of the round's start: a member that joined meanwhile may
+        // already have a link.
+        client.forget_former_members(&topology.load());
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             () = topology.changed.notified() => {}
