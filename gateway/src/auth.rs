@@ -58,7 +58,7 @@ impl ApiToken {
     }
 }
 
-/// Middleware: `from_fn_with_state(state, require_token)`.
+/// Middleware: `from_fn_with_state(state, require_token)`, installed only with a token.
 pub async fn require_token(
     State(state): State<AppState>,
     request: Request,

@@ -121,10 +121,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .with_state(state)
-        .layer(axum::middleware::from_fn_with_state(
-            http_metrics,
-            kv_common::http_metrics::track,
-        ))
+        .layer(kv_common::http_metrics::TrackLayer::new(http_metrics))
         .layer(TraceLayer::new_for_http().on_failure(log_failure))
 }
 
