@@ -37,6 +37,8 @@ pub use kv_common::ring;
 
 use std::future::Future;
 
+use axum::serve::ListenerExt;
+
 pub use config::GatewayConfig;
 pub use error::{Error, Result};
 pub use routes::app;
@@ -112,6 +114,10 @@ async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, auth = state.token.is_some(), "gateway listening");
     }
+    // Answers are written whole, one per request: never hold one back for Nagle.
+    let listener = listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
     let result = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await

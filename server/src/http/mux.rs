@@ -129,6 +129,8 @@ async fn accept_loop(
                     }
                 }
                 Ok(1) => {
+                    // An answer is written whole: never hold it back for Nagle.
+                    let _ = stream.set_nodelay(true);
                     // Fails once axum has stopped and dropped its end.
                     let _ = http.send((stream, peer)).await;
                 }
