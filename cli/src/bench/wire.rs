@@ -2,8 +2,9 @@
 //! request at a time on one TCP stream, written and read by the worker's task itself.
 //!
 //! Why not hyper's client here: hyper runs each connection in a task of its own and hands every
-//! request and answer across tasks, which costs the load generator about as much CPU per request
-//! as the server spends answering a cached GET (docs/benchmarks.md, "The load generator"). On a
+//! request and answer across tasks, which costs the load generator about half again as much
+//! CPU per request (docs/benchmarks.md, "The load generator's client and the gateway's
+//! layers"). On a
 //! 2-core machine with the generator beside the system under test, that CPU is taken from the
 //! system being measured. This client does what wrk does instead: one write per request, reads
 //! until the answer is complete, and no task switch. It still reads every answer to its end and

@@ -120,17 +120,16 @@ async fn accept_loop(
                 peeked = stream.peek(&mut first) => peeked,
                 _ = stop.wait_for(|stop| *stop) => return,
             };
+            // Links and HTTP alike write answers whole: never hold one back for Nagle.
+            let _ = stream.set_nodelay(true);
             match peeked {
                 Ok(1) if first[0] == PREFACE[0] => {
-                    let _ = stream.set_nodelay(true);
                     match serve_link(stream, app, stop, alive).await {
                         Ok(()) => tracing::info!(%peer, "gateway link closed"),
                         Err(err) => tracing::info!(%peer, %err, "gateway link closed"),
                     }
                 }
                 Ok(1) => {
-                    // An answer is written whole: never hold it back for Nagle.
-                    let _ = stream.set_nodelay(true);
                     // Fails once axum has stopped and dropped its end.
                     let _ = http.send((stream, peer)).await;
                 }
