@@ -1,7 +1,7 @@
 //! Pieces shared by every kvstore binary: the JSON wire types of the storage API, the error
 //! body every service answers with, the consistent-hash ring (the gateway routes by it, the
-//! servers replicate by it, so both must compute the same one), tracing set-up, HTTP request
-//! metrics and shutdown signals.
+//! servers replicate by it, so both must compute the same one), tracing set-up, the tokio
+//! runtime, HTTP request metrics and shutdown signals.
 //!
 //! This crate is a leaf: it knows nothing of SQLite or Kubernetes, so the gateway and the CLI
 //! can depend on it without pulling in storage code.
@@ -13,6 +13,7 @@ pub mod mux;
 pub mod replication;
 pub mod ring;
 pub mod ring_config;
+pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -1,5 +1,8 @@
 //! `kv-gateway`: parses flags, sets up logging, binds, and runs the library.
 
+use std::num::NonZeroUsize;
+
+use anyhow::Context;
 use clap::Parser;
 use kv_common::telemetry::{self, LogFormat};
 use kv_gateway::GatewayConfig;
@@ -25,14 +28,24 @@ struct Cli {
     /// `text` or `json`.
     #[arg(long, env = "KV_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
+
+    /// Tokio worker threads (default: one per CPU the process may use). Fewer help when the
+    /// gateway shares a few cores with servers (see docs/benchmarks.md).
+    #[arg(long, env = "KV_WORKER_THREADS")]
+    worker_threads: Option<NonZeroUsize>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(&cli.log_level, cli.log_format);
     cli.gateway.validate()?;
-    let listener = tokio::net::TcpListener::bind(cli.gateway.listen).await?;
-    kv_gateway::run(listener, cli.gateway, kv_common::shutdown::signal()).await?;
-    Ok(())
+    let runtime =
+        kv_common::runtime::build(cli.worker_threads).context("start the tokio runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(cli.gateway.listen)
+            .await
+            .with_context(|| format!("bind {}", cli.gateway.listen))?;
+        kv_gateway::run(listener, cli.gateway, kv_common::shutdown::signal()).await?;
+        Ok(())
+    })
 }

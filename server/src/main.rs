@@ -1,5 +1,6 @@
 //! `kv-server`: serve a store, or clean or check databases. All logic is in the library.
 
+use std::num::NonZeroUsize;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -33,6 +34,11 @@ struct Cli {
     /// `text` or `json`.
     #[arg(long, env = "KV_LOG_FORMAT", default_value = "text", global = true)]
     log_format: LogFormat,
+    /// Tokio worker threads (default: one per CPU the process may use). Fewer help when
+    /// several servers share a few cores (see docs/benchmarks.md); the writer thread and
+    /// SQLite readers are separate threads either way.
+    #[arg(long, env = "KV_WORKER_THREADS", global = true)]
+    worker_threads: Option<NonZeroUsize>,
 }
 
 #[derive(Subcommand)]
@@ -62,7 +68,8 @@ fn main() -> anyhow::Result<ExitCode> {
         Some(Command::Serve(config)) => *config,
         None => cli.serve,
     };
-    let runtime = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
+    let runtime =
+        kv_common::runtime::build(cli.worker_threads).context("start the tokio runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
