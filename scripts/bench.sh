@@ -9,6 +9,9 @@
 # BENCH_PIN=1 runs the gateway cases with the gateway on CPU 0 and the servers and the load
 # generator on CPU 1 (taskset): on a 2-core VM that layout avoids most cross-CPU wake-ups
 # (see docs/benchmarks.md); the single-server cases are never pinned.
+# BENCH_GATEWAY_WORKERS=N runs the gateway cases with `kv-gateway --worker-threads N` (case
+# names get `-gwN`): five processes share two cores here, and a gateway with one tokio worker
+# spares them most of its cross-thread wake-ups (see docs/benchmarks.md).
 # BENCH_TRANSPORT=http runs the gateway cases with `--backend-transport http` (case names get
 # `-http`); the default is the pipelined link.
 set -euo pipefail
@@ -17,6 +20,7 @@ DURATION="${1:-10}"
 RUNS="${2:-3}"
 PIN="${BENCH_PIN:-0}"
 TRANSPORT="${BENCH_TRANSPORT:-link}"
+GATEWAY_WORKERS="${BENCH_GATEWAY_WORKERS:-}"
 cases=()
 # shellcheck source=scripts/bench-common.sh
 source scripts/bench-common.sh
@@ -60,9 +64,12 @@ pids=()
 # Three servers and the gateway: first without replication (R = 1), then with every version
 # on all three servers and a write quorum of two (R = 3, W = 2).
 cluster() { # replication-factor tag
-    local r="$1" tag="$2" backends=() peers="" port srv=() gw=() lg=""
+    local r="$1" tag="$2" backends=() peers="" port srv=() gw=() lg="" workers=()
     if [ "$PIN" = 1 ]; then
         srv=(taskset -c 1) gw=(taskset -c 0) lg=1 tag="$tag-pinned"
+    fi
+    if [ -n "$GATEWAY_WORKERS" ]; then
+        workers=(--worker-threads "$GATEWAY_WORKERS") tag="$tag-gw$GATEWAY_WORKERS"
     fi
     for i in 1 2 3; do peers+="${peers:+,}server-$i=http://127.0.0.1:1818$i"; done
     for i in 1 2 3; do
@@ -88,7 +95,7 @@ cluster() { # replication-factor tag
         done
     fi
     [ "$TRANSPORT" = link ] || tag="$tag-$TRANSPORT"
-    "${gw[@]}" "$BIN/kv-gateway" --listen 127.0.0.1:18100 "${backends[@]}" --log-level warn \
+    "${gw[@]}" "$BIN/kv-gateway" --listen 127.0.0.1:18100 "${backends[@]}" --log-level warn "${workers[@]}" \
         --backend-transport "$TRANSPORT" \
         --replication-factor "$r" --write-quorum "$([ "$r" = 1 ] && echo 1 || echo 2)" &
     pids+=("$!")
