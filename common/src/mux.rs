@@ -19,6 +19,10 @@
 //! headers  = count:u8 (name_len:u8 name value_len:u16 value)*
 //! ```
 //!
+//! A GET may name the largest answer it wants on the link ([`MAX_ANSWER`]); a server with a
+//! larger one answers [`use_http`] instead, and the client asks again over plain HTTP, so a
+//! large value never holds up the answers behind it on the link.
+//!
 //! Pure encoding and decoding over byte buffers; the sockets are the server's and the
 //! gateway's business.
 
@@ -77,6 +81,33 @@ pub fn goaway(last: u64) -> ResponseFrame {
 pub fn goaway_last(frame: &ResponseFrame) -> Option<u64> {
     let bytes: [u8; 8] = frame.body.as_ref().try_into().ok()?;
     (frame.id == GOAWAY_ID).then_some(u64::from_be_bytes(bytes))
+}
+
+/// Request header of a GET sent over a link: the largest answer body, in bytes, the client
+/// wants on the link. A frame is written and read whole, so a large answer holds up every
+/// answer behind it on that link; a larger one is refused with [`USE_HTTP`] instead, and the
+/// client asks again over HTTP. Only ever on a GET: asking twice must change nothing.
+/// A server that does not know the header answers in full, as before.
+pub const MAX_ANSWER: HeaderName = HeaderName::from_static("x-kv-link-max-answer");
+
+/// Answer header, only ever in answer to [`MAX_ANSWER`]: the answer was larger, ask over
+/// HTTP. Its status is 421 (a request this connection is not the one to answer) and its body
+/// empty.
+pub const USE_HTTP: HeaderName = HeaderName::from_static("x-kv-link-use-http");
+
+/// The answer that sends a GET over HTTP (see [`USE_HTTP`]).
+pub fn use_http(id: u64) -> ResponseFrame {
+    ResponseFrame {
+        id,
+        status: StatusCode::MISDIRECTED_REQUEST,
+        headers: vec![(USE_HTTP, HeaderValue::from_static("1"))],
+        body: Bytes::new(),
+    }
+}
+
+/// Whether an answer is [`use_http`]'s.
+pub fn is_use_http(frame: &ResponseFrame) -> bool {
+    frame.headers.iter().any(|(name, _)| *name == USE_HTTP)
 }
 
 /// The methods the link carries, by number; anything else is sent over plain HTTP.
@@ -238,13 +269,29 @@ fn put_headers(out: &mut BytesMut, headers: &[(HeaderName, HeaderValue)]) {
     }
 }
 
+/// Names of kvstore's own that travel on many frames: every GET ([`MAX_ANSWER`]), every put
+/// (the write quorum), a replicated put's answer. `HeaderName::from_bytes` allocates for any
+/// name outside HTTP's standard set; these are matched to static names instead.
+const OWN_NAMES: [HeaderName; 4] = [
+    MAX_ANSWER,
+    USE_HTTP,
+    HeaderName::from_static(crate::replication::WRITE_QUORUM_HEADER),
+    HeaderName::from_static(crate::replication::ACKED_BY_HEADER),
+];
+
+fn header_name(raw: &[u8]) -> Result<HeaderName, FrameError> {
+    match OWN_NAMES.iter().find(|own| own.as_str().as_bytes() == raw) {
+        Some(own) => Ok(own.clone()),
+        None => HeaderName::from_bytes(raw).map_err(|_| FrameError::Malformed("header name")),
+    }
+}
+
 fn get_headers(body: &mut Bytes) -> Result<Vec<(HeaderName, HeaderValue)>, FrameError> {
     let count = get_u8(body)?;
     let mut headers = Vec::with_capacity(usize::from(count));
     for _ in 0..count {
         let len = usize::from(get_u8(body)?);
-        let name = HeaderName::from_bytes(&take(body, len)?)
-            .map_err(|_| FrameError::Malformed("header name"))?;
+        let name = header_name(&take(body, len)?)?;
         let len = usize::from(get_u16(body)?);
         let value = HeaderValue::from_maybe_shared(take(body, len)?)
             .map_err(|_| FrameError::Malformed("header value"))?;
@@ -279,12 +326,34 @@ mod tests {
             id: 7,
             method: Method::PUT,
             path: "/put/a%2Fb?if_version=3".into(),
-            headers: vec![(
-                HeaderName::from_static("x-kv-write-quorum"),
-                HeaderValue::from_static("2"),
-            )],
+            headers: vec![
+                (
+                    HeaderName::from_static("x-kv-write-quorum"),
+                    HeaderValue::from_static("2"),
+                ),
+                (MAX_ANSWER, HeaderValue::from_static("65536")),
+                (
+                    HeaderName::from_static("x-custom"),
+                    HeaderValue::from_static("kept"),
+                ),
+            ],
             body: Bytes::from_static(br#"{"value":1}"#),
         }
+    }
+
+    #[test]
+    fn own_names_decode_as_themselves_and_others_as_any_name() {
+        assert_eq!(header_name(b"x-kv-link-max-answer").unwrap(), MAX_ANSWER);
+        assert_eq!(header_name(b"x-kv-link-use-http").unwrap(), USE_HTTP);
+        assert_eq!(
+            header_name(b"X-KV-Write-Quorum").unwrap(),
+            HeaderName::from_static("x-kv-write-quorum")
+        );
+        assert_eq!(
+            header_name(b"content-type").unwrap(),
+            http::header::CONTENT_TYPE
+        );
+        assert!(header_name(b"bad name").is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! request timeouts, bounded response bodies, per-member metrics, and passive health marking
 //! when a member cannot be reached, the same for both.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -42,8 +42,13 @@ pub enum CallError {
 /// Request bodies above this go over HTTP even with the link in use. A frame is written whole
 /// and read whole, so a large value would hold up every request behind it on that server's
 /// link: 64 MiB takes tens of milliseconds even on loopback. Answers cannot be sized before
-/// they come, so a large GET answer still travels the link.
+/// they come: a GET tells the server this limit (`mux::MAX_ANSWER`), and a larger answer
+/// comes back as "ask over HTTP" (`mux::USE_HTTP`), which the gateway then does. Other
+/// methods are never asked twice, and their answers are small.
 pub const LINK_MAX_BODY: usize = 64 << 10;
+
+/// [`LINK_MAX_BODY`] as the value of `mux::MAX_ANSWER`, formatted once.
+static MAX_ANSWER_VALUE: LazyLock<HeaderValue> = LazyLock::new(|| HeaderValue::from(LINK_MAX_BODY));
 
 /// A cheap-to-clone handle on the pooled client.
 #[derive(Clone)]
@@ -166,6 +171,9 @@ impl BackendClient {
                 .is_none_or(|(bytes, _)| bytes.len() <= LINK_MAX_BODY)
         {
             let mut frame_headers = headers.to_vec();
+            if method == Method::GET {
+                frame_headers.push((mux::MAX_ANSWER, MAX_ANSWER_VALUE.clone()));
+            }
             let payload = match body.clone() {
                 Some((bytes, content_type)) => {
                     frame_headers.push((header::CONTENT_TYPE, content_type));
@@ -181,6 +189,10 @@ impl BackendClient {
                 body: payload,
             };
             match links.call(&backend.url, request).await {
+                // Too large for the link: the same GET over HTTP below.
+                Ok(answer) if mux::is_use_http(&answer) => {
+                    self.metrics.link_event("answer_over_http");
+                }
                 Ok(answer) => return self.answer_of(answer),
                 // A server without the link: HTTP below.
                 Err(LinkError::Refused | LinkError::Unanswered) => {}

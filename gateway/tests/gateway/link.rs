@@ -84,3 +84,49 @@ async fn a_server_stopping_under_load_answers_what_it_took_and_nothing_else_is_s
         assert_eq!(status, expected, "{key}");
     }
 }
+
+/// A GET answer larger than the link takes comes over HTTP, whole; small ones stay on the
+/// link, so a large value never holds up the answers behind it there.
+#[tokio::test]
+async fn a_large_get_answer_comes_over_http_whole() {
+    let cluster = Cluster::start(&["kv-0"]).await;
+    let gw = &cluster.gateway;
+    let big = "x".repeat(100 << 10);
+    for (key, value) in [("big", json!(big)), ("small", json!("s"))] {
+        let put = gw.put(&format!("/put/{key}"), value).send().await.unwrap();
+        assert_eq!(put.status(), 200);
+    }
+    let over_http = || async {
+        let metrics = gw
+            .get("/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"gateway_link_events_total{event="answer_over_http"} "#))
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    let read = |key: &'static str| async move {
+        let answer = gw.get(&format!("/get/{key}")).send().await.unwrap();
+        assert_eq!(answer.status(), 200);
+        answer.json::<Value>().await.unwrap()
+    };
+
+    assert_eq!(read("small").await["value"], "s");
+    assert_eq!(over_http().await, 0);
+    let got = read("big").await;
+    assert_eq!(got["value"], big.as_str());
+    assert_eq!(got["version"], 1);
+    assert_eq!(got["server_used"], "kv-0");
+    assert_eq!(over_http().await, 1);
+    // An exact version is the same GET: over HTTP too.
+    assert_eq!(
+        gw.get("/get/big?version=1").send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(over_http().await, 2);
+}

@@ -16,7 +16,7 @@ use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
-use http::{HeaderValue, Request, StatusCode, header};
+use http::{HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use kv_common::mux::{self, PREFACE, RequestFrame, ResponseFrame};
 use kv_common::{ErrorBody, ErrorCode};
@@ -210,8 +210,12 @@ async fn serve_link(
 }
 
 /// Runs one request through the router; its answer as an encoded frame.
-async fn answer(app: Router, frame: RequestFrame) -> Bytes {
+async fn answer(app: Router, mut frame: RequestFrame) -> Bytes {
     let id = frame.id;
+    // The gateway's cap on this answer's size (a GET only: it will ask again over HTTP).
+    let max_answer = (frame.method == Method::GET)
+        .then(|| max_answer(&mut frame.headers))
+        .flatten();
     let response = match to_request(frame) {
         Some(request) => {
             let response = match app.oneshot(request).await {
@@ -220,16 +224,23 @@ async fn answer(app: Router, frame: RequestFrame) -> Bytes {
             };
             let (parts, body) = response.into_parts();
             match Limited::new(body, MAX_RESPONSE_BODY).collect().await {
-                Ok(body) => ResponseFrame {
-                    id,
-                    status: parts.status,
-                    headers: parts
-                        .headers
-                        .iter()
-                        .map(|(name, value)| (name.clone(), value.clone()))
-                        .collect(),
-                    body: body.to_bytes(),
-                },
+                Ok(body) => {
+                    let body = body.to_bytes();
+                    if max_answer.is_some_and(|max| body.len() > max) {
+                        mux::use_http(id)
+                    } else {
+                        ResponseFrame {
+                            id,
+                            status: parts.status,
+                            headers: parts
+                                .headers
+                                .iter()
+                                .map(|(name, value)| (name.clone(), value.clone()))
+                                .collect(),
+                            body,
+                        }
+                    }
+                }
                 Err(err) => plain(id, StatusCode::BAD_GATEWAY, &err.to_string()),
             }
         }
@@ -247,6 +258,16 @@ async fn answer(app: Router, frame: RequestFrame) -> Bytes {
         let _ = mux::encode_response(&mut out, &refusal);
     }
     out.freeze()
+}
+
+/// Takes [`mux::MAX_ANSWER`] out of a request's headers (it is the link's business, not the
+/// router's) and reads it; a malformed value counts as absent (answer in full, as before).
+fn max_answer(headers: &mut Vec<(http::HeaderName, HeaderValue)>) -> Option<usize> {
+    let at = headers
+        .iter()
+        .position(|(name, _)| *name == mux::MAX_ANSWER)?;
+    let (_, value) = headers.swap_remove(at);
+    value.to_str().ok()?.parse().ok()
 }
 
 fn to_request(frame: RequestFrame) -> Option<Request<Body>> {

@@ -167,6 +167,60 @@ async fn frames_are_answered_like_http_on_the_same_port() {
     server.task.await.unwrap().unwrap();
 }
 
+/// A GET that names the largest answer it wants on the link gets "ask over HTTP" for a
+/// larger one, and the whole answer otherwise; other methods are never refused so.
+#[tokio::test]
+async fn a_get_answer_over_the_cap_it_names_is_sent_back_to_http() {
+    let mut server = start().await;
+    let mut link = open_link(server.port).await;
+    let mut buf = BytesMut::new();
+    let value = "v".repeat(1000);
+    let body = format!(r#"{{"value": "{value}"}}"#);
+    send(&mut link, &[frame(1, Method::PUT, "/put/big", &body)]).await;
+    assert_eq!(
+        answers(&mut link, &mut buf, 1).await[0].status,
+        StatusCode::OK
+    );
+
+    let capped = |id, max: &str| {
+        let mut get = frame(id, Method::GET, "/get/big", "");
+        get.headers
+            .push((mux::MAX_ANSWER, HeaderValue::from_str(max).unwrap()));
+        get
+    };
+    // Over the cap, under it, no cap, an unreadable cap (ignored), and a put under a cap
+    // (a put is never asked twice, so it is answered whatever its size).
+    let mut put = frame(6, Method::PUT, "/put/big", &body);
+    put.headers
+        .push((mux::MAX_ANSWER, HeaderValue::from_static("10")));
+    send(
+        &mut link,
+        &[
+            capped(2, "100"),
+            capped(3, "100000"),
+            frame(4, Method::GET, "/get/big", ""),
+            capped(5, "lots"),
+            put,
+        ],
+    )
+    .await;
+    let mut got = answers(&mut link, &mut buf, 5).await;
+    got.sort_by_key(|answer| answer.id);
+    assert_eq!(got[0], mux::use_http(2));
+    assert!(mux::is_use_http(&got[0]));
+    assert_eq!(got[0].status, StatusCode::MISDIRECTED_REQUEST);
+    for answer in &got[1..4] {
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+        assert!(!mux::is_use_http(answer));
+        assert_eq!(json(answer)["value"], value.as_str());
+    }
+    assert_eq!(got[4].status, StatusCode::OK);
+    assert_eq!(json(&got[4])["version"], 2);
+
+    server.stop.take().unwrap().send(()).unwrap();
+    server.task.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn on_shutdown_a_link_names_the_last_request_it_took_and_closes() {
     let mut server = start().await;
