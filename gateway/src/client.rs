@@ -67,6 +67,7 @@ impl BackendClient {
         request_timeout: Duration,
         max_response_bytes: usize,
         transport: Transport,
+        links_per_server: usize,
         metrics: Arc<GatewayMetrics>,
     ) -> BackendClient {
         let mut connector = HttpConnector::new();
@@ -80,6 +81,7 @@ impl BackendClient {
             Arc::new(Links::new(
                 connect_timeout,
                 max_response_bytes,
+                links_per_server,
                 metrics.clone(),
             ))
         });
@@ -362,6 +364,7 @@ mod tests {
             Duration::from_secs(5),
             1 << 20,
             Transport::Link,
+            1,
             metrics,
         );
         let json = HeaderValue::from_static("application/json");

@@ -20,6 +20,10 @@ const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
 /// stops at `VERSIONS_PAGE_BYTES` of values unless its one value is larger).
 const DEFAULT_MAX_RESPONSE_BYTES: usize = kv_common::api::MAX_VALUE_BYTES_LIMIT + (1 << 20);
 const DEFAULT_REMOVAL_GRACE_SECS: u64 = 60;
+const DEFAULT_LINKS_PER_SERVER: usize = 1;
+/// More links than this per server buy nothing but sockets: no server has that many cores
+/// left for one gateway.
+const MAX_LINKS_PER_SERVER: usize = 64;
 /// Replicas per key where there are that many servers.
 pub const DEFAULT_REPLICATION_FACTOR: usize = 3;
 
@@ -106,6 +110,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "KV_BACKEND_TRANSPORT", value_enum, default_value_t = Transport::Link)]
     pub backend_transport: Transport,
 
+    /// Links opened to each server with `--backend-transport link`, requests taken in turn
+    /// (1 to 64). A server handles one link's requests on one core at a time: raise this when
+    /// servers have more cores than there are gateways in front of them.
+    #[arg(long, env = "KV_LINKS_PER_SERVER", default_value_t = DEFAULT_LINKS_PER_SERVER)]
+    pub links_per_server: usize,
+
     /// File holding the API token clients must send as `Authorization: Bearer TOKEN`.
     /// Without it (nor --api-token) authentication is off.
     #[arg(long, env = "KV_API_TOKEN_FILE")]
@@ -175,6 +185,7 @@ impl GatewayConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             backend_transport: Transport::Link,
+            links_per_server: DEFAULT_LINKS_PER_SERVER,
             api_token_file: None,
             api_token: None,
         })
@@ -198,6 +209,12 @@ impl GatewayConfig {
         }
         if self.vnodes == 0 {
             return fail("--vnodes must be at least 1");
+        }
+        if !(1..=MAX_LINKS_PER_SERVER).contains(&self.links_per_server) {
+            return Err(Error::Config(format!(
+                "--links-per-server must be from 1 to {MAX_LINKS_PER_SERVER}, got {}",
+                self.links_per_server
+            )));
         }
         if self.replication_factor == 0 {
             return fail("--replication-factor must be at least 1");
@@ -308,5 +325,31 @@ mod tests {
         config.kubernetes.service = Some("kv".into());
         config.validate().unwrap();
         assert!(GatewayConfig::with_backends([("a", "not a url")]).is_err());
+    }
+
+    #[test]
+    fn links_per_server_is_from_1_to_64() {
+        let with = |n: &str| {
+            parse(&[
+                "kv-gateway",
+                "--backend",
+                "a=http://x:1",
+                "--links-per-server",
+                n,
+            ])
+            .unwrap()
+            .validate()
+        };
+        assert!(with("1").is_ok());
+        assert!(with("64").is_ok());
+        for bad in ["0", "65"] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("--links-per-server must be from 1 to 64"),
+                "{err}"
+            );
+        }
+        let default = GatewayConfig::with_backends([("a", "http://x:1")]).unwrap();
+        assert_eq!(default.links_per_server, 1);
     }
 }

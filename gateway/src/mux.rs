@@ -1,5 +1,6 @@
 //! The gateway's end of the pipelined link to each server (`kv_common::mux`): one TCP
-//! connection per server carries every request to it, tagged with ids, so that under load
+//! connection per server (or `--links-per-server`, taken in turn) carries every request to
+//! it, tagged with ids, so that under load
 //! many requests go out in one socket write and many answers come back in one read, instead
 //! of one HTTP exchange each (docs/benchmarks.md, "The pipelined link").
 //!
@@ -14,7 +15,7 @@
 //! caller uses HTTP for that server for a while.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -70,10 +71,37 @@ type Waiter = oneshot::Sender<Result<ResponseFrame, LinkError>>;
 
 /// The links to every server, by address; cheap to share behind an `Arc`.
 pub struct Links {
-    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    servers: Mutex<HashMap<String, Arc<Lanes>>>,
+    /// Links per server (`--links-per-server`).
+    lanes: usize,
     connect_timeout: Duration,
     max_answer: usize,
     metrics: Arc<GatewayMetrics>,
+}
+
+/// One server's links, taken in turn. Why more than one: a server serves each link on one
+/// task, so the requests of one link are handled on one core at a time; a server with more
+/// cores than the gateways in front of it would otherwise leave them idle.
+struct Lanes {
+    slots: Box<[Slot]>,
+    next: AtomicUsize,
+}
+
+impl Lanes {
+    fn new(lanes: usize) -> Lanes {
+        Lanes {
+            slots: (0..lanes.max(1)).map(|_| Slot::default()).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The slot for the next request.
+    fn pick(&self) -> &Slot {
+        if self.slots.len() == 1 {
+            return &self.slots[0];
+        }
+        &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()]
+    }
 }
 
 #[derive(Default)]
@@ -115,14 +143,17 @@ struct Outbox {
 }
 
 impl Links {
-    /// `max_answer` bounds an answer's body, as `--max-response-bytes` does over HTTP.
+    /// `max_answer` bounds an answer's body, as `--max-response-bytes` does over HTTP;
+    /// `lanes` links are opened to each server (at least one).
     pub fn new(
         connect_timeout: Duration,
         max_answer: usize,
+        lanes: usize,
         metrics: Arc<GatewayMetrics>,
     ) -> Links {
         Links {
-            slots: Mutex::default(),
+            servers: Mutex::default(),
+            lanes,
             connect_timeout,
             max_answer,
             metrics,
@@ -136,11 +167,12 @@ impl Links {
         url: &BackendUrl,
         mut request: RequestFrame,
     ) -> Result<ResponseFrame, LinkError> {
-        let slot = self.slot(url);
+        let lanes = self.lanes_of(url);
+        let slot = lanes.pick();
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let link = self.link(url, &slot).await?;
+            let link = self.link(url, slot).await?;
             request.id = link.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
             {
@@ -182,23 +214,27 @@ impl Links {
     /// new one. Without this, a former member's link would stay open until that server closed
     /// it, holding a connection and a task on both ends.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        let mut slots = lock(&self.slots);
-        slots.retain(|address, slot| {
+        let mut servers = lock(&self.servers);
+        servers.retain(|address, lanes| {
             let kept = keep(address);
-            if !kept && matches!(*lock(&slot.state), SlotState::Up(_)) {
+            let up = |slot: &Slot| matches!(*lock(&slot.state), SlotState::Up(_));
+            if !kept && lanes.slots.iter().any(up) {
                 tracing::info!(server = %address, "closing the link to a former member");
             }
             kept
         });
     }
 
-    fn slot(&self, url: &BackendUrl) -> Arc<Slot> {
-        let mut slots = lock(&self.slots);
-        // Looked up by `&str` first: no allocation on the request path once the slot exists.
-        if let Some(slot) = slots.get(url.host_port()) {
-            return slot.clone();
+    fn lanes_of(&self, url: &BackendUrl) -> Arc<Lanes> {
+        let mut servers = lock(&self.servers);
+        // Looked up by `&str` first: no allocation on the request path once the entry exists.
+        if let Some(lanes) = servers.get(url.host_port()) {
+            return lanes.clone();
         }
-        slots.entry(url.host_port().to_owned()).or_default().clone()
+        servers
+            .entry(url.host_port().to_owned())
+            .or_insert_with(|| Arc::new(Lanes::new(self.lanes)))
+            .clone()
     }
 
     async fn link(&self, url: &BackendUrl, slot: &Slot) -> Result<Arc<Link>, LinkError> {
@@ -527,7 +563,7 @@ mod tests {
     fn links() -> Arc<Links> {
         let metrics =
             GatewayMetrics::register(&mut prometheus_client::registry::Registry::default());
-        Arc::new(Links::new(Duration::from_secs(2), 1 << 20, metrics))
+        Arc::new(Links::new(Duration::from_secs(2), 1 << 20, 1, metrics))
     }
 
     /// A fake server's end of one link: the preface, then frames read until `count`.
@@ -623,7 +659,7 @@ mod tests {
         let call = tokio::time::timeout(waited, silent.call(&url, request("/get/a")));
         assert!(call.await.is_err());
         assert!(
-            current(&silent.slot(&url)).unwrap().is_none(),
+            current(&silent.lanes_of(&url).slots[0]).unwrap().is_none(),
             "the silent link is dropped"
         );
         let again = tokio::time::timeout(
@@ -664,7 +700,7 @@ mod tests {
         }
         assert!(slow.await.unwrap().is_err());
         assert!(
-            current(&busy.slot(&url)).unwrap().is_some(),
+            current(&busy.lanes_of(&url).slots[0]).unwrap().is_some(),
             "the busy link is kept"
         );
     }
@@ -722,7 +758,45 @@ mod tests {
                 .is_err(),
             "the kept link stays open"
         );
-        assert_eq!(lock(&links.slots).len(), 1);
+        assert_eq!(lock(&links.servers).len(), 1);
+    }
+
+    /// `--links-per-server 3`: three links, requests taken in turn, each answered on the
+    /// link it came by.
+    #[tokio::test]
+    async fn requests_are_spread_over_the_links_of_a_server_in_turn() {
+        let (served_tx, mut served) = tokio::sync::mpsc::unbounded_channel();
+        let url = fake(move |listener: TcpListener| async move {
+            for connection in 0.. {
+                let (mut stream, mut buf) = accept_link(&listener).await;
+                let served_tx = served_tx.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let frames = take_frames(&mut stream, &mut buf, 1).await;
+                        let Some(frame) = frames.first() else { break };
+                        served_tx.send((connection, frame.path.clone())).unwrap();
+                        let mut out = BytesMut::new();
+                        answer(&mut out, frame);
+                        stream.write_all(&out).await.unwrap();
+                    }
+                });
+            }
+        })
+        .await;
+        let metrics =
+            GatewayMetrics::register(&mut prometheus_client::registry::Registry::default());
+        let links = Links::new(Duration::from_secs(2), 1 << 20, 3, metrics);
+        for n in 0..9 {
+            let path = format!("/get/{n}");
+            assert_eq!(links.call(&url, request(&path)).await.unwrap().body, path);
+        }
+        let mut per_link = HashMap::new();
+        for _ in 0..9 {
+            let (connection, _) = served.recv().await.unwrap();
+            *per_link.entry(connection).or_insert(0) += 1;
+        }
+        assert_eq!(per_link, HashMap::from([(0, 3), (1, 3), (2, 3)]));
+        assert_eq!(lock(&links.servers).len(), 1);
     }
 
     #[tokio::test]
@@ -885,8 +959,8 @@ mod tests {
             links.call(&url, request("/get/a")),
         );
         assert!(call.await.is_err());
-        let slot = links.slot(&url);
-        let Ok(Some(link)) = current(&slot) else {
+        let lanes = links.lanes_of(&url);
+        let Ok(Some(link)) = current(&lanes.slots[0]) else {
             panic!("the link stays open")
         };
         assert!(lock(&link.pending).is_empty());

@@ -51,6 +51,7 @@ impl AppState {
             config.request_timeout(),
             config.max_response_bytes,
             config.backend_transport,
+            config.links_per_server,
             metrics,
         );
         Ok(AppState(Arc::new(Shared {

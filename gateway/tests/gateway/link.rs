@@ -130,3 +130,58 @@ async fn a_large_get_answer_comes_over_http_whole() {
     );
     assert_eq!(over_http().await, 2);
 }
+
+/// `--links-per-server 4` on real servers: every request answered as over one link, and the
+/// gateway opened four links to each server it used.
+#[tokio::test]
+async fn several_links_per_server_carry_requests_alike() {
+    let cluster = Cluster::start_with(&["kv-0", "kv-1"], |config| {
+        config.links_per_server = 4;
+    })
+    .await;
+    let gw = &cluster.gateway;
+    let mut tasks = Vec::new();
+    for n in 0..32 {
+        let (http, url) = (gw.http.clone(), gw.url.clone());
+        tasks.push(tokio::spawn(async move {
+            let key = format!("k{n}");
+            for version in 1..=3 {
+                let put: Value = http
+                    .put(format!("{url}/put/{key}"))
+                    .json(&json!({ "value": version }))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert_eq!(put["version"], version, "{put}");
+            }
+            let got: Value = http
+                .get(format!("{url}/get/{key}?version=2"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(got["value"], 2);
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let metrics = gw
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let opened = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"gateway_link_events_total{event="opened"} "#))
+        .map(|n| n.parse::<u64>().unwrap());
+    assert_eq!(opened, Some(8), "{metrics}");
+}
