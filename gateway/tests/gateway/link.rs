@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::Cluster;
+use crate::harness::{Cluster, Gateway};
 
 #[tokio::test]
 async fn a_server_stopping_under_load_answers_what_it_took_and_nothing_else_is_stored() {
@@ -96,20 +96,7 @@ async fn a_large_get_answer_comes_over_http_whole() {
         let put = gw.put(&format!("/put/{key}"), value).send().await.unwrap();
         assert_eq!(put.status(), 200);
     }
-    let over_http = || async {
-        let metrics = gw
-            .get("/metrics")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(r#"gateway_link_events_total{event="answer_over_http"} "#))
-            .map_or(0, |n| n.parse::<u64>().unwrap())
-    };
+    let over_http = || link_events(gw, "answer_over_http");
     let read = |key: &'static str| async move {
         let answer = gw.get(&format!("/get/{key}")).send().await.unwrap();
         assert_eq!(answer.status(), 200);
@@ -171,6 +158,11 @@ async fn several_links_per_server_carry_requests_alike() {
     for task in tasks {
         task.await.unwrap();
     }
+    assert_eq!(link_events(gw, "opened").await, 8);
+}
+
+/// The gateway's `gateway_link_events_total` for `event` (0 before the first).
+async fn link_events(gw: &Gateway, event: &str) -> u64 {
     let metrics = gw
         .get("/metrics")
         .send()
@@ -179,9 +171,9 @@ async fn several_links_per_server_carry_requests_alike() {
         .text()
         .await
         .unwrap();
-    let opened = metrics
+    let prefix = format!(r#"gateway_link_events_total{{event="{event}"}} "#);
+    metrics
         .lines()
-        .find_map(|l| l.strip_prefix(r#"gateway_link_events_total{event="opened"} "#))
-        .map(|n| n.parse::<u64>().unwrap());
-    assert_eq!(opened, Some(8), "{metrics}");
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map_or(0, |n| n.parse().unwrap())
 }
