@@ -1,8 +1,8 @@
 //! The gateway's end of the pipelined link to each server (`kv_common::mux`): one TCP
 //! connection per server (or `--links-per-server`, taken in turn) carries every request to
-//! it, tagged with ids, so that under load
-//! many requests go out in one socket write and many answers come back in one read, instead
-//! of one HTTP exchange each (docs/benchmarks.md, "The pipelined link").
+//! it, tagged with ids, so that under load many requests go out in one socket write and many
+//! answers come back in one read, instead of one HTTP exchange each (docs/benchmarks.md, "The
+//! pipelined link").
 //!
 //! A request's own task queues its frame and, when nobody is writing, yields once and
 //! writes every frame queued by then in one call (a small task takes over only when the
