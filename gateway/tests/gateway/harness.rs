@@ -95,6 +95,17 @@ impl Gateway {
         self.get(path).send().await.unwrap().json().await.unwrap()
     }
 
+    /// The gateway's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// `/servers` with the API token (for gateways started with authentication on).
     pub async fn servers_with_token(&self) -> serde_json::Value {
         let request = self.get("/servers").bearer_auth(TOKEN);

@@ -127,53 +127,27 @@ async fn several_links_per_server_carry_requests_alike() {
     })
     .await;
     let gw = &cluster.gateway;
-    let mut tasks = Vec::new();
-    for n in 0..32 {
-        let (http, url) = (gw.http.clone(), gw.url.clone());
-        tasks.push(tokio::spawn(async move {
-            let key = format!("k{n}");
-            for version in 1..=3 {
-                let put: Value = http
-                    .put(format!("{url}/put/{key}"))
-                    .json(&json!({ "value": version }))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                assert_eq!(put["version"], version, "{put}");
-            }
-            let got: Value = http
-                .get(format!("{url}/get/{key}?version=2"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            assert_eq!(got["value"], 2);
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
+    // 32 clients at once, each writing three versions of its key, then reading one back.
+    let client = |n: usize| async move {
+        let key = format!("k{n}");
+        for version in 1..=3 {
+            let put = gw.put(&format!("/put/{key}"), json!(version)).send();
+            let put: Value = put.await.unwrap().json().await.unwrap();
+            assert_eq!(put["version"], version, "{put}");
+        }
+        let got = gw.get_json(&format!("/get/{key}?version=2")).await;
+        assert_eq!(got["value"], 2);
+    };
+    futures::future::join_all((0..32).map(client)).await;
     assert_eq!(link_events(gw, "opened").await, 8);
 }
 
 /// The gateway's `gateway_link_events_total` for `event` (0 before the first).
 async fn link_events(gw: &Gateway, event: &str) -> u64 {
-    let metrics = gw
-        .get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     let prefix = format!(r#"gateway_link_events_total{{event="{event}"}} "#);
-    metrics
+    gw.metrics()
+        .await
         .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .map_or(0, |n| n.parse().unwrap())
+        .find_map(|l| l.strip_prefix(prefix.as_str()).map(|n| n.parse().unwrap()))
+        .unwrap_or(0)
 }

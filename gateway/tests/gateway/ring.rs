@@ -67,17 +67,6 @@ fn key_calls(fake: &Fake) -> Vec<Seen> {
         .collect()
 }
 
-async fn metrics(gateway: &Gateway) -> String {
-    gateway
-        .get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_higher_epoch_in_health_makes_the_gateway_fetch_and_route_by_that_ring() {
     let a = Fake::start(json!({"status": "ok"})).await;
@@ -131,7 +120,8 @@ async fn a_higher_epoch_in_health_makes_the_gateway_fetch_and_route_by_that_ring
     assert_eq!(put.write_quorum.as_deref(), Some("2"));
     assert!(key_calls(&a).iter().all(|s| s.uri != format!("/put/{key}")));
     assert!(
-        metrics(&gateway)
+        gateway
+            .metrics()
             .await
             .contains("gateway_ring_config_adoptions_total{how=\"health\"} 1")
     );
@@ -183,7 +173,7 @@ async fn a_stale_ring_answer_is_learned_and_the_request_routed_again() {
         (read.uri.as_str(), read.ring_epoch.as_deref()),
         ("/get/k", Some("2"))
     );
-    let metrics = metrics(&gateway).await;
+    let metrics = gateway.metrics().await;
     for needle in [
         "gateway_ring_config_adoptions_total{how=\"stale_ring\"} 1",
         "gateway_stale_ring_retries_total{route=\"put\"} 1",
