@@ -23,6 +23,8 @@ pub struct StoreMetrics {
     pub replica_conflicts: Counter,
     /// WAL checkpoints run by the checkpoint thread (paced: a few a second at most).
     pub checkpoints: Counter,
+    /// Frames the WAL held at the last checkpoint.
+    pub wal_frames: Gauge,
 }
 
 impl Default for StoreMetrics {
@@ -35,6 +37,7 @@ impl Default for StoreMetrics {
             write_errors: Counter::default(),
             replica_conflicts: Counter::default(),
             checkpoints: Counter::default(),
+            wal_frames: Gauge::default(),
         }
     }
 }
@@ -137,6 +140,12 @@ impl Metrics {
             "wal_checkpoints",
             "WAL checkpoints run off the write path (at most one per 200 ms under load)",
             store.checkpoints.clone(),
+        );
+        registry.register(
+            "wal_frames",
+            "Frames (pages) the WAL held at the last checkpoint; it starts over once one has \
+             caught up",
+            store.wal_frames.clone(),
         );
         let replication = ReplicationMetrics::default();
         registry.register(

@@ -3,6 +3,15 @@
 //! database and fsyncing it. Here a thread with its own connection runs PASSIVE checkpoints
 //! (they never block the writer or readers) when the writer says it committed, at most a few
 //! times a second. The writer keeps a large automatic threshold only as a backstop.
+//!
+//! The writer finishes each of those checkpoints, between two batches. SQLite starts the WAL
+//! over from its beginning only when every frame in it is in the database, and under a
+//! steady stream of commits that never happened: each pass copies the frames there were
+//! when it began, and by its end the writer has added more. The WAL then grew until the
+//! backstop (20,000 pages, 80 MiB) made the writer checkpoint it. Now, once a pass ends, the
+//! writer runs a PASSIVE checkpoint itself; no commit can come in during it, so it copies
+//! the few frames the pass missed, and the next commit starts the WAL over. Measured under a
+//! gateway PUT load: about 20 frames left for the writer after a pass of 2,000 to 2,800.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use rusqlite::Connection;
 
 use crate::error::{Error, Result};
@@ -34,12 +44,15 @@ struct Signals {
     dirty: AtomicBool,
     /// The writer is gone: run the last checkpoint and exit.
     closed: AtomicBool,
+    /// A pass ended: the writer should finish it (see the module doc).
+    passed: AtomicBool,
 }
 
-/// The writer's end: a cheap, non-blocking "I committed".
+/// The writer's end: a cheap, non-blocking "I committed", and the finishing checkpoint.
 pub struct Checkpointer {
     signals: Arc<Signals>,
     thread: Option<std::thread::JoinHandle<()>>,
+    wal_frames: Gauge,
 }
 
 impl Checkpointer {
@@ -50,6 +63,17 @@ impl Checkpointer {
             && let Some(thread) = &self.thread
         {
             thread.thread().unpark();
+        }
+    }
+
+    /// Between two batches: if the thread finished a pass since the last call, checkpoints
+    /// what the pass missed on the writer's own connection, so that the next commit starts
+    /// the WAL over. Cheap otherwise (one atomic load).
+    pub fn finish_pass(&self, conn: &Connection) {
+        if self.signals.passed.load(Ordering::Relaxed)
+            && self.signals.passed.swap(false, Ordering::AcqRel)
+        {
+            checkpoint(conn, "PASSIVE", &self.wal_frames);
         }
     }
 
@@ -75,7 +99,7 @@ impl Drop for Checkpointer {
 }
 
 /// Starts the checkpoint thread; [`Checkpointer::finish`] stops it.
-pub fn start(db_path: &Path, checkpoints: Counter) -> Result<Checkpointer> {
+pub fn start(db_path: &Path, checkpoints: Counter, wal_frames: Gauge) -> Result<Checkpointer> {
     let conn = Connection::open(db_path).map_err(|source| Error::Database {
         context: "open checkpoint connection",
         source,
@@ -87,6 +111,7 @@ pub fn start(db_path: &Path, checkpoints: Counter) -> Result<Checkpointer> {
         })?;
     let signals = Arc::new(Signals::default());
     let shared = signals.clone();
+    let frames = wal_frames.clone();
     let thread = std::thread::Builder::new()
         .name("kv-checkpoint".into())
         .spawn(move || {
@@ -102,13 +127,14 @@ pub fn start(db_path: &Path, checkpoints: Counter) -> Result<Checkpointer> {
             {
                 // Cleared before the checkpoint: a commit during it asks for the next one.
                 signals.dirty.store(false, Ordering::Release);
-                if checkpoint(&conn, "PASSIVE") {
+                if checkpoint(&conn, "PASSIVE", &frames) {
                     checkpoints.inc();
+                    signals.passed.store(true, Ordering::Release);
                 }
                 last = Instant::now();
             }
             // The writer is done: fold the WAL back so the file stands alone.
-            checkpoint(&conn, "TRUNCATE");
+            checkpoint(&conn, "TRUNCATE", &frames);
         })
         .map_err(|source| Error::Io {
             context: "start the checkpoint thread".into(),
@@ -117,6 +143,7 @@ pub fn start(db_path: &Path, checkpoints: Counter) -> Result<Checkpointer> {
     Ok(Checkpointer {
         signals,
         thread: Some(thread),
+        wal_frames,
     })
 }
 
@@ -140,11 +167,16 @@ fn wait(signals: &Signals, ready: impl Fn(&Signals) -> bool, timeout: Duration) 
     }
 }
 
-/// Runs one checkpoint; false (and a warning) if it failed.
-fn checkpoint(conn: &Connection, mode: &str) -> bool {
+/// Runs one checkpoint and records the frames the WAL held; false (and a warning) if it
+/// failed.
+fn checkpoint(conn: &Connection, mode: &str, wal_frames: &Gauge) -> bool {
     let sql = format!("PRAGMA wal_checkpoint({mode})");
-    match conn.query_row(&sql, [], |_| Ok(())) {
-        Ok(()) => true,
+    // The row is (busy, frames in the WAL, frames now in the database).
+    match conn.query_row(&sql, [], |r| r.get::<_, i64>(1)) {
+        Ok(frames) => {
+            wal_frames.set(frames.max(0));
+            true
+        }
         Err(err) => {
             tracing::warn!(%err, mode, "WAL checkpoint failed; will retry");
             false
@@ -223,7 +255,7 @@ mod tests {
         )
         .unwrap();
         let counter = Counter::default();
-        let checkpointer = start(&path, counter.clone()).unwrap();
+        let checkpointer = start(&path, counter.clone(), Gauge::default()).unwrap();
         checkpointer.committed();
         let until = Instant::now() + Duration::from_secs(4);
         while counter.get() == 0 && Instant::now() < until {
@@ -233,5 +265,47 @@ mod tests {
         let started = Instant::now();
         checkpointer.finish();
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    /// The writer's finishing checkpoint copies the frames the thread's pass missed, so the
+    /// next commit starts the WAL over: SQLite writes a new salt into its header. Without
+    /// it, the WAL keeps growing.
+    #[test]
+    fn finishing_a_pass_lets_the_next_commit_start_the_wal_over() {
+        for finish in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("db.sqlite");
+            let writer = Connection::open(&path).unwrap();
+            writer
+                .execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (x);")
+                .unwrap();
+            let insert = || writer.execute("INSERT INTO t VALUES (1)", []).unwrap();
+            insert();
+            // The thread's pass, on its own connection, then a commit it did not see.
+            let other = Connection::open(&path).unwrap();
+            let frames = Gauge::default();
+            assert!(checkpoint(&other, "PASSIVE", &frames));
+            insert();
+            let checkpointer = Checkpointer {
+                signals: Arc::new(Signals::default()),
+                thread: None,
+                wal_frames: frames.clone(),
+            };
+            checkpointer.signals.passed.store(true, Ordering::Release);
+            if finish {
+                checkpointer.finish_pass(&writer);
+                assert!(!checkpointer.signals.passed.load(Ordering::Acquire));
+            }
+            let salt =
+                || std::fs::read(path.with_extension("sqlite-wal")).unwrap()[16..24].to_vec();
+            let before = salt();
+            insert();
+            assert_eq!(
+                salt() != before,
+                finish,
+                "finishing the pass: {finish}; the WAL held {} frames",
+                frames.get()
+            );
+        }
     }
 }

@@ -94,7 +94,11 @@ impl Store {
         ));
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
         let writer_cache = cache.clone();
-        let checkpointer = checkpoint::start(&db_path, metrics.checkpoints.clone())?;
+        let checkpointer = checkpoint::start(
+            &db_path,
+            metrics.checkpoints.clone(),
+            metrics.wal_frames.clone(),
+        )?;
         let writer = writer::Writer::new(conn, writer_cache, metrics, checkpointer);
         let writer = std::thread::Builder::new()
             .name("kv-writer".into())
