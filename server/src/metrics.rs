@@ -143,8 +143,8 @@ impl Metrics {
         );
         registry.register(
             "wal_frames",
-            "Frames (pages) the WAL held at the last checkpoint; it starts over once one has \
-             caught up",
+            "Frames (pages) the WAL held at the last checkpoint; it starts over once a \
+             checkpoint has copied all of them",
             store.wal_frames.clone(),
         );
         let replication = ReplicationMetrics::default();

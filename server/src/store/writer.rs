@@ -127,7 +127,6 @@ impl Writer {
             if !batch.is_empty() {
                 self.commit_batch(&mut batch);
             }
-            self.checkpointer.finish_pass(&self.conn);
             for reply in pings.drain(..) {
                 let _ = reply.send(self.ping());
             }
