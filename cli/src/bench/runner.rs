@@ -31,6 +31,9 @@ use super::workload::Workload;
 /// Pause after a failed connection attempt, so that a server that is down is not hammered with
 /// connection attempts (and the error count means something).
 const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
+/// A raw connection that waited this long is checked before reuse, in case the server closed
+/// it meanwhile (servers close idle keep-alives after seconds, not milliseconds).
+const IDLE_CHECK: Duration = Duration::from_millis(200);
 
 /// State shared read-only (but for the stop flag) by all workers.
 pub struct Shared {
@@ -107,7 +110,10 @@ impl Conn {
     /// A connection ready for a request: the current one, or a new one if it was closed.
     async fn ready(&mut self, shared: &Shared) -> Option<&mut Link> {
         let alive = match &mut self.link {
-            Some(Link::Raw(_)) => true,
+            // Busy connections skip the check: it costs a system call per request.
+            Some(Link::Raw(connection)) => {
+                connection.idle() < IDLE_CHECK || connection.still_open()
+            }
             Some(Link::Hyper(sender)) => sender.ready().await.is_ok(),
             None => false,
         };

@@ -16,6 +16,7 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -32,6 +33,8 @@ const READ_CHUNK: usize = 16 * 1024;
 /// One keep-alive connection. After a failed exchange its state is unknown: drop it.
 pub struct Connection {
     stream: TcpStream,
+    /// When the last exchange ended (or the connection opened).
+    last_used: Instant,
     /// The request being written, reused so that a request allocates nothing.
     out: Vec<u8>,
     input: Input,
@@ -52,6 +55,7 @@ impl Connection {
         stream.set_nodelay(true)?;
         Ok(Self {
             stream,
+            last_used: Instant::now(),
             out: Vec::with_capacity(512),
             input: Input {
                 buf: vec![0; READ_CHUNK],
@@ -80,7 +84,26 @@ impl Connection {
         if self.input.start != self.input.end {
             return Err(Failure::Io);
         }
+        self.last_used = Instant::now();
         Ok(answer)
+    }
+
+    /// How long the connection has waited since its last exchange.
+    pub fn idle(&self) -> Duration {
+        self.last_used.elapsed()
+    }
+
+    /// False if the server closed the connection while it waited (or sent bytes nobody
+    /// asked for), so that it is replaced before a request is lost on it. Servers close idle
+    /// keep-alives; without this check such a close counted as a failed request. One
+    /// non-blocking read, so the caller checks only connections that waited a while.
+    pub fn still_open(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        match self.stream.try_read(&mut byte) {
+            Err(err) => err.kind() == io::ErrorKind::WouldBlock,
+            // 0: the server closed it; more: an answer to nothing.
+            Ok(_) => false,
+        }
     }
 }
 
@@ -386,6 +409,44 @@ mod tests {
         for status in [200, 404, 200] {
             let answer = conn.exchange(Op::Get, b"/", b"h", b"").await.unwrap();
             assert_eq!(answer.status, status);
+        }
+    }
+
+    /// A keep-alive the server closed while it waited is seen as closed before reuse; one
+    /// it keeps open is not.
+    #[tokio::test]
+    async fn a_keep_alive_closed_by_the_server_is_seen_before_reuse() {
+        for server_closes in [false, true] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+            let server = tokio::spawn(async move {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut buf = [0; 1024];
+                let _ = socket.read(&mut buf).await.unwrap();
+                socket.write_all(LENGTH).await.unwrap();
+                if server_closes {
+                    // As a server's idle timeout does.
+                    drop(socket);
+                    let _ = closed_tx.send(());
+                } else {
+                    let _ = closed_tx.send(());
+                    let _ = socket.read(&mut buf).await;
+                }
+            });
+            let mut conn = Connection::connect(addr).await.unwrap();
+            let answer = conn.exchange(Op::Get, b"/", b"h", b"").await.unwrap();
+            assert!(answer.reusable);
+            closed_rx.await.unwrap();
+            // The FIN crosses loopback at once; give the reactor a moment to see it.
+            let until = Instant::now() + Duration::from_secs(2);
+            while conn.still_open() && server_closes && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(conn.still_open(), !server_closes);
+            assert!(conn.idle() < Duration::from_secs(60));
+            drop(conn);
+            server.await.unwrap();
         }
     }
 
