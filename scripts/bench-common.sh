@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Shared by scripts/bench.sh and scripts/bench-rebalance.sh (sourced from the repository
-# root): where the release binaries and reports are, a scratch data directory, background
-# processes stopped on exit, and waiting for a service to be ready.
+# Shared by scripts/bench.sh, bench-floors.sh and bench-rebalance.sh (sourced from the
+# repository root): where the release binaries and reports are, a scratch data directory,
+# background processes stopped on exit, waiting for a service to be ready, and the commit a
+# run measured.
 # shellcheck disable=SC2034 # BIN and OUT are for the scripts that source this file
 TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
 BIN="$TARGET/release"
@@ -23,4 +24,10 @@ wait_ready() {
     done
     echo "FAIL: $1 never became ready" >&2
     exit 1
+}
+
+# The commit for a report's header; `-dirty` marks a run on uncommitted changes, whose numbers
+# no commit reproduces.
+commit_id() {
+    git describe --always --dirty 2>/dev/null || echo none
 }

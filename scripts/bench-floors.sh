@@ -24,7 +24,7 @@ source scripts/bench-common.sh
 cargo build --release -q -p kv-server -p kv-gateway -p kvstore
 cargo build --release -q -p kv-gateway --example byte_pipe --example hyper_pipe
 sync
-echo "machine: $(nproc) cores, $(uname -r); commit $(git describe --always --dirty 2>/dev/null || echo none)"
+echo "machine: $(nproc) cores, $(uname -r); commit $(commit_id)"
 
 "$BIN/kv-server" --listen 127.0.0.1:18180 --data-dir "$DATA/floors" --node-name server-1 \
     --cache-size 100000 --log-level warn &

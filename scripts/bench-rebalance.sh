@@ -13,7 +13,7 @@ source scripts/bench-common.sh
 
 cargo build --release -q -p kv-server -p kv-gateway -p kvstore
 sync # no writeback of the build under the measured fsyncs (see bench.sh)
-echo "machine: $(nproc) cores; commit $(git describe --always --dirty 2>/dev/null || echo none)"
+echo "machine: $(nproc) cores; commit $(commit_id)"
 
 # server-1..3 form the ring; server-4 and server-5 start as joiners (their --peers do not
 # name them), owning nothing until the ring does.

@@ -47,8 +47,7 @@ cargo build --release -q -p kv-server -p kv-gateway -p kvstore
 # the first case's fsyncs (it halved the durable PUT figure of a run started right after a
 # build).
 sync
-# `--dirty` marks a run on uncommitted changes, whose numbers no commit reproduces.
-echo "machine: $(nproc) cores, $(uname -r); commit $(git describe --always --dirty 2>/dev/null || echo none)"
+echo "machine: $(nproc) cores, $(uname -r); commit $(commit_id)"
 echo "load before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # One server; its cache holds every key, so GETs are cache hits.
