@@ -68,6 +68,10 @@ pub struct ClusterConfig {
     /// commits on power loss, never on a crash of this process).
     #[arg(long, value_enum, default_value_t = SyncMode::Full)]
     pub sync: SyncMode,
+    /// Largest value a put may store, in bytes (at most 64 MiB); the gateway takes bodies
+    /// large enough to carry it.
+    #[arg(long, default_value_t = kv_server::config::DEFAULT_MAX_VALUE_BYTES)]
+    pub max_value_bytes: usize,
     /// Servers holding each key (capped at --servers; 1 = no replication). Default 3; once a
     /// ring is stored in the data directory, the stored ring's, and a different value moves
     /// keys to the new replicas before `kvstore up` reports the cluster up.
@@ -93,6 +97,7 @@ impl ClusterConfig {
             cache_size: 100,
             cache_max_bytes: kv_server::config::default_cache_max_bytes(),
             sync: SyncMode::Full,
+            max_value_bytes: kv_server::config::DEFAULT_MAX_VALUE_BYTES,
             replication_factor: None,
             write_quorum: None,
         }
@@ -170,6 +175,13 @@ impl ClusterConfig {
             return Err(Error::Config(format!(
                 "--server-port {port} leaves no room for {} servers",
                 self.servers
+            )));
+        }
+        let limit = kv_common::api::MAX_VALUE_BYTES_LIMIT;
+        if !(1..=limit).contains(&self.max_value_bytes) {
+            return Err(Error::Config(format!(
+                "--max-value-bytes must be from 1 to {limit} (64 MiB), got {}",
+                self.max_value_bytes
             )));
         }
         if self.replication_factor == Some(0) {
@@ -293,6 +305,7 @@ pub async fn start(
         server.cache_size = config.cache_size;
         server.cache_max_bytes = config.cache_max_bytes;
         server.sync = config.sync;
+        server.max_value_bytes = config.max_value_bytes;
         server.replication.peers = peers.clone();
         server.replication.replication_factor = Some(factor);
         // Only the flag: without one each server takes a majority of the factor in force,
@@ -330,6 +343,7 @@ pub async fn start(
     gateway_config.listen = gateway;
     gateway_config.replication_factor = factor;
     gateway_config.write_quorum = config.write_quorum;
+    gateway_config.max_body_bytes = kv_common::api::gateway_max_body_bytes(config.max_value_bytes);
     let (gateway_stop, gateway_stopped) = watch::channel(false);
     let mut gateway_task = tokio::spawn(kv_gateway::run(
         gateway_listener,

@@ -367,6 +367,41 @@ fn replication_flags_are_checked_before_anything_starts() {
     assert!(!dir.path().join("server-1").exists());
 }
 
+#[test]
+fn a_larger_value_limit_reaches_the_servers_and_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    // Over the gateway's default body limit (16 MiB) as well as the servers' (1 MiB).
+    let cluster = TestCluster::try_start_with(dir.path(), |c| {
+        c.servers = 1;
+        c.max_value_bytes = 20 << 20;
+    })
+    .expect("the cluster starts");
+    let text = |bytes: usize| "x".repeat(bytes);
+    assert_code(
+        &cluster.kvstore_with_stdin(&["put", "big", "-"], &text(17 << 20)),
+        0,
+    );
+    // Just over the limit, so the gateway lets it through and the server says what it is.
+    let refused = cluster.kvstore_with_stdin(&["put", "big", "-"], &text((20 << 20) + 1024));
+    assert_ne!(refused.status.code(), Some(0));
+    assert!(
+        stderr(&refused).contains("larger than the limit of 20971520 bytes"),
+        "{}",
+        stderr(&refused)
+    );
+    let latest = json(&cluster.kvstore(&["--json", "get", "big"]));
+    assert_eq!(latest["version"], 1, "{latest}");
+    assert_eq!(latest["value"].as_str().map(str::len), Some(17 << 20));
+    cluster.stop();
+
+    let out_of_range = ClusterConfig {
+        max_value_bytes: (64 << 20) + 1,
+        ..ClusterConfig::new(dir.path())
+    };
+    let message = out_of_range.validate().unwrap_err().to_string();
+    assert!(message.contains("--max-value-bytes"), "{message}");
+}
+
 /// Every put reaches every server when R = N = 3: read back from each server directly.
 #[test]
 fn with_three_servers_and_r3_every_server_holds_every_key() {

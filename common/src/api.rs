@@ -7,9 +7,30 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
+/// A server's default `--max-value-bytes`.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+
 /// The most a server's `--max-value-bytes` may be. Whatever must carry one value whole (the
 /// gateway's answers, a server's reads from its peers) allows at least this much.
 pub const MAX_VALUE_BYTES_LIMIT: usize = 64 << 20;
+
+/// Bytes a put body may hold beyond the value itself (`{"value": ...}` and extra fields): a
+/// server takes bodies up to `--max-value-bytes` plus this, and a gateway in front of servers
+/// with larger values must take as much.
+pub const PUT_BODY_OVERHEAD: usize = 64 << 10;
+
+/// The gateway's default `--max-body-bytes`: enough for the servers' default value limit
+/// (1 MiB) many times over, so only servers configured above 16 MiB need the gateway raised.
+pub const DEFAULT_GATEWAY_MAX_BODY_BYTES: usize = 16 << 20;
+
+/// The `--max-body-bytes` a gateway needs in front of servers whose `--max-value-bytes` is
+/// `max_value_bytes`: room for a put of the largest value, so that the server, which knows the
+/// limit, is the one that answers for it; never below the default.
+pub fn gateway_max_body_bytes(max_value_bytes: usize) -> usize {
+    max_value_bytes
+        .saturating_add(PUT_BODY_OVERHEAD)
+        .max(DEFAULT_GATEWAY_MAX_BODY_BYTES)
+}
 
 /// A `/versions` page stops before the values in it would pass this many bytes (it always
 /// holds at least one version), so a page of large values still fits through the gateway.

@@ -194,6 +194,12 @@ impl Default for StorageSpec {
 /// operator's tests hold the two equal, this crate stays a leaf).
 pub const BYTE_SIZE_PATTERN: &str = "^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$";
 
+/// `kv-server --max-value-bytes`: its default and the most it accepts (kv-common's
+/// `api::DEFAULT_MAX_VALUE_BYTES` and `api::MAX_VALUE_BYTES_LIMIT`; the operator's tests hold
+/// them equal, this crate stays a leaf).
+pub const DEFAULT_MAX_VALUE_BYTES: i32 = 1 << 20;
+pub const MAX_VALUE_BYTES: i32 = 64 << 20;
+
 /// Storage server (`kv-server`) settings.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
@@ -206,6 +212,11 @@ pub struct ServerSpec {
     /// `cacheSize` is reached first evicts. Leave room for it in `resources.limits.memory`.
     #[schemars(pattern(BYTE_SIZE_PATTERN))]
     pub cache_max_bytes: String,
+    /// Largest value a put may store, in bytes (default 1048576, 1 MiB; at most 67108864,
+    /// 64 MiB). A larger value is refused with 413 and nothing is stored. Gateways are given
+    /// room for it: above 16 MiB their request limit is raised to this plus 64 KiB.
+    #[schemars(range(min = 1, max = MAX_VALUE_BYTES))]
+    pub max_value_bytes: i32,
     /// `Full` fsyncs every commit (default); `Normal` survives a process crash, not power loss.
     pub sync: SyncMode,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -218,6 +229,7 @@ impl Default for ServerSpec {
         ServerSpec {
             cache_size: 100,
             cache_max_bytes: "64Mi".into(),
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             sync: SyncMode::Full,
             resources: None,
             scheduling: Scheduling::default(),

@@ -73,6 +73,7 @@ fn empty_spec_takes_documented_defaults() {
     assert_eq!(cluster.spec.replication.write_quorum, None);
     assert_eq!(cluster.spec.storage.size.0, "1Gi");
     assert_eq!(cluster.spec.server.sync, SyncMode::Full);
+    assert_eq!(cluster.spec.server.max_value_bytes, 1 << 20);
     assert_eq!(cluster.spec.gateway.replicas, 2);
     assert!(cluster.spec.pod_disruption_budget.enabled);
 }
@@ -102,5 +103,24 @@ fn full_example_sets_every_section() {
     assert_eq!(spec.gateway.service.node_port, Some(30800));
     assert_eq!(spec.storage.storage_class_name.as_deref(), Some("fast-ssd"));
     assert!(spec.server.scheduling.affinity.is_some());
+    assert_eq!(spec.server.max_value_bytes, 32 << 20);
     assert_eq!(spec.auth.unwrap().key, "token");
+}
+
+#[test]
+fn the_api_server_refuses_a_value_limit_the_servers_would_refuse() {
+    // The API server enforces the schema's bounds; kv-server refuses 0 and anything over
+    // 64 MiB at start, so a value that passed the schema could only crash-loop the pods.
+    let crd = serde_json::to_value(<KvCluster as kube::CustomResourceExt>::crd()).unwrap();
+    let field = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["server"]["properties"]["maxValueBytes"];
+    assert_eq!(field["type"], "integer", "{field}");
+    assert_eq!(field["minimum"].as_f64(), Some(1.0), "{field}");
+    assert_eq!(
+        field["maximum"].as_f64(),
+        Some(f64::from(kv_crds::MAX_VALUE_BYTES)),
+        "{field}"
+    );
+    assert_eq!(kv_crds::MAX_VALUE_BYTES, 64 << 20);
+    assert_eq!(field["default"], 1 << 20, "{field}");
 }

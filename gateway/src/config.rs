@@ -15,7 +15,7 @@ const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
 const DEFAULT_HEALTH_INTERVAL_MS: u64 = 1_000;
 /// Above the server's largest accepted value, so the server, not the gateway, says what is
 /// too large.
-const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
+const DEFAULT_MAX_BODY_BYTES: usize = kv_common::api::DEFAULT_GATEWAY_MAX_BODY_BYTES;
 /// The largest value a server may hold, and room for the JSON around it (a `/versions` page
 /// stops at `VERSIONS_PAGE_BYTES` of values unless its one value is larger).
 const DEFAULT_MAX_RESPONSE_BYTES: usize = kv_common::api::MAX_VALUE_BYTES_LIMIT + (1 << 20);

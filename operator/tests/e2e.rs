@@ -27,7 +27,8 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use kv_crds::{
-    GatewaySpec, KvCluster, KvClusterSpec, KvClusterStatus, Phase, ReplicationSpec, condition_types,
+    GatewaySpec, KvCluster, KvClusterSpec, KvClusterStatus, Phase, ReplicationSpec, ServerSpec,
+    condition_types,
 };
 use serde_json::{Value, json};
 
@@ -59,6 +60,11 @@ async fn scenario() {
         gateway: GatewaySpec {
             replicas: 1,
             ..GatewaySpec::default()
+        },
+        // Twice the server's default value limit (checked below).
+        server: ServerSpec {
+            max_value_bytes: 2 << 20,
+            ..ServerSpec::default()
         },
         ..KvClusterSpec::default()
     };
@@ -117,6 +123,21 @@ async fn scenario() {
             );
         }
     }
+    // `server.maxValueBytes` reached the servers: a value over the default 1 MiB is stored,
+    // one over the cluster's 2 MiB is refused by the key's server, with nothing stored.
+    let big = |bytes: usize| Value::String("x".repeat(bytes));
+    let (code, body) = http
+        .put(&key_url(&gateway.url, "put", "big"), &big(3 << 19))
+        .await;
+    assert_eq!(code, 200, "a 1.5 MiB value: {body}");
+    let (code, body) = http
+        .put(&key_url(&gateway.url, "put", "big"), &big(5 << 19))
+        .await;
+    assert_eq!(code, 413, "a 2.5 MiB value: {body}");
+    assert_eq!(body["code"], "value_too_large", "{body}");
+    let (code, body) = http.get(&key_url(&gateway.url, "get", "big")).await;
+    assert_eq!((code, &body["version"]), (200, &json!(1)), "{body}");
+
     let used: BTreeSet<&str> = owners.values().map(String::as_str).collect();
     assert_eq!(used, SERVERS.into_iter().collect(), "keys on every server");
     for i in 0..KEYS {

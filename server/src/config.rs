@@ -9,7 +9,7 @@ use kv_common::api::MAX_VALUE_BYTES_LIMIT;
 use crate::store::{StoreConfig, SyncMode};
 
 /// Default `--max-value-bytes`: 1 MiB.
-pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+pub const DEFAULT_MAX_VALUE_BYTES: usize = kv_common::api::DEFAULT_MAX_VALUE_BYTES;
 
 /// Default `--cache-max-bytes`, as flags and the operator write it.
 pub const DEFAULT_CACHE_MAX_BYTES: &str = "64Mi";

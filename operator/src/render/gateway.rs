@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kv_common::api::{DEFAULT_GATEWAY_MAX_BODY_BYTES, gateway_max_body_bytes};
 use kv_crds::ServiceType;
 
 use super::Ctx;
@@ -21,12 +22,14 @@ const AUTH_DIR: &str = "/etc/kvstore/auth";
 /// The gateway's command line and environment in Kubernetes mode: the ONE place that knows
 /// `kv-gateway`'s flags (see `gateway/src/config.rs`), returned as (args, env).
 /// `replication` is the (factor, write quorum) as configured, the servers' own (both cap them
-/// at the servers there are).
+/// at the servers there are). `max_value_bytes` is the servers' value limit, which the
+/// gateway's body limit must make room for.
 pub fn gateway_command(
     headless_service: &str,
     namespace: &str,
     vnodes: i32,
     replication: (i32, Option<i32>),
+    max_value_bytes: i32,
     token_file: Option<&str>,
 ) -> (Vec<String>, Vec<(String, String)>) {
     let args = [
@@ -52,6 +55,12 @@ pub fn gateway_command(
     if let Some(quorum) = replication.1 {
         env.push(("KV_WRITE_QUORUM".to_owned(), quorum.to_string()));
     }
+    // Set only when the default is too small, so clusters with the default limit keep the
+    // gateway's own default.
+    let body = gateway_max_body_bytes(usize::try_from(max_value_bytes).unwrap_or(0));
+    if body != DEFAULT_GATEWAY_MAX_BODY_BYTES {
+        env.push(("KV_MAX_BODY_BYTES".to_owned(), body.to_string()));
+    }
     if let Some(file) = token_file {
         env.push(("KV_API_TOKEN_FILE".to_owned(), file.to_owned()));
     }
@@ -67,6 +76,7 @@ pub(super) fn deployment(ctx: &Ctx) -> Deployment {
         &ctx.namespace,
         spec.vnodes,
         (spec.replication.factor, spec.replication.write_quorum),
+        spec.server.max_value_bytes,
         token_file.as_deref(),
     );
     let container = Container {

@@ -175,6 +175,44 @@ mod tests {
     }
 
     #[test]
+    fn the_value_limit_reaches_the_servers_and_the_gateways_make_room_for_it() {
+        // The CRD's bounds are the server's own, so the API server refuses what would make
+        // the pods crash-loop.
+        assert_eq!(
+            kv_crds::DEFAULT_MAX_VALUE_BYTES as usize,
+            kv_common::api::DEFAULT_MAX_VALUE_BYTES
+        );
+        assert_eq!(
+            kv_crds::MAX_VALUE_BYTES as usize,
+            kv_common::api::MAX_VALUE_BYTES_LIMIT
+        );
+        // The default limit adds nothing to the pod templates (an operator upgrade must not
+        // roll existing clusters), and 1 MiB fits the gateway's default body limit.
+        let (server, gateway) = rendered(&cluster(3, ReplicationSpec::default()));
+        assert_eq!(get(&server, "KV_MAX_VALUE_BYTES"), None);
+        assert_eq!(get(&gateway, "KV_MAX_BODY_BYTES"), None);
+
+        let mut small = cluster(3, ReplicationSpec::default());
+        small.spec.server.max_value_bytes = 4096;
+        let (server, gateway) = rendered(&small);
+        assert_eq!(get(&server, "KV_MAX_VALUE_BYTES"), Some("4096"));
+        assert_eq!(get(&gateway, "KV_MAX_BODY_BYTES"), None);
+
+        let mut large = cluster(3, ReplicationSpec::default());
+        large.spec.server.max_value_bytes = 32 << 20;
+        let (server, gateway) = rendered(&large);
+        assert_eq!(get(&server, "KV_MAX_VALUE_BYTES"), Some("33554432"));
+        assert_eq!(
+            get(&gateway, "KV_MAX_BODY_BYTES"),
+            Some(
+                ((32 << 20) + kv_common::api::PUT_BODY_OVERHEAD)
+                    .to_string()
+                    .as_str()
+            )
+        );
+    }
+
+    #[test]
     fn servers_know_every_peer_by_its_stable_dns_name() {
         let (server, gateway) = rendered(&cluster(3, ReplicationSpec::default()));
         assert_eq!(

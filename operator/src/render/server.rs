@@ -178,6 +178,7 @@ fn server_container(ctx: &Ctx) -> Container {
                 env("KV_METRICS_LISTEN", format!("0.0.0.0:{METRICS_PORT}")),
             ]
             .into_iter()
+            .chain(value_limit_env(&spec.server).map(|(n, v)| env(n, v)))
             .chain(replication_env(ctx).into_iter().map(|(n, v)| env(n, v)))
             .collect(),
         ),
@@ -309,4 +310,11 @@ pub(super) fn apply_scheduling(pod: &mut PodSpec, scheduling: &Scheduling) {
     pod.affinity = scheduling.affinity.clone();
     pod.topology_spread_constraints =
         Some(scheduling.topology_spread_constraints.clone()).filter(|v| !v.is_empty());
+}
+
+/// `KV_MAX_VALUE_BYTES`, only when it is not the server's default: a variable added to the
+/// pod template would roll every existing cluster's servers on an operator upgrade.
+fn value_limit_env(server: &kv_crds::ServerSpec) -> Option<(&'static str, String)> {
+    (server.max_value_bytes != kv_crds::DEFAULT_MAX_VALUE_BYTES)
+        .then(|| ("KV_MAX_VALUE_BYTES", server.max_value_bytes.to_string()))
 }

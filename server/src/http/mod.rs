@@ -27,8 +27,6 @@ use crate::metrics::Metrics;
 use crate::replication::Replication;
 use crate::store::Store;
 
-/// Bytes a put body may hold beyond the value itself (`{"value": ...}` and extra fields).
-const BODY_OVERHEAD: usize = 64 * 1024;
 /// Largest `/internal/replicate` body: a sender batches up to 512 versions.
 const REPLICATE_BODY_LIMIT: usize = 256 << 20;
 
@@ -85,7 +83,7 @@ pub fn metrics_app(state: AppState) -> Router {
 }
 
 pub fn app(state: AppState) -> Router {
-    let body_limit = state.config.max_value_bytes + BODY_OVERHEAD;
+    let body_limit = state.config.max_value_bytes + kv_common::api::PUT_BODY_OVERHEAD;
     let http_metrics = state.metrics.http.clone();
     Router::new()
         .route(

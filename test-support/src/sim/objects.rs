@@ -49,6 +49,7 @@ pub fn settings(sts: &Value) -> Settings {
     Settings {
         cache_size: number("KV_CACHE_SIZE"),
         cache_max_bytes: env(sts, "KV_CACHE_MAX_BYTES"),
+        max_value_bytes: number("KV_MAX_VALUE_BYTES"),
         vnodes: number("KV_VNODES"),
         replication_factor: number("KV_REPLICATION_FACTOR"),
         write_quorum: number("KV_WRITE_QUORUM"),

@@ -24,6 +24,7 @@ pub struct Settings {
     pub cache_size: Option<usize>,
     /// `KV_CACHE_MAX_BYTES` as written (`64Mi`): the server's own parser reads it.
     pub cache_max_bytes: Option<String>,
+    pub max_value_bytes: Option<usize>,
     pub vnodes: Option<usize>,
     pub replication_factor: Option<usize>,
     pub write_quorum: Option<usize>,
@@ -198,6 +199,9 @@ impl PodRun {
         if let Some(raw) = &settings.cache_max_bytes {
             config.cache_max_bytes =
                 kv_common::bytesize::parse(raw).map_err(|e| format!("KV_CACHE_MAX_BYTES: {e}"))?;
+        }
+        if let Some(limit) = settings.max_value_bytes {
+            config.max_value_bytes = limit;
         }
         if let Some(vnodes) = settings.vnodes {
             config.replication.vnodes = vnodes;
