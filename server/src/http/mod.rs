@@ -27,8 +27,9 @@ use crate::metrics::Metrics;
 use crate::replication::Replication;
 use crate::store::Store;
 
-/// Largest `/internal/replicate` body: a sender batches up to 512 versions.
-const REPLICATE_BODY_LIMIT: usize = 256 << 20;
+/// Largest `/internal/replicate` body: a sender's push of up to 512 versions stops at 16 MiB
+/// of records plus one (`replication/sender.rs` checks the sum against this).
+pub(crate) const REPLICATE_BODY_LIMIT: usize = 256 << 20;
 
 #[derive(Clone)]
 pub struct AppState {

@@ -15,6 +15,11 @@ use super::Shared;
 
 /// Most versions in one push.
 const MAX_PUSH: usize = 512;
+/// A push takes no more versions once its records reach this many bytes (it always takes
+/// one). Without it, 512 versions of large values would pass the peer's body limit for
+/// `/internal/replicate` and be refused whole: every put waiting on them would miss its
+/// quorum. With one record of the largest value on top, a push stays under that limit.
+const MAX_PUSH_BYTES: usize = 16 << 20;
 
 /// One version to push, and where to say whether the peer now holds it durably.
 pub struct Push {
@@ -27,13 +32,7 @@ pub async fn run(shared: Arc<Shared>, peer: String, url: String, mut rx: mpsc::R
     let target = format!("{url}/internal/replicate");
     let mut batch = Vec::with_capacity(MAX_PUSH);
     while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_PUSH {
-            match rx.try_recv() {
-                Ok(push) => batch.push(push),
-                Err(_) => break,
-            }
-        }
+        gather(first, &mut rx, &mut batch);
         let (records, waiters): (Vec<Record>, Vec<oneshot::Sender<bool>>) =
             batch.drain(..).map(|p| (p.record, p.done)).unzip();
         let keys: Vec<(String, u64)> = records.iter().map(|r| (r.key.clone(), r.version)).collect();
@@ -71,6 +70,29 @@ pub async fn run(shared: Arc<Shared>, peer: String, url: String, mut rx: mpsc::R
     }
 }
 
+/// Puts `first` and what is queued behind it into `batch`: at most [`MAX_PUSH`] versions, and
+/// none after the records reach [`MAX_PUSH_BYTES`].
+fn gather(first: Push, rx: &mut mpsc::Receiver<Push>, batch: &mut Vec<Push>) {
+    let mut bytes = record_bytes(&first.record);
+    batch.push(first);
+    while batch.len() < MAX_PUSH && bytes < MAX_PUSH_BYTES {
+        match rx.try_recv() {
+            Ok(push) => {
+                bytes += record_bytes(&push.record);
+                batch.push(push);
+            }
+            Err(_) => break,
+        }
+    }
+}
+
+/// At least the bytes of a record in the push's JSON: the value is sent as it is, a key's
+/// escapes (`\u0001`) can make it up to six times its length, and the rest is field names and
+/// two numbers.
+fn record_bytes(record: &Record) -> usize {
+    record.value.get().len() + 6 * record.key.len() + 64
+}
+
 /// The (key, version) pairs of a 409 `replica_conflict` answer.
 fn conflicts_of(body: &[u8]) -> Vec<(String, u64)> {
     #[derive(serde::Deserialize)]
@@ -86,4 +108,65 @@ fn conflicts_of(body: &[u8]) -> Vec<(String, u64)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::value::RawValue;
+
+    use super::*;
+
+    fn push(value_bytes: usize) -> Push {
+        let value = format!("\"{}\"", "x".repeat(value_bytes));
+        Push {
+            record: Record {
+                key: "k".into(),
+                version: 1,
+                value: RawValue::from_string(value).unwrap(),
+                timestamp: 0.0,
+            },
+            done: oneshot::channel().0,
+        }
+    }
+
+    /// The batch sizes `queued` pushes leave in, one gather each.
+    fn batches(queued: Vec<Push>) -> Vec<usize> {
+        let (tx, mut rx) = mpsc::channel(queued.len().max(1));
+        for p in queued {
+            tx.try_send(p).ok().unwrap();
+        }
+        let mut sizes = Vec::new();
+        let mut batch = Vec::new();
+        while let Ok(first) = rx.try_recv() {
+            gather(first, &mut rx, &mut batch);
+            sizes.push(batch.len());
+            batch.clear();
+        }
+        sizes
+    }
+
+    #[test]
+    fn small_versions_go_512_at_a_time() {
+        let queued = (0..600).map(|_| push(10)).collect();
+        assert_eq!(batches(queued), [512, 88]);
+    }
+
+    #[test]
+    fn large_values_stop_a_push_at_its_byte_budget() {
+        // 1 MiB values: 512 of them would be a 512 MiB body, twice what a peer takes.
+        let queued = (0..40).map(|_| push(1 << 20)).collect();
+        assert_eq!(batches(queued), [16, 16, 8]);
+        // A value larger than the budget still goes, alone.
+        let queued = (0..3).map(|_| push(20 << 20)).collect();
+        assert_eq!(batches(queued), [1, 1, 1]);
+    }
+
+    #[test]
+    fn a_full_push_fits_the_peers_body_limit() {
+        // Under the budget, then one record of the largest value and the longest key.
+        let largest =
+            kv_common::api::MAX_VALUE_BYTES_LIMIT + 6 * crate::store::model::MAX_KEY_BYTES + 64;
+        let envelope = 1024;
+        assert!(MAX_PUSH_BYTES - 1 + largest + envelope <= crate::http::REPLICATE_BODY_LIMIT);
+    }
 }
