@@ -87,10 +87,10 @@ fn gather(first: Push, rx: &mut mpsc::Receiver<Push>, batch: &mut Vec<Push>) {
 }
 
 /// At least the bytes of a record in the push's JSON: the value is sent as it is, a key's
-/// escapes (`\u0001`) can make it up to six times its length, and the rest is field names and
-/// two numbers.
+/// escapes (`\u0001`) can make it up to six times its length, and the rest (field names, a
+/// version of up to 20 digits, a timestamp of up to 24 characters) is under 128 bytes.
 fn record_bytes(record: &Record) -> usize {
-    record.value.get().len() + 6 * record.key.len() + 64
+    record.value.get().len() + 6 * record.key.len() + 128
 }
 
 /// The (key, version) pairs of a 409 `replica_conflict` answer.
@@ -165,7 +165,7 @@ mod tests {
     fn a_full_push_fits_the_peers_body_limit() {
         // Under the budget, then one record of the largest value and the longest key.
         let largest =
-            kv_common::api::MAX_VALUE_BYTES_LIMIT + 6 * crate::store::model::MAX_KEY_BYTES + 64;
+            kv_common::api::MAX_VALUE_BYTES_LIMIT + 6 * crate::store::model::MAX_KEY_BYTES + 128;
         let envelope = 1024;
         assert!(MAX_PUSH_BYTES - 1 + largest + envelope <= crate::http::REPLICATE_BODY_LIMIT);
     }
