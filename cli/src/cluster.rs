@@ -177,13 +177,7 @@ impl ClusterConfig {
                 self.servers
             )));
         }
-        let limit = kv_common::api::MAX_VALUE_BYTES_LIMIT;
-        if !(1..=limit).contains(&self.max_value_bytes) {
-            return Err(Error::Config(format!(
-                "--max-value-bytes must be from 1 to {limit} (64 MiB), got {}",
-                self.max_value_bytes
-            )));
-        }
+        kv_server::config::check_max_value_bytes(self.max_value_bytes).map_err(Error::Config)?;
         if self.replication_factor == Some(0) {
             return Err(Error::Config(
                 "--replication-factor must be at least 1 (1 = no replication)".into(),

@@ -11,6 +11,19 @@ use crate::store::{StoreConfig, SyncMode};
 /// Default `--max-value-bytes`: 1 MiB.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = kv_common::api::DEFAULT_MAX_VALUE_BYTES;
 
+/// Checks a `--max-value-bytes`; also for whatever starts servers and wants to refuse a bad
+/// value before starting anything (`kvstore up`).
+pub fn check_max_value_bytes(max_value_bytes: usize) -> Result<(), String> {
+    if max_value_bytes == 0 || max_value_bytes > MAX_VALUE_BYTES_LIMIT {
+        return Err(format!(
+            "--max-value-bytes must be from 1 to {MAX_VALUE_BYTES_LIMIT} ({} MiB), got {}",
+            MAX_VALUE_BYTES_LIMIT >> 20,
+            max_value_bytes
+        ));
+    }
+    Ok(())
+}
+
 /// Default `--cache-max-bytes`, as flags and the operator write it.
 pub const DEFAULT_CACHE_MAX_BYTES: &str = "64Mi";
 
@@ -226,13 +239,7 @@ impl ServerConfig {
                 self.cache_ttl_minutes
             ));
         }
-        if self.max_value_bytes == 0 || self.max_value_bytes > MAX_VALUE_BYTES_LIMIT {
-            return Err(format!(
-                "--max-value-bytes must be from 1 to {MAX_VALUE_BYTES_LIMIT} ({} MiB), got {}",
-                MAX_VALUE_BYTES_LIMIT >> 20,
-                self.max_value_bytes
-            ));
-        }
+        check_max_value_bytes(self.max_value_bytes)?;
         if self.node_name.trim().is_empty() {
             return Err("--node-name must not be empty".into());
         }
