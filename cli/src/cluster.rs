@@ -81,6 +81,10 @@ pub struct ClusterConfig {
     /// replication factor in force).
     #[arg(long)]
     pub write_quorum: Option<usize>,
+    /// How long a put waits for its write quorum, in milliseconds (a longer wait suits large
+    /// values or slow disks); the gateway waits 8 s longer, and at least 10 s.
+    #[arg(long, default_value_t = kv_common::replication::DEFAULT_REPLICATION_TIMEOUT_MS)]
+    pub replication_timeout_ms: u64,
 }
 
 /// `--replication-factor` of `kvstore up`: the servers' and the gateway's default.
@@ -100,6 +104,7 @@ impl ClusterConfig {
             max_value_bytes: kv_server::config::DEFAULT_MAX_VALUE_BYTES,
             replication_factor: None,
             write_quorum: None,
+            replication_timeout_ms: kv_common::replication::DEFAULT_REPLICATION_TIMEOUT_MS,
         }
     }
 
@@ -178,6 +183,11 @@ impl ClusterConfig {
             )));
         }
         kv_server::config::check_max_value_bytes(self.max_value_bytes).map_err(Error::Config)?;
+        if self.replication_timeout_ms == 0 {
+            return Err(Error::Config(
+                "--replication-timeout-ms must be at least 1".into(),
+            ));
+        }
         if self.replication_factor == Some(0) {
             return Err(Error::Config(
                 "--replication-factor must be at least 1 (1 = no replication)".into(),
@@ -305,6 +315,7 @@ pub async fn start(
         // Only the flag: without one each server takes a majority of the factor in force,
         // which a stored ring may set to another value than the flags.
         server.replication.write_quorum = config.write_quorum;
+        server.replication.replication_timeout_ms = config.replication_timeout_ms;
         let name = info.name.clone();
         let stop = stopped(servers_stopped.clone());
         tasks.spawn(async move { (name, kv_server::run(listener, server, stop).await) });
@@ -338,6 +349,8 @@ pub async fn start(
     gateway_config.replication_factor = factor;
     gateway_config.write_quorum = config.write_quorum;
     gateway_config.max_body_bytes = kv_common::api::gateway_max_body_bytes(config.max_value_bytes);
+    gateway_config.request_timeout_ms =
+        kv_common::replication::gateway_request_timeout_ms(config.replication_timeout_ms);
     let (gateway_stop, gateway_stopped) = watch::channel(false);
     let mut gateway_task = tokio::spawn(kv_gateway::run(
         gateway_listener,

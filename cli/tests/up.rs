@@ -400,6 +400,12 @@ fn a_larger_value_limit_reaches_the_servers_and_the_gateway() {
     };
     let message = out_of_range.validate().unwrap_err().to_string();
     assert!(message.contains("--max-value-bytes"), "{message}");
+    let no_wait = ClusterConfig {
+        replication_timeout_ms: 0,
+        ..ClusterConfig::new(dir.path())
+    };
+    let message = no_wait.validate().unwrap_err().to_string();
+    assert!(message.contains("--replication-timeout-ms"), "{message}");
 }
 
 /// Every put reaches every server when R = N = 3: read back from each server directly.

@@ -13,6 +13,28 @@ pub const ACKED_BY_HEADER: &str = "x-kv-acked-by";
 /// Read answer header (gateway): the primary that could not answer, when a replica did.
 pub const PRIMARY_UNAVAILABLE_HEADER: &str = "x-kv-primary-unavailable";
 
+/// How long a primary waits for a put's write quorum by default (`kv-server
+/// --replication-timeout-ms`).
+pub const DEFAULT_REPLICATION_TIMEOUT_MS: u64 = 2_000;
+
+/// A gateway's default `--request-timeout-ms`.
+pub const DEFAULT_GATEWAY_REQUEST_TIMEOUT_MS: u64 = 10_000;
+
+/// What a gateway waits beyond the servers' replication timeout: a put queues for the writer
+/// and commits before its quorum wait starts, and its answer must still reach the gateway.
+/// The defaults keep this margin (2 s + 8 s = 10 s).
+pub const GATEWAY_TIMEOUT_MARGIN_MS: u64 = 8_000;
+
+/// The `--request-timeout-ms` a gateway needs in front of servers whose
+/// `--replication-timeout-ms` is `replication_timeout_ms`: long enough that a put which misses
+/// its quorum gets the server's own answer (`503 quorum_failed`, with what the primary knows)
+/// rather than the gateway's timeout; never below the default.
+pub fn gateway_request_timeout_ms(replication_timeout_ms: u64) -> u64 {
+    replication_timeout_ms
+        .saturating_add(GATEWAY_TIMEOUT_MARGIN_MS)
+        .max(DEFAULT_GATEWAY_REQUEST_TIMEOUT_MS)
+}
+
 /// Largest page `/internal/changes` returns.
 pub const MAX_CHANGES_PAGE: u32 = 1000;
 
@@ -132,4 +154,23 @@ pub struct HealthBody {
     /// The server's ring epoch (absent on a standalone server).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ring: Option<crate::ring_config::RingHealth>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gateway_outwaits_the_servers_quorum_wait() {
+        assert_eq!(
+            gateway_request_timeout_ms(DEFAULT_REPLICATION_TIMEOUT_MS),
+            DEFAULT_GATEWAY_REQUEST_TIMEOUT_MS
+        );
+        assert_eq!(
+            gateway_request_timeout_ms(1),
+            DEFAULT_GATEWAY_REQUEST_TIMEOUT_MS
+        );
+        assert_eq!(gateway_request_timeout_ms(30_000), 38_000);
+        assert_eq!(gateway_request_timeout_ms(u64::MAX), u64::MAX);
+    }
 }

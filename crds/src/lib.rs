@@ -11,8 +11,9 @@ mod spec;
 mod status;
 
 pub use spec::{
-    AuthSpec, BYTE_SIZE_PATTERN, DEFAULT_MAX_VALUE_BYTES, GatewayServiceSpec, GatewaySpec,
-    ImageSpec, KvCluster, KvClusterSpec, MAX_VALUE_BYTES, PdbSpec, PullPolicy, PvcRetention,
+    AuthSpec, BYTE_SIZE_PATTERN, DEFAULT_MAX_VALUE_BYTES, DEFAULT_REPLICATION_TIMEOUT_SECONDS,
+    GatewayServiceSpec, GatewaySpec, ImageSpec, KvCluster, KvClusterSpec,
+    MAX_REPLICATION_TIMEOUT_SECONDS, MAX_VALUE_BYTES, PdbSpec, PullPolicy, PvcRetention,
     ReplicationSpec, RetentionPolicy, Scheduling, ServerSpec, ServiceType, StorageSpec, SyncMode,
 };
 pub use status::{KvClusterStatus, Phase, RingStatus, condition_types, rebalancing_reasons};

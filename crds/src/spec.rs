@@ -121,10 +121,27 @@ pub struct ReplicationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 64))]
     pub write_quorum: Option<i32>,
+    /// How long a put waits for its write quorum before it is answered `503 quorum_failed`
+    /// (default 2; at most 300). Raise it for large values or slow disks: a primary also
+    /// counts a replica unreachable once a put waited this long for it. Gateways wait 8 s
+    /// longer, and at least 10 s.
+    #[serde(default = "default_timeout_seconds")]
+    #[schemars(range(min = 1, max = MAX_REPLICATION_TIMEOUT_SECONDS))]
+    pub timeout_seconds: i32,
 }
+
+/// `kv-server --replication-timeout-ms`, in seconds: its default (kv-common's
+/// `replication::DEFAULT_REPLICATION_TIMEOUT_MS`; the operator's tests hold them equal, this
+/// crate stays a leaf) and the most the CRD takes.
+pub const DEFAULT_REPLICATION_TIMEOUT_SECONDS: i32 = 2;
+pub const MAX_REPLICATION_TIMEOUT_SECONDS: i32 = 300;
 
 fn default_factor() -> i32 {
     3
+}
+
+fn default_timeout_seconds() -> i32 {
+    DEFAULT_REPLICATION_TIMEOUT_SECONDS
 }
 
 impl Default for ReplicationSpec {
@@ -132,6 +149,7 @@ impl Default for ReplicationSpec {
         ReplicationSpec {
             factor: default_factor(),
             write_quorum: None,
+            timeout_seconds: default_timeout_seconds(),
         }
     }
 }

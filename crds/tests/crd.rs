@@ -74,6 +74,7 @@ fn empty_spec_takes_documented_defaults() {
     assert_eq!(cluster.spec.storage.size.0, "1Gi");
     assert_eq!(cluster.spec.server.sync, SyncMode::Full);
     assert_eq!(cluster.spec.server.max_value_bytes, 1 << 20);
+    assert_eq!(cluster.spec.replication.timeout_seconds, 2);
     assert_eq!(cluster.spec.gateway.replicas, 2);
     assert!(cluster.spec.pod_disruption_budget.enabled);
 }
@@ -83,6 +84,7 @@ fn replication_is_capped_by_the_number_of_servers() {
     let r = kv_crds::ReplicationSpec {
         factor: 3,
         write_quorum: Some(3),
+        ..kv_crds::ReplicationSpec::default()
     };
     assert_eq!(r.effective(5), (3, Some(3)));
     assert_eq!(r.effective(2), (2, Some(2)));
@@ -104,6 +106,7 @@ fn full_example_sets_every_section() {
     assert_eq!(spec.storage.storage_class_name.as_deref(), Some("fast-ssd"));
     assert!(spec.server.scheduling.affinity.is_some());
     assert_eq!(spec.server.max_value_bytes, 32 << 20);
+    assert_eq!(spec.replication.timeout_seconds, 5);
     assert_eq!(spec.auth.unwrap().key, "token");
 }
 
@@ -123,4 +126,15 @@ fn the_api_server_refuses_a_value_limit_the_servers_would_refuse() {
     );
     assert_eq!(kv_crds::MAX_VALUE_BYTES, 64 << 20);
     assert_eq!(field["default"], 1 << 20, "{field}");
+}
+
+#[test]
+fn the_replication_timeout_is_whole_seconds_within_bounds() {
+    let crd = serde_json::to_value(<KvCluster as kube::CustomResourceExt>::crd()).unwrap();
+    let field = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["replication"]["properties"]["timeoutSeconds"];
+    assert_eq!(field["type"], "integer", "{field}");
+    assert_eq!(field["minimum"].as_f64(), Some(1.0), "{field}");
+    assert_eq!(field["maximum"].as_f64(), Some(300.0), "{field}");
+    assert_eq!(field["default"], 2, "{field}");
 }

@@ -11,7 +11,9 @@ use crate::membership::{BackendUrl, Member};
 use crate::ring::DEFAULT_VNODES;
 
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
-const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Longer than the servers' default replication timeout, so a put that misses its quorum gets
+/// the server's answer (`kv_common::replication::gateway_request_timeout_ms`).
+const DEFAULT_REQUEST_TIMEOUT_MS: u64 = kv_common::replication::DEFAULT_GATEWAY_REQUEST_TIMEOUT_MS;
 const DEFAULT_HEALTH_INTERVAL_MS: u64 = 1_000;
 /// Above the server's largest accepted value, so the server, not the gateway, says what is
 /// too large.
@@ -88,7 +90,9 @@ pub struct GatewayConfig {
     #[arg(long, env = "KV_CONNECT_TIMEOUT_MS", default_value_t = DEFAULT_CONNECT_TIMEOUT_MS)]
     pub connect_timeout_ms: u64,
 
-    /// Time a server has to answer a request completely, in milliseconds.
+    /// Time a server has to answer a request completely, in milliseconds. Keep it well above
+    /// the servers' `--replication-timeout-ms` (the defaults: 10 s over 2 s), or a put that
+    /// misses its quorum ends in this gateway's 504 instead of the server's answer.
     #[arg(long, env = "KV_REQUEST_TIMEOUT_MS", default_value_t = DEFAULT_REQUEST_TIMEOUT_MS)]
     pub request_timeout_ms: u64,
 

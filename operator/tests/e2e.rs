@@ -18,7 +18,9 @@ mod harness;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use harness::{ControlPlane, Gateway, Http, STEP, eventually};
+use harness::{
+    ControlPlane, Gateway, Http, STEP, eventually, gateway_config_from, server_config_from,
+};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -56,6 +58,8 @@ async fn scenario() {
         replication: ReplicationSpec {
             factor: 1,
             write_quorum: None,
+            // Off the default, so both variables are rendered (checked below).
+            timeout_seconds: 3,
         },
         gateway: GatewaySpec {
             replicas: 1,
@@ -84,6 +88,20 @@ async fn scenario() {
         (s.ready_replicas == Some(3)).then_some(())
     })
     .await;
+    // The templates configure the real binaries' parsers: every variable is one they read,
+    // and the replication timeout reaches the servers and, with its margin, the gateway.
+    let server = server_config_from(&sts.get("demo-server").await.expect("the StatefulSet"));
+    assert_eq!(server.replication.replication_timeout_ms, 3_000);
+    assert_eq!(server.max_value_bytes, 2 << 20);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let deployment = deployments
+        .get("demo-gateway")
+        .await
+        .expect("the Deployment");
+    assert_eq!(
+        gateway_config_from(&deployment, &[]).request_timeout_ms,
+        11_000
+    );
 
     // The gateway, configured from the Deployment the operator rendered, finds the servers
     // through the EndpointSlices of the headless Service.

@@ -98,8 +98,10 @@ pub struct ReplicationConfig {
     /// Virtual nodes per server on the ring; must be the gateway's.
     #[arg(long, env = "KV_VNODES", default_value_t = kv_common::ring::DEFAULT_VNODES)]
     pub vnodes: usize,
-    /// How long a put waits for its write quorum, in milliseconds.
-    #[arg(long, env = "KV_REPLICATION_TIMEOUT_MS", default_value_t = 2_000)]
+    /// How long a put waits for its write quorum, in milliseconds. A gateway in front must
+    /// wait longer (its `--request-timeout-ms`, 10 s by default, suits up to 2 s here).
+    #[arg(long, env = "KV_REPLICATION_TIMEOUT_MS",
+          default_value_t = kv_common::replication::DEFAULT_REPLICATION_TIMEOUT_MS)]
     pub replication_timeout_ms: u64,
     /// Pause between two catch-up pulls from a peer that had nothing new, in milliseconds.
     #[arg(long, env = "KV_CATCH_UP_INTERVAL_MS", default_value_t = 500)]
@@ -113,7 +115,7 @@ impl Default for ReplicationConfig {
             replication_factor: None,
             write_quorum: None,
             vnodes: kv_common::ring::DEFAULT_VNODES,
-            replication_timeout_ms: 2_000,
+            replication_timeout_ms: kv_common::replication::DEFAULT_REPLICATION_TIMEOUT_MS,
             catch_up_interval_ms: 500,
         }
     }
@@ -203,6 +205,9 @@ impl ReplicationConfig {
         if self.vnodes == 0 {
             return Err("--vnodes must be at least 1".into());
         }
+        if self.replication_timeout_ms == 0 {
+            return Err("--replication-timeout-ms must be at least 1".into());
+        }
         let mut names: Vec<&str> = self.peers.iter().map(|p| p.name.as_str()).collect();
         names.sort();
         if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
@@ -273,6 +278,13 @@ mod tests {
         c.cache_ttl_minutes = 1.0;
         c.max_value_bytes = 0;
         assert!(c.validate().unwrap_err().contains("--max-value-bytes"));
+        c.max_value_bytes = DEFAULT_MAX_VALUE_BYTES;
+        c.replication.replication_timeout_ms = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .contains("--replication-timeout-ms")
+        );
     }
 
     #[derive(clap::Parser)]

@@ -11,7 +11,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kv_common::api::{DEFAULT_GATEWAY_MAX_BODY_BYTES, gateway_max_body_bytes};
-use kv_crds::ServiceType;
+use kv_common::replication::{DEFAULT_GATEWAY_REQUEST_TIMEOUT_MS, gateway_request_timeout_ms};
+use kv_crds::{KvClusterSpec, ServiceType};
 
 use super::Ctx;
 use super::server::{apply_scheduling, http_probe, pull_secrets, restricted_container};
@@ -21,15 +22,13 @@ const AUTH_DIR: &str = "/etc/kvstore/auth";
 
 /// The gateway's command line and environment in Kubernetes mode: the ONE place that knows
 /// `kv-gateway`'s flags (see `gateway/src/config.rs`), returned as (args, env).
-/// `replication` is the (factor, write quorum) as configured, the servers' own (both cap them
-/// at the servers there are). `max_value_bytes` is the servers' value limit, which the
-/// gateway's body limit must make room for.
+/// Replication is as configured, the servers' own (both cap it at the servers there are); the
+/// servers' value limit and replication timeout set how large a body the gateway takes and
+/// how long it waits for an answer.
 pub fn gateway_command(
     headless_service: &str,
     namespace: &str,
-    vnodes: i32,
-    replication: (i32, Option<i32>),
-    max_value_bytes: i32,
+    spec: &KvClusterSpec,
     token_file: Option<&str>,
 ) -> (Vec<String>, Vec<(String, String)>) {
     let args = [
@@ -45,21 +44,27 @@ pub fn gateway_command(
     .map(str::to_owned)
     .to_vec();
     let mut env = vec![
-        ("KV_VNODES".to_owned(), vnodes.to_string()),
+        ("KV_VNODES".to_owned(), spec.vnodes.to_string()),
         (
             "KV_REPLICATION_FACTOR".to_owned(),
-            replication.0.to_string(),
+            spec.replication.factor.to_string(),
         ),
         ("KV_LOG_FORMAT".to_owned(), "json".to_owned()),
     ];
-    if let Some(quorum) = replication.1 {
+    if let Some(quorum) = spec.replication.write_quorum {
         env.push(("KV_WRITE_QUORUM".to_owned(), quorum.to_string()));
     }
-    // Set only when the default is too small, so clusters with the default limit keep the
-    // gateway's own default.
-    let body = gateway_max_body_bytes(usize::try_from(max_value_bytes).unwrap_or(0));
+    // Both set only when the default is too small, so clusters with the default limit and
+    // timeout keep the gateway's own defaults (and are not rolled by an operator upgrade).
+    let body = gateway_max_body_bytes(usize::try_from(spec.server.max_value_bytes).unwrap_or(0));
     if body != DEFAULT_GATEWAY_MAX_BODY_BYTES {
         env.push(("KV_MAX_BODY_BYTES".to_owned(), body.to_string()));
+    }
+    if let Some(replication_ms) = super::server::replication_timeout_ms(&spec.replication) {
+        let wait = gateway_request_timeout_ms(replication_ms);
+        if wait != DEFAULT_GATEWAY_REQUEST_TIMEOUT_MS {
+            env.push(("KV_REQUEST_TIMEOUT_MS".to_owned(), wait.to_string()));
+        }
     }
     if let Some(file) = token_file {
         env.push(("KV_API_TOKEN_FILE".to_owned(), file.to_owned()));
@@ -74,9 +79,7 @@ pub(super) fn deployment(ctx: &Ctx) -> Deployment {
     let (args, env) = gateway_command(
         &ctx.names.server(),
         &ctx.namespace,
-        spec.vnodes,
-        (spec.replication.factor, spec.replication.write_quorum),
-        spec.server.max_value_bytes,
+        spec,
         token_file.as_deref(),
     );
     let container = Container {

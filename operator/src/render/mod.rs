@@ -213,6 +213,32 @@ mod tests {
     }
 
     #[test]
+    fn the_replication_timeout_reaches_the_servers_and_the_gateways_outwait_it() {
+        assert_eq!(
+            u64::try_from(kv_crds::DEFAULT_REPLICATION_TIMEOUT_SECONDS).unwrap() * 1000,
+            kv_common::replication::DEFAULT_REPLICATION_TIMEOUT_MS
+        );
+        // The default adds nothing to the pod templates (an operator upgrade must not roll
+        // existing clusters).
+        let (server, gateway) = rendered(&cluster(3, ReplicationSpec::default()));
+        assert_eq!(get(&server, "KV_REPLICATION_TIMEOUT_MS"), None);
+        assert_eq!(get(&gateway, "KV_REQUEST_TIMEOUT_MS"), None);
+
+        // Up to 2 s over the default, the gateway's 10 s still leaves its 8 s margin.
+        let timeout = |seconds| ReplicationSpec {
+            timeout_seconds: seconds,
+            ..ReplicationSpec::default()
+        };
+        let (server, gateway) = rendered(&cluster(3, timeout(1)));
+        assert_eq!(get(&server, "KV_REPLICATION_TIMEOUT_MS"), Some("1000"));
+        assert_eq!(get(&gateway, "KV_REQUEST_TIMEOUT_MS"), None);
+
+        let (server, gateway) = rendered(&cluster(3, timeout(30)));
+        assert_eq!(get(&server, "KV_REPLICATION_TIMEOUT_MS"), Some("30000"));
+        assert_eq!(get(&gateway, "KV_REQUEST_TIMEOUT_MS"), Some("38000"));
+    }
+
+    #[test]
     fn servers_know_every_peer_by_its_stable_dns_name() {
         let (server, gateway) = rendered(&cluster(3, ReplicationSpec::default()));
         assert_eq!(
@@ -237,6 +263,7 @@ mod tests {
         let quorum = ReplicationSpec {
             factor: 5,
             write_quorum: Some(4),
+            ..ReplicationSpec::default()
         };
         // Servers and gateways cap R and W at the servers of the ring in force themselves, so
         // the pods need not change when the number of servers does.

@@ -223,6 +223,10 @@ fn replication_env(ctx: &Ctx) -> Vec<(&'static str, String)> {
     if let Some(quorum) = spec.replication.write_quorum {
         env.push(("KV_WRITE_QUORUM", quorum.to_string()));
     }
+    // Only off the default, like the value limit: a new variable would roll existing clusters.
+    if let Some(ms) = replication_timeout_ms(&spec.replication) {
+        env.push(("KV_REPLICATION_TIMEOUT_MS", ms.to_string()));
+    }
     // Even a lone server names itself: it then runs a one-member ring, which can grow (a
     // server without peers has no ring to hand keys over with).
     let peers: Vec<String> = peers(ctx)
@@ -317,4 +321,11 @@ pub(super) fn apply_scheduling(pod: &mut PodSpec, scheduling: &Scheduling) {
 fn value_limit_env(server: &kv_crds::ServerSpec) -> Option<(&'static str, String)> {
     (server.max_value_bytes != kv_crds::DEFAULT_MAX_VALUE_BYTES)
         .then(|| ("KV_MAX_VALUE_BYTES", server.max_value_bytes.to_string()))
+}
+
+/// `spec.replication.timeoutSeconds` as `kv-server --replication-timeout-ms`, or `None` when it
+/// is the default (`KV_REPLICATION_TIMEOUT_MS` is then left out of the pod templates).
+pub(super) fn replication_timeout_ms(replication: &kv_crds::ReplicationSpec) -> Option<u64> {
+    (replication.timeout_seconds != kv_crds::DEFAULT_REPLICATION_TIMEOUT_SECONDS)
+        .then(|| u64::try_from(replication.timeout_seconds.max(1)).unwrap_or(1) * 1000)
 }

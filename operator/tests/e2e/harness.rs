@@ -5,12 +5,14 @@ use std::future::Future;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::PodSpec;
 use kube::{Api, Client};
 use kv_gateway::GatewayConfig;
 use kv_operator::OperatorConfig;
 use kv_operator::config::{LeaderConfig, RenderConfig};
 use kv_operator::ring::Rebalancing;
+use kv_server::ServerConfig;
 use kv_test_support::{FakeApiServer, Simulator};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -127,23 +129,26 @@ struct GatewayCli {
     config: GatewayConfig,
 }
 
-/// Variables the gateway's binary reads itself (logging), not its library configuration.
+#[derive(Parser)]
+struct ServerCli {
+    #[command(flatten)]
+    config: ServerConfig,
+}
+
+/// Variables the binaries read themselves (logging), not their library configuration.
 const BINARY_ONLY_ENV: [&str; 2] = ["KV_LOG_FORMAT", "KV_LOG_LEVEL"];
 
-/// The gateway configuration the operator's Deployment gives its container: its args, and
-/// its environment turned into the flags that read the same variables (so the test needs no
-/// process environment). Any variable the gateway does not know fails the test.
-pub fn gateway_config_from(deployment: &Deployment, extra_args: &[&str]) -> GatewayConfig {
-    let pod = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .expect("a pod template");
+/// The first container's args, and its environment turned into the flags of `C` that read
+/// the same variables (so the test needs no process environment). A variable `C` does not
+/// know fails the test. Variables taken from the pod (`valueFrom`, like `POD_NAME` for
+/// `$(POD_NAME)`) are facts of the pod, not settings, and are left out.
+fn args_from<C: CommandFactory>(binary: &str, pod: &PodSpec) -> Vec<String> {
     let container = &pod.containers[0];
-    let mut args = vec!["kv-gateway".to_owned()];
+    let mut args = vec![binary.to_owned()];
     args.extend(container.args.clone().unwrap_or_default());
-    let command = GatewayCli::command();
+    let command = C::command();
     for var in container.env.as_deref().unwrap_or_default() {
+        let Some(value) = &var.value else { continue };
         if BINARY_ONLY_ENV.contains(&var.name.as_str()) {
             continue;
         }
@@ -151,14 +156,42 @@ pub fn gateway_config_from(deployment: &Deployment, extra_args: &[&str]) -> Gate
             .get_arguments()
             .find(|a| a.get_env().is_some_and(|e| e == var.name.as_str()))
             .and_then(|a| a.get_long())
-            .unwrap_or_else(|| panic!("the gateway has no setting for env {}", var.name));
+            .unwrap_or_else(|| panic!("{binary} has no setting for env {}", var.name));
         args.push(format!("--{flag}"));
-        args.push(var.value.clone().expect("a literal value"));
+        args.push(value.clone());
     }
+    args
+}
+
+/// The gateway configuration the operator's Deployment gives its container (see
+/// [`args_from`]), with `extra_args` last.
+pub fn gateway_config_from(deployment: &Deployment, extra_args: &[&str]) -> GatewayConfig {
+    let pod = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("a pod template");
+    let mut args = args_from::<GatewayCli>("kv-gateway", pod);
     args.extend(extra_args.iter().map(|s| (*s).to_owned()));
     match GatewayCli::try_parse_from(&args) {
         Ok(cli) => cli.config,
         Err(error) => panic!("the gateway refuses the Deployment's args {args:?}: {error}"),
+    }
+}
+
+/// The server configuration the operator's StatefulSet gives its container (see
+/// [`args_from`]).
+#[allow(dead_code)] // each test binary compiles the harness; not every one reads the servers'
+pub fn server_config_from(stateful_set: &StatefulSet) -> ServerConfig {
+    let pod = stateful_set
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("a pod template");
+    let args = args_from::<ServerCli>("kv-server", pod);
+    match ServerCli::try_parse_from(&args) {
+        Ok(cli) => cli.config,
+        Err(error) => panic!("the server refuses the StatefulSet's args {args:?}: {error}"),
     }
 }
 

@@ -27,6 +27,7 @@ pub async fn start(plane: &ControlPlane, namespace: &str, name: &str) -> Replica
         replication: ReplicationSpec {
             factor: 3,
             write_quorum: Some(2),
+            ..ReplicationSpec::default()
         },
         gateway: GatewaySpec {
             replicas: 1,

@@ -53,6 +53,7 @@ pub fn settings(sts: &Value) -> Settings {
         vnodes: number("KV_VNODES"),
         replication_factor: number("KV_REPLICATION_FACTOR"),
         write_quorum: number("KV_WRITE_QUORUM"),
+        replication_timeout_ms: env(sts, "KV_REPLICATION_TIMEOUT_MS").and_then(|v| v.parse().ok()),
         peers: env(sts, "KV_PEERS")
             .map(|list| {
                 list.split(',')

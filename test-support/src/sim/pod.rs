@@ -28,6 +28,7 @@ pub struct Settings {
     pub vnodes: Option<usize>,
     pub replication_factor: Option<usize>,
     pub write_quorum: Option<usize>,
+    pub replication_timeout_ms: Option<u64>,
     /// `KV_PEERS` entries as written (`NAME=URL`), resolved at each start.
     pub peers: Vec<String>,
 }
@@ -208,6 +209,9 @@ impl PodRun {
         }
         config.replication.replication_factor = settings.replication_factor;
         config.replication.write_quorum = settings.write_quorum;
+        if let Some(ms) = settings.replication_timeout_ms {
+            config.replication.replication_timeout_ms = ms;
+        }
         config.replication.peers = settings
             .peers
             .iter()
