@@ -17,6 +17,7 @@ use kv_common::mux::{self, RequestFrame, ResponseFrame};
 
 use crate::config::Transport;
 use crate::health;
+use crate::large_answers::LargeAnswers;
 use crate::membership::{Backend, Topology};
 use crate::metrics::GatewayMetrics;
 use crate::mux::{LinkError, Links};
@@ -43,8 +44,9 @@ pub enum CallError {
 /// and read whole, so a large value would hold up every request behind it on that server's
 /// link: 64 MiB takes tens of milliseconds even on loopback. Answers cannot be sized before
 /// they come: a GET tells the server this limit (`mux::MAX_ANSWER`), and a larger answer
-/// comes back as "ask over HTTP" (`mux::USE_HTTP`), which the gateway then does. Other
-/// methods are never asked twice, and their answers are small.
+/// comes back as "ask over HTTP" (`mux::USE_HTTP`), which the gateway then does, and
+/// remembers, so that the next read of that GET goes over HTTP at once ([`LargeAnswers`]).
+/// Other methods are never asked twice, and their answers are small.
 pub const LINK_MAX_BODY: usize = 64 << 10;
 
 /// [`LINK_MAX_BODY`] as the value of `mux::MAX_ANSWER`, formatted once.
@@ -59,6 +61,8 @@ pub struct BackendClient {
     request_timeout: Duration,
     max_response_bytes: usize,
     metrics: Arc<GatewayMetrics>,
+    /// GETs whose last answer did not fit the link (only used with the link).
+    large_answers: Arc<LargeAnswers>,
 }
 
 impl BackendClient {
@@ -91,6 +95,7 @@ impl BackendClient {
             request_timeout,
             max_response_bytes,
             metrics,
+            large_answers: Arc::default(),
         }
     }
 
@@ -166,7 +171,15 @@ impl BackendClient {
         body: Option<(Bytes, HeaderValue)>,
         headers: &[(HeaderName, HeaderValue)],
     ) -> Result<Response<Bytes>, CallError> {
+        // A GET whose last answer was too large for the link: straight over HTTP.
+        let known_large = self.links.is_some()
+            && method == Method::GET
+            && self.large_answers.contains(&backend.name, path_and_query);
+        if known_large {
+            self.metrics.link_event("known_large_over_http");
+        }
         if let Some(links) = &self.links
+            && !known_large
             && mux::carries(&method)
             && body
                 .as_ref()
@@ -194,6 +207,7 @@ impl BackendClient {
                 // Too large for the link: the same GET over HTTP below.
                 Ok(answer) if mux::is_use_http(&answer) => {
                     self.metrics.link_event("answer_over_http");
+                    self.large_answers.mark(&backend.name, path_and_query);
                 }
                 Ok(answer) => return self.answer_of(answer),
                 // A server without the link: HTTP below.
@@ -248,6 +262,10 @@ impl BackendClient {
                 }
             })?
             .to_bytes();
+        if known_large && bytes.len() <= LINK_MAX_BODY {
+            // The value became small again (or the key went): back to the link.
+            self.large_answers.forget(&backend.name, path_and_query);
+        }
         Ok(Response::from_parts(parts, bytes))
     }
 

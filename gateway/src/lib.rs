@@ -21,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod large_answers;
 pub mod membership;
 pub mod metrics;
 pub mod mux;

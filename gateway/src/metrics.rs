@@ -131,8 +131,9 @@ impl GatewayMetrics {
         registry.register(
             "gateway_link_events",
             "Pipelined links to servers opened, closed, announced closing by their server \
-             (goaway) or refused by a server without the link (HTTP used instead), and GET \
-             answers too large for a link, asked again over HTTP (answer_over_http)",
+             (goaway) or refused by a server without the link (HTTP used instead), GET \
+             answers too large for a link, asked again over HTTP (answer_over_http), and GETs \
+             sent over HTTP at once because their last answer was (known_large_over_http)",
             metrics.link_events.clone(),
         );
         Arc::new(metrics)

@@ -110,12 +110,37 @@ async fn a_large_get_answer_comes_over_http_whole() {
     assert_eq!(got["version"], 1);
     assert_eq!(got["server_used"], "kv-0");
     assert_eq!(over_http().await, 1);
-    // An exact version is the same GET: over HTTP too.
+    // An exact version is another GET: asked on the link first, then over HTTP too.
     assert_eq!(
         gw.get("/get/big?version=1").send().await.unwrap().status(),
         200
     );
     assert_eq!(over_http().await, 2);
+
+    // The gateway remembers: the same GETs again go over HTTP at once, and the server
+    // builds no answer only to throw it away.
+    let known = || link_events(gw, "known_large_over_http");
+    assert_eq!(known().await, 0);
+    assert_eq!(read("big").await["value"], big.as_str());
+    assert_eq!(
+        gw.get("/get/big?version=1").send().await.unwrap().status(),
+        200
+    );
+    assert_eq!((over_http().await, known().await), (2, 2));
+    assert_eq!(read("small").await["value"], "s");
+    assert_eq!(known().await, 2, "small answers stay on the link");
+
+    // Once the latest value is small again, one read finds out and the next is on the link.
+    let put = gw.put("/put/big", json!("now small")).send().await.unwrap();
+    assert_eq!(put.status(), 200);
+    assert_eq!(read("big").await["value"], "now small");
+    assert_eq!(known().await, 3);
+    let got = read("big").await;
+    assert_eq!(
+        (got["value"].as_str(), &got["version"]),
+        (Some("now small"), &json!(2))
+    );
+    assert_eq!((over_http().await, known().await), (2, 3));
 }
 
 /// `--links-per-server 4` on real servers: every request answered as over one link, and the
