@@ -1,12 +1,13 @@
 //! Pieces shared by every kvstore binary: the JSON wire types of the storage API, the error
 //! body every service answers with, the consistent-hash ring (the gateway routes by it, the
 //! servers replicate by it, so both must compute the same one), tracing set-up, the tokio
-//! runtime, HTTP request metrics and shutdown signals.
+//! runtime, HTTP request metrics, shutdown signals and a body of several byte chunks.
 //!
 //! This crate is a leaf: it knows nothing of SQLite or Kubernetes, so the gateway and the CLI
 //! can depend on it without pulling in storage code.
 
 pub mod api;
+pub mod body;
 pub mod bytesize;
 pub mod http_metrics;
 pub mod mux;

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, Method, header};
 use http_body_util::{BodyExt, Limited};
+use kv_common::body::{CHUNKED_ANSWER_MIN, Chunks};
 use kv_common::replication::{ACKED_BY_HEADER, WRITE_QUORUM_HEADER};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
@@ -308,9 +309,20 @@ pub fn decorate(response: http::Response<Bytes>, name: &str) -> Response {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    let body = match is_json.then(|| add_server_used(&body, name)).flatten() {
-        Some(decorated) => Bytes::from(decorated),
-        None => body,
+    let body = match is_json.then(|| server_used_field(&body, name)).flatten() {
+        // A large answer is sent as it came, with the field between its two parts.
+        Some((at, field)) if body.len() >= CHUNKED_ANSWER_MIN => {
+            let (before, after) = (body.slice(..at), body.slice(at..));
+            Body::new(Chunks::new([before, Bytes::from(field), after]))
+        }
+        Some((at, field)) => {
+            let mut out = Vec::with_capacity(body.len() + field.len());
+            out.extend_from_slice(&body[..at]);
+            out.extend_from_slice(&field);
+            out.extend_from_slice(&body[at..]);
+            Body::from(out)
+        }
+        None => Body::from(body),
     };
     let mut out = (parts.status, body).into_response();
     let headers = out.headers_mut();
@@ -326,31 +338,28 @@ pub fn decorate(response: http::Response<Bytes>, name: &str) -> Response {
     out
 }
 
-/// Appends `"server_used": name` to a JSON object, as text: parsing into a `Value` and back
-/// would round big integers and reorder nothing useful. `None` when `body` is not framed as a
-/// JSON object (`{` ... `}`), which is then passed on untouched.
+/// Where and what to insert to add `"server_used": name` to a JSON object, as text: parsing
+/// into a `Value` and back would round big integers and reorder nothing useful. `None` when
+/// `body` is not framed as a JSON object (`{` ... `}`), which is then passed on untouched.
 ///
 /// The body is not parsed: it comes from a member, whose JSON answers serde wrote, and JSON
 /// that starts with `{` is one object, closed by its last `}`. Checking it cost the gateway a
 /// quarter of its CPU per read of a 256 KiB value (a scan of every byte, docs/benchmarks.md);
 /// a body that is not JSON stays not JSON either way.
-fn add_server_used(body: &[u8], name: &str) -> Option<Vec<u8>> {
+fn server_used_field(body: &[u8], name: &str) -> Option<(usize, Vec<u8>)> {
     let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
     let end = body.iter().rposition(|b| !b.is_ascii_whitespace())?;
     if start == end || body[start] != b'{' || body[end] != b'}' {
         return None;
     }
     let empty = body[start + 1..end].iter().all(u8::is_ascii_whitespace);
-    let name = serde_json::to_vec(name).ok()?;
-    let mut out = Vec::with_capacity(body.len() + name.len() + 16);
-    out.extend_from_slice(&body[..end]);
+    let mut field = Vec::with_capacity(name.len() + 24);
     if !empty {
-        out.push(b',');
+        field.push(b',');
     }
-    out.extend_from_slice(b"\"server_used\":");
-    out.extend_from_slice(&name);
-    out.extend_from_slice(&body[end..]);
-    Some(out)
+    field.extend_from_slice(b"\"server_used\":");
+    serde_json::to_writer(&mut field, name).ok()?;
+    Some((end, field))
 }
 
 #[cfg(test)]
@@ -358,7 +367,9 @@ mod tests {
     use super::*;
 
     fn decorated(body: &str) -> Option<String> {
-        add_server_used(body.as_bytes(), "kv-1").map(|b| String::from_utf8(b).unwrap())
+        let (at, field) = server_used_field(body.as_bytes(), "kv-1")?;
+        let field = String::from_utf8(field).unwrap();
+        Some(format!("{}{field}{}", &body[..at], &body[at..]))
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, HttpBody as _};
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -223,6 +223,13 @@ async fn answer(app: Router, mut frame: RequestFrame) -> Bytes {
                 Err(never) => match never {},
             };
             let (parts, body) = response.into_parts();
+            // A body that says its length (a large GET answer does) is not gathered only to
+            // be found too large.
+            if let (Some(max), Some(len)) = (max_answer, body.size_hint().exact())
+                && len > max as u64
+            {
+                return encoded(mux::use_http(id));
+            }
             match Limited::new(body, MAX_RESPONSE_BODY).collect().await {
                 Ok(body) => {
                     let body = body.to_bytes();
@@ -246,6 +253,12 @@ async fn answer(app: Router, mut frame: RequestFrame) -> Bytes {
         }
         None => plain(id, StatusCode::BAD_REQUEST, "malformed request frame"),
     };
+    encoded(response)
+}
+
+/// An answer as the bytes of its frame.
+fn encoded(response: ResponseFrame) -> Bytes {
+    let id = response.id;
     let mut out = BytesMut::new();
     if mux::encode_response(&mut out, &response).is_err() {
         // A header the frame layout cannot hold: say so rather than drop the request.

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use kv_common::ErrorCode;
 use kv_common::api::{CacheStats, DbStats, Operation, PutResponse, VersionEntry, VersionsResponse};
+use kv_common::body::{CHUNKED_ANSWER_MIN, Chunks, shared_text};
 use kv_common::replication::{ACKED_BY_HEADER, HealthBody, WRITE_QUORUM_HEADER};
 use kv_common::ring_config::RING_EPOCH_HEADER;
 use serde_json::value::RawValue;
@@ -192,26 +193,46 @@ pub async fn get(
     let version = QueryParams::from(params)?.version()?;
     admit_read(&state, &headers)?;
     let (found, source) = state.store.get(&key, version).await?;
+    if found.value.len() >= CHUNKED_ANSWER_MIN {
+        // A large value is sent from where it is held (the cache's or the read's copy),
+        // between the two small pieces of JSON around it, instead of copied into a new buffer.
+        let body = Chunks::new([
+            Bytes::from_static(b"{\"value\":"),
+            shared_text(found.value.clone()),
+            Bytes::from({
+                let mut after = String::with_capacity(80);
+                write_after_value(&mut after, &found, source);
+                after
+            }),
+        ]);
+        let headers = [(header::CONTENT_TYPE, "application/json")];
+        return Ok((headers, axum::body::Body::new(body)).into_response());
+    }
     Ok(json_response(get_body(&found, source)))
 }
 
 /// The body of a GET, written by hand so the stored JSON text is sent as it is, without
 /// parsing and re-serializing it on every read.
 fn get_body(v: &Versioned, source: ReadSource) -> String {
+    let mut out = String::with_capacity(v.value.len() + 80);
+    out.push_str("{\"value\":");
+    out.push_str(&v.value);
+    write_after_value(&mut out, v, source);
+    out
+}
+
+/// What follows the value in a GET's body.
+fn write_after_value(out: &mut String, v: &Versioned, source: ReadSource) {
     let source = match source {
         ReadSource::Cache => "cache",
         ReadSource::Database => "database",
     };
-    let mut out = String::with_capacity(v.value.len() + 80);
-    out.push_str("{\"value\":");
-    out.push_str(&v.value);
     // f64's Display never uses exponents and timestamps are finite: always valid JSON.
     let _ = write!(
         out,
         ",\"version\":{},\"timestamp\":{},\"source\":\"{source}\"}}",
         v.version, v.timestamp
     );
-    out
 }
 
 /// A request routed by another ring epoch is refused; a new database may lack versions its
