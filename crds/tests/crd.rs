@@ -110,31 +110,47 @@ fn full_example_sets_every_section() {
     assert_eq!(spec.auth.unwrap().key, "token");
 }
 
+/// The generated schema of `spec.<section>.<field>`.
+fn spec_field(section: &str, field: &str) -> serde_json::Value {
+    let crd = serde_json::to_value(<KvCluster as kube::CustomResourceExt>::crd()).unwrap();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        [section]["properties"][field]
+        .clone()
+}
+
+/// An integer field's (minimum, maximum, default) in the schema.
+fn integer_bounds(field: &serde_json::Value) -> (Option<f64>, Option<f64>, Option<i64>) {
+    assert_eq!(field["type"], "integer", "{field}");
+    (
+        field["minimum"].as_f64(),
+        field["maximum"].as_f64(),
+        field["default"].as_i64(),
+    )
+}
+
 #[test]
 fn the_api_server_refuses_a_value_limit_the_servers_would_refuse() {
     // The API server enforces the schema's bounds; kv-server refuses 0 and anything over
     // 64 MiB at start, so a value that passed the schema could only crash-loop the pods.
-    let crd = serde_json::to_value(<KvCluster as kube::CustomResourceExt>::crd()).unwrap();
-    let field = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
-        ["server"]["properties"]["maxValueBytes"];
-    assert_eq!(field["type"], "integer", "{field}");
-    assert_eq!(field["minimum"].as_f64(), Some(1.0), "{field}");
+    let field = spec_field("server", "maxValueBytes");
     assert_eq!(
-        field["maximum"].as_f64(),
-        Some(f64::from(kv_crds::MAX_VALUE_BYTES)),
+        integer_bounds(&field),
+        (
+            Some(1.0),
+            Some(f64::from(kv_crds::MAX_VALUE_BYTES)),
+            Some(1 << 20)
+        ),
         "{field}"
     );
     assert_eq!(kv_crds::MAX_VALUE_BYTES, 64 << 20);
-    assert_eq!(field["default"], 1 << 20, "{field}");
 }
 
 #[test]
 fn the_replication_timeout_is_whole_seconds_within_bounds() {
-    let crd = serde_json::to_value(<KvCluster as kube::CustomResourceExt>::crd()).unwrap();
-    let field = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
-        ["replication"]["properties"]["timeoutSeconds"];
-    assert_eq!(field["type"], "integer", "{field}");
-    assert_eq!(field["minimum"].as_f64(), Some(1.0), "{field}");
-    assert_eq!(field["maximum"].as_f64(), Some(300.0), "{field}");
-    assert_eq!(field["default"], 2, "{field}");
+    let field = spec_field("replication", "timeoutSeconds");
+    assert_eq!(
+        integer_bounds(&field),
+        (Some(1.0), Some(300.0), Some(2)),
+        "{field}"
+    );
 }

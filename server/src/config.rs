@@ -99,7 +99,8 @@ pub struct ReplicationConfig {
     #[arg(long, env = "KV_VNODES", default_value_t = kv_common::ring::DEFAULT_VNODES)]
     pub vnodes: usize,
     /// How long a put waits for its write quorum, in milliseconds. A gateway in front must
-    /// wait longer (its `--request-timeout-ms`, 10 s by default, suits up to 2 s here).
+    /// wait longer: `kvstore up` and the operator give its `--request-timeout-ms` this plus
+    /// 8 s, and at least its default 10 s.
     #[arg(long, env = "KV_REPLICATION_TIMEOUT_MS",
           default_value_t = kv_common::replication::DEFAULT_REPLICATION_TIMEOUT_MS)]
     pub replication_timeout_ms: u64,

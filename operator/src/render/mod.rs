@@ -224,7 +224,7 @@ mod tests {
         assert_eq!(get(&server, "KV_REPLICATION_TIMEOUT_MS"), None);
         assert_eq!(get(&gateway, "KV_REQUEST_TIMEOUT_MS"), None);
 
-        // Up to 2 s over the default, the gateway's 10 s still leaves its 8 s margin.
+        // Up to 2 s, the gateway's default 10 s already leaves the 8 s margin.
         let timeout = |seconds| ReplicationSpec {
             timeout_seconds: seconds,
             ..ReplicationSpec::default()
