@@ -2,6 +2,8 @@
 //! for each way they can be wrong. Parsing is done by hand (not by axum's `Json`/`Query`
 //! rejections) so every mistake gets the same JSON error shape and a precise message.
 
+use std::sync::Arc;
+
 use axum::extract::Path;
 use axum::extract::Query;
 use axum::extract::rejection::PathRejection;
@@ -9,7 +11,6 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use kv_common::ErrorCode;
-use kv_common::api::PutBody;
 use serde_json::value::RawValue;
 
 use super::error::ApiError;
@@ -86,7 +87,7 @@ impl QueryParams {
 pub fn put_value(
     body: Result<Bytes, BytesRejection>,
     max_value_bytes: usize,
-) -> Result<Box<RawValue>, ApiError> {
+) -> Result<Arc<str>, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -124,7 +125,7 @@ pub fn put_value(
             },
         );
     }
-    let body: PutBody = serde_json::from_slice(&bytes).map_err(|e| {
+    let body: BorrowedPutBody = serde_json::from_slice(&bytes).map_err(|e| {
         if e.is_data() {
             let detail = if e.to_string().starts_with("missing field `value`") {
                 "Field 'value' is required".to_owned()
@@ -155,7 +156,16 @@ pub fn put_value(
             format!("Value contains a number JSON cannot represent: {e}"),
         ));
     }
-    Ok(body.value)
+    // The one copy of the value, from the request into what the store and the cache share.
+    Ok(Arc::from(text))
+}
+
+/// [`kv_common::api::PutBody`] reading the value in place: the text is copied once, into
+/// the `Arc` the store and the cache share, not first into a `Box` of its own.
+#[derive(serde::Deserialize)]
+struct BorrowedPutBody<'a> {
+    #[serde(borrow)]
+    value: &'a RawValue,
 }
 
 #[cfg(test)]
@@ -164,7 +174,7 @@ mod tests {
 
     fn parse(body: &str) -> Result<String, (StatusCode, ErrorCode)> {
         put_value(Ok(Bytes::from(body.to_owned())), 16)
-            .map(|v| v.get().to_owned())
+            .map(|v| v.to_string())
             .map_err(|e| (e.status, e.code))
     }
 

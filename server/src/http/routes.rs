@@ -67,8 +67,6 @@ pub async fn put(
         Some(replication) => Some(replication.admit_put(&key, epoch, asked_quorum).await?),
         None => None,
     };
-    let value: Box<str> = value.into();
-    let value: std::sync::Arc<str> = value.into();
     let outcome = state
         .store
         .put(PutRequest {
