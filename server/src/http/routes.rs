@@ -195,7 +195,7 @@ pub async fn get(
         // A large value is sent from where it is held (the cache's or the read's copy),
         // between the two small pieces of JSON around it, instead of copied into a new buffer.
         let body = Chunks::new([
-            Bytes::from_static(b"{\"value\":"),
+            Bytes::from_static(GET_BODY_START.as_bytes()),
             shared_text(found.value.clone()),
             Bytes::from({
                 let mut after = String::with_capacity(80);
@@ -203,17 +203,19 @@ pub async fn get(
                 after
             }),
         ]);
-        let headers = [(header::CONTENT_TYPE, "application/json")];
-        return Ok((headers, axum::body::Body::new(body)).into_response());
+        return Ok(json_response(axum::body::Body::new(body)));
     }
     Ok(json_response(get_body(&found, source)))
 }
+
+/// What precedes the value in a GET's body.
+const GET_BODY_START: &str = "{\"value\":";
 
 /// The body of a GET, written by hand so the stored JSON text is sent as it is, without
 /// parsing and re-serializing it on every read.
 fn get_body(v: &Versioned, source: ReadSource) -> String {
     let mut out = String::with_capacity(v.value.len() + 80);
-    out.push_str("{\"value\":");
+    out.push_str(GET_BODY_START);
     out.push_str(&v.value);
     write_after_value(&mut out, v, source);
     out
@@ -243,7 +245,8 @@ fn admit_read(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn json_response(body: String) -> Response {
+fn json_response(body: impl Into<axum::body::Body>) -> Response {
+    let body: axum::body::Body = body.into();
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
