@@ -357,6 +357,13 @@ def main() -> int:
     c.check(validator.is_valid({**probe, "spec": {}}), "the CRD schema accepts an empty spec")
     c.check(not validator.is_valid({**probe, "spec": {"replica": 3}}), "the CRD schema rejects an unknown field")
     c.check(not validator.is_valid({**probe, "spec": {"replicas": "3"}}), "the CRD schema rejects a wrong type")
+    # A bare word is a target to the binaries' log filter: a misspelt level would turn logs off.
+    c.check(
+        validator.is_valid({**probe, "spec": {"server": {"logLevel": "info,kv_server::replication=debug"}}})
+        and not validator.is_valid({**probe, "spec": {"server": {"logLevel": "debg"}}})
+        and not validator.is_valid({**probe, "spec": {"gateway": {"logLevel": "info,kv_gateway"}}}),
+        "the CRD schema takes levels and target=level pairs as logLevel, and rejects a misspelt level",
+    )
 
     print("== KvCluster examples against the CRD schema")
     for directory in EXAMPLE_DIRS:

@@ -12,7 +12,7 @@ mod status;
 
 pub use spec::{
     AuthSpec, BYTE_SIZE_PATTERN, DEFAULT_MAX_VALUE_BYTES, DEFAULT_REPLICATION_TIMEOUT_SECONDS,
-    GatewayServiceSpec, GatewaySpec, ImageSpec, KvCluster, KvClusterSpec,
+    GatewayServiceSpec, GatewaySpec, ImageSpec, KvCluster, KvClusterSpec, LOG_FILTER_PATTERN,
     MAX_REPLICATION_TIMEOUT_SECONDS, MAX_VALUE_BYTES, PdbSpec, PullPolicy, PvcRetention,
     ReplicationSpec, RetentionPolicy, Scheduling, ServerSpec, ServiceType, StorageSpec, SyncMode,
 };

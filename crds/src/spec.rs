@@ -218,6 +218,11 @@ pub const BYTE_SIZE_PATTERN: &str = "^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$";
 pub const DEFAULT_MAX_VALUE_BYTES: i32 = 1 << 20;
 pub const MAX_VALUE_BYTES: i32 = 64 << 20;
 
+/// The log filters `logLevel` accepts: a level, or `target=level`, comma-separated
+/// (kv-common's `telemetry::LOG_FILTER_PATTERN`; the operator's tests hold the two equal, this
+/// crate stays a leaf).
+pub const LOG_FILTER_PATTERN: &str = "^(off|error|warn|info|debug|trace|[A-Za-z0-9_:]+=(off|error|warn|info|debug|trace))(,(off|error|warn|info|debug|trace|[A-Za-z0-9_:]+=(off|error|warn|info|debug|trace)))*$";
+
 /// Storage server (`kv-server`) settings.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
@@ -237,6 +242,12 @@ pub struct ServerSpec {
     pub max_value_bytes: i32,
     /// `Full` fsyncs every commit (default); `Normal` survives a process crash, not power loss.
     pub sync: SyncMode,
+    /// The servers' log filter (default `info`): a level (`off`, `error`, `warn`, `info`,
+    /// `debug`, `trace`), or `target=level`, comma-separated, e.g.
+    /// `info,kv_server::replication=debug`. Changing it restarts the servers one at a time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(LOG_FILTER_PATTERN), length(max = 1024))]
+    pub log_level: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     pub scheduling: Scheduling,
@@ -249,6 +260,7 @@ impl Default for ServerSpec {
             cache_max_bytes: "64Mi".into(),
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             sync: SyncMode::Full,
+            log_level: None,
             resources: None,
             scheduling: Scheduling::default(),
         }
@@ -279,6 +291,11 @@ pub struct GatewaySpec {
     /// Gateway pods (default 2). Any number: gateways hold no state.
     #[schemars(range(min = 1, max = 100))]
     pub replicas: i32,
+    /// The gateways' log filter (default `info`), written as `server.logLevel` is, e.g.
+    /// `info,kv_gateway=debug`. Changing it restarts the gateways (a rolling update).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(LOG_FILTER_PATTERN), length(max = 1024))]
+    pub log_level: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     pub service: GatewayServiceSpec,
@@ -289,6 +306,7 @@ impl Default for GatewaySpec {
     fn default() -> Self {
         GatewaySpec {
             replicas: 2,
+            log_level: None,
             resources: None,
             service: GatewayServiceSpec::default(),
             scheduling: Scheduling::default(),

@@ -107,6 +107,11 @@ fn full_example_sets_every_section() {
     assert!(spec.server.scheduling.affinity.is_some());
     assert_eq!(spec.server.max_value_bytes, 32 << 20);
     assert_eq!(spec.replication.timeout_seconds, 5);
+    assert_eq!(
+        spec.server.log_level.as_deref(),
+        Some("info,kv_server::replication=debug")
+    );
+    assert_eq!(spec.gateway.log_level.as_deref(), Some("warn"));
     assert_eq!(spec.auth.unwrap().key, "token");
 }
 
@@ -153,4 +158,16 @@ fn the_replication_timeout_is_whole_seconds_within_bounds() {
         (Some(1.0), Some(300.0), Some(2)),
         "{field}"
     );
+}
+
+#[test]
+fn the_api_server_refuses_a_log_level_that_is_not_levels() {
+    // A bare word is a target to the binaries' filter, so a misspelt level would turn every
+    // log off (the binaries refuse it at start; the API server refuses it first).
+    for section in ["server", "gateway"] {
+        let field = spec_field(section, "logLevel");
+        assert_eq!(field["pattern"], kv_crds::LOG_FILTER_PATTERN, "{field}");
+        assert_eq!(field["maxLength"], 1024, "{field}");
+        assert_eq!(field["nullable"], true, "{field}");
+    }
 }

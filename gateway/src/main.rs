@@ -22,7 +22,8 @@ struct Cli {
     gateway: GatewayConfig,
 
     /// Default log filter (RUST_LOG wins), e.g. `info` or `kv_gateway=debug`.
-    #[arg(long, env = "KV_LOG_LEVEL", default_value = "info")]
+    #[arg(long, env = "KV_LOG_LEVEL", default_value = "info",
+          value_parser = telemetry::parse_filter)]
     log_level: String,
 
     /// `text` or `json`.
@@ -37,7 +38,7 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(&cli.log_level, cli.log_format);
+    telemetry::init(&cli.log_level, cli.log_format).map_err(anyhow::Error::msg)?;
     cli.gateway.validate()?;
     let runtime =
         kv_common::runtime::build(cli.worker_threads).context("start the tokio runtime")?;

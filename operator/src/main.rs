@@ -17,7 +17,8 @@ struct Cli {
     operator: OperatorConfig,
 
     /// Default log filter (RUST_LOG wins), e.g. `info` or `kv_operator=debug`.
-    #[arg(long, env = "KV_LOG_LEVEL", default_value = "info")]
+    #[arg(long, env = "KV_LOG_LEVEL", default_value = "info",
+          value_parser = telemetry::parse_filter)]
     log_level: String,
 
     /// `text` or `json`.
@@ -28,7 +29,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(&cli.log_level, cli.log_format);
+    telemetry::init(&cli.log_level, cli.log_format).map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(cli.operator.listen)
         .await
         .with_context(|| format!("bind {}", cli.operator.listen))?;

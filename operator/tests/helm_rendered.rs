@@ -46,6 +46,18 @@ fn chart_crd_is_a_copy_of_the_generated_crd() {
     assert_eq!(crd.metadata.name.as_deref(), Some("kvclusters.kvstore.dev"));
 }
 
+#[test]
+fn the_chart_refuses_an_operator_log_level_the_operator_would_refuse() {
+    // The operator refuses a misspelt level at start; `helm install` refuses it first, with
+    // the same pattern as the KvCluster's log levels.
+    let path = repo_root().join("helm/kvstore-operator/values.schema.json");
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(
+        schema["properties"]["logLevel"]["pattern"],
+        kv_common::telemetry::LOG_FILTER_PATTERN
+    );
+}
+
 /// The rendered objects, per scenario, or `None` (with a notice) when not rendered.
 fn rendered() -> Option<Vec<(PathBuf, Value)>> {
     let Some(dir) = std::env::var_os("KV_HELM_RENDERED_DIR") else {

@@ -29,7 +29,8 @@ struct Cli {
     #[command(flatten)]
     serve: ServerConfig,
     /// Log level or filter (RUST_LOG wins when set).
-    #[arg(long, env = "KV_LOG_LEVEL", default_value = "info", global = true)]
+    #[arg(long, env = "KV_LOG_LEVEL", default_value = "info", global = true,
+          value_parser = telemetry::parse_filter)]
     log_level: String,
     /// `text` or `json`.
     #[arg(long, env = "KV_LOG_FORMAT", default_value = "text", global = true)]
@@ -54,7 +55,7 @@ enum Command {
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    telemetry::init(&cli.log_level, cli.log_format);
+    telemetry::init(&cli.log_level, cli.log_format).map_err(anyhow::Error::msg)?;
     let config = match cli.command {
         Some(Command::Clean(args)) => {
             let stdin = std::io::stdin();

@@ -4,7 +4,6 @@
 use std::io::IsTerminal;
 
 use clap::Args;
-use tracing_subscriber::EnvFilter;
 
 use super::{GlobalArgs, exit};
 use crate::cluster::{self, Cluster, ClusterConfig};
@@ -15,12 +14,13 @@ pub struct UpArgs {
     #[command(flatten)]
     pub cluster: ClusterConfig,
     /// Log level or filter for the servers and the gateway (RUST_LOG wins when set).
-    #[arg(long, env = "KV_LOG_LEVEL", default_value = "info")]
+    #[arg(long, env = "KV_LOG_LEVEL", default_value = "info",
+          value_parser = kv_common::telemetry::parse_filter)]
     pub log_level: String,
 }
 
 pub fn command(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
-    init_logs(&args.log_level);
+    init_logs(&args.log_level)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -35,15 +35,14 @@ pub fn command(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
 }
 
 /// Logs on stderr, so stdout holds only the summary (a script reads the addresses from it).
-fn init_logs(level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+fn init_logs(level: &str) -> Result<()> {
+    let filter = kv_common::telemetry::filter(level).map_err(Error::Config)?;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+    Ok(())
 }
 
 fn print_summary(cluster: &Cluster, json: bool) {

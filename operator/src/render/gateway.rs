@@ -66,6 +66,9 @@ pub fn gateway_command(
             env.push(("KV_REQUEST_TIMEOUT_MS".to_owned(), wait.to_string()));
         }
     }
+    if let Some(level) = &spec.gateway.log_level {
+        env.push(("KV_LOG_LEVEL".to_owned(), level.clone()));
+    }
     if let Some(file) = token_file {
         env.push(("KV_API_TOKEN_FILE".to_owned(), file.to_owned()));
     }

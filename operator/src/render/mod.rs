@@ -239,6 +239,36 @@ mod tests {
     }
 
     #[test]
+    fn log_levels_reach_only_their_own_pods_and_only_when_set() {
+        // The CRD's pattern is the one kv-common documents and tests against the binaries'
+        // parser, so the API server refuses what would make the pods crash-loop.
+        assert_eq!(
+            kv_crds::LOG_FILTER_PATTERN,
+            kv_common::telemetry::LOG_FILTER_PATTERN
+        );
+        // Unset adds nothing to the pod templates (an operator upgrade must not roll
+        // existing clusters).
+        let (server, gateway) = rendered(&cluster(3, ReplicationSpec::default()));
+        assert_eq!(get(&server, "KV_LOG_LEVEL"), None);
+        assert_eq!(get(&gateway, "KV_LOG_LEVEL"), None);
+
+        let mut debug_servers = cluster(3, ReplicationSpec::default());
+        debug_servers.spec.server.log_level = Some("info,kv_server::replication=debug".into());
+        let (server, gateway) = rendered(&debug_servers);
+        assert_eq!(
+            get(&server, "KV_LOG_LEVEL"),
+            Some("info,kv_server::replication=debug")
+        );
+        assert_eq!(get(&gateway, "KV_LOG_LEVEL"), None);
+
+        let mut debug_gateways = cluster(3, ReplicationSpec::default());
+        debug_gateways.spec.gateway.log_level = Some("debug".into());
+        let (server, gateway) = rendered(&debug_gateways);
+        assert_eq!(get(&server, "KV_LOG_LEVEL"), None);
+        assert_eq!(get(&gateway, "KV_LOG_LEVEL"), Some("debug"));
+    }
+
+    #[test]
     fn servers_know_every_peer_by_its_stable_dns_name() {
         let (server, gateway) = rendered(&cluster(3, ReplicationSpec::default()));
         assert_eq!(

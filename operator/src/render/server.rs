@@ -179,6 +179,13 @@ fn server_container(ctx: &Ctx) -> Container {
             ]
             .into_iter()
             .chain(value_limit_env(&spec.server).map(|(n, v)| env(n, v)))
+            // Only when set: a new variable would roll existing clusters' servers.
+            .chain(
+                spec.server
+                    .log_level
+                    .clone()
+                    .map(|level| env("KV_LOG_LEVEL", level)),
+            )
             .chain(replication_env(ctx).into_iter().map(|(n, v)| env(n, v)))
             .collect(),
         ),

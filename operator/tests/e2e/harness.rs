@@ -150,6 +150,7 @@ fn args_from<C: CommandFactory>(binary: &str, pod: &PodSpec) -> Vec<String> {
     for var in container.env.as_deref().unwrap_or_default() {
         let Some(value) = &var.value else { continue };
         if BINARY_ONLY_ENV.contains(&var.name.as_str()) {
+            binary_only_value_is_valid(binary, &var.name, value);
             continue;
         }
         let flag = command
@@ -161,6 +162,17 @@ fn args_from<C: CommandFactory>(binary: &str, pod: &PodSpec) -> Vec<String> {
         args.push(value.clone());
     }
     args
+}
+
+/// The binaries parse these in their `main`, so the harness checks them with the same parsers.
+fn binary_only_value_is_valid(binary: &str, name: &str, value: &str) {
+    let valid = match name {
+        "KV_LOG_LEVEL" => kv_common::telemetry::parse_filter(value).map(drop),
+        _ => value.parse::<kv_common::telemetry::LogFormat>().map(drop),
+    };
+    if let Err(error) = valid {
+        panic!("{binary} refuses {name}={value}: {error}");
+    }
 }
 
 /// The gateway configuration the operator's Deployment gives its container (see
