@@ -50,7 +50,7 @@ fn db_err(context: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
 
 /// Opens (creating if needed) the database for writing, migrated to [`SCHEMA_VERSION`].
 pub fn open_writer(path: &Path, sync: SyncMode) -> Result<(Connection, OpenInfo)> {
-    let conn = Connection::open(path).map_err(db_err("open database"))?;
+    let conn = open_write_connection(path, sync)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(db_err("set busy timeout"))?;
     // WAL lets readers run beside the single writer; it must be set outside a transaction.
@@ -75,6 +75,28 @@ pub fn open_writer(path: &Path, sync: SyncMode) -> Result<(Connection, OpenInfo)
     migrate(&conn)?;
     let info = instance(&conn)?;
     Ok((conn, info))
+}
+
+/// The writer's connection. With `Full` it is on the VFS that writes each commit's WAL frames
+/// at once (`wal_vfs.rs`; it relies on the sync at every commit), else, or if that VFS cannot
+/// be registered, on SQLite's default VFS.
+fn open_write_connection(path: &Path, sync: SyncMode) -> Result<Connection> {
+    if sync != SyncMode::Full {
+        return Connection::open(path).map_err(db_err("open database"));
+    }
+    match super::wal_vfs::register() {
+        Ok(()) => {
+            Connection::open_with_flags_and_vfs(path, OpenFlags::default(), super::wal_vfs::NAME)
+        }
+        Err(code) => {
+            tracing::warn!(
+                code,
+                "SQLite refused the WAL VFS; commits use the default VFS"
+            );
+            Connection::open(path)
+        }
+    }
+    .map_err(db_err("open database"))
 }
 
 /// Reads this database's instance id, making one if it has none yet.
