@@ -221,11 +221,15 @@ unsafe extern "C" fn wal_write(
     amount: c_int,
     offset: ffi::sqlite3_int64,
 ) -> c_int {
+    if amount <= 0 || data.is_null() {
+        // SQLite never writes nothing; a slice needs a non-null pointer even then.
+        return ffi::SQLITE_OK;
+    }
     // SAFETY: SQLite passes a file of ours and `amount` readable bytes at `data`.
     let (wal, bytes) = unsafe {
         (
             wal(file),
-            std::slice::from_raw_parts(data.cast::<u8>(), usize::try_from(amount).unwrap_or(0)),
+            std::slice::from_raw_parts(data.cast::<u8>(), amount.unsigned_abs() as usize),
         )
     };
     let continues = wal.start + wal.buffer.len() as i64 == offset;
