@@ -31,3 +31,19 @@ wait_ready() {
 commit_id() {
     git describe --always --dirty 2>/dev/null || echo none
 }
+
+# This VM's single-core speed now: seconds to SHA-256 300,000 blocks of 1 KB in Python,
+# the median of three (lower is faster). The same binaries swing by a fifth and more from
+# one quarter hour to the next here (docs/benchmarks.md), and this says which kind of spell
+# a set of numbers came from.
+cpu_check() {
+    python3 - <<'PY'
+import hashlib, statistics, time
+def once():
+    start = time.perf_counter()
+    for _ in range(300_000):
+        hashlib.sha256(b"x" * 1000).digest()
+    return time.perf_counter() - start
+print(f"{statistics.median(once() for _ in range(3)):.3f} s")
+PY
+}

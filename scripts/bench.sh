@@ -32,8 +32,9 @@ bench() {
     [ -n "$cpu" ] && pin=(taskset -c "$cpu")
     cases+=("$name")
     rm -f "$OUT/$name".run*.json
+    checks+=("before $name: $(cpu_check)")
     echo
-    echo "== $name"
+    echo "== $name (cpu check ${checks[-1]#*: })"
     for run in $(seq 1 "$RUNS"); do
         "${pin[@]}" "$BIN/kvstore" --json --url "$url" bench --connections 32 \
             --duration "${DURATION}s" --keys 1000 --value-size 100 --read-ratio "$ratio" \
@@ -49,6 +50,8 @@ cargo build --release -q -p kv-server -p kv-gateway -p kvstore
 sync
 echo "machine: $(nproc) cores, $(uname -r); commit $(commit_id)"
 echo "load before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
+checks=("before the run: $(cpu_check)")
+echo "cpu check ${checks[0]}"
 
 # One server; its cache holds every key, so GETs are cache hits.
 "$BIN/kv-server" --listen 127.0.0.1:18180 --data-dir "$DATA/single" --cache-size 100000 \
@@ -109,7 +112,15 @@ cluster() { # replication-factor tag
 }
 cluster 1 r1
 cluster 3 r3
+checks+=("after the run: $(cpu_check)")
+echo "cpu check ${checks[-1]}"
 echo
 echo "load after the run: $(cut -d' ' -f1-3 /proc/loadavg); reports in $OUT"
 echo
-python3 scripts/bench-summary.py "$OUT" "${cases[@]}" | tee "$OUT/summary.md"
+{
+    python3 scripts/bench-summary.py "$OUT" "${cases[@]}"
+    echo
+    echo "CPU check (seconds to SHA-256 300,000 blocks of 1 KB in Python, median of 3; lower is"
+    echo "faster; see cpu_check in scripts/bench-common.sh):"
+    for check in "${checks[@]}"; do echo "- $check"; done
+} | tee "$OUT/summary.md"
