@@ -388,6 +388,7 @@ unsafe extern "C" fn wal_device_characteristics(file: *mut ffi::sqlite3_file) ->
 mod tests {
     use super::*;
     use rusqlite::{Connection, OpenFlags};
+    use std::path::PathBuf;
 
     fn open(path: &std::path::Path) -> Connection {
         register().unwrap();
@@ -399,6 +400,38 @@ mod tests {
         conn
     }
 
+    /// A scratch directory (kept while the test runs), the database's path in it, and the
+    /// writer's connection with a table `t(k INTEGER PRIMARY KEY, v <value_type>)`.
+    fn writer_with_table(value_type: &str) -> (tempfile::TempDir, PathBuf, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let writer = open(&path);
+        writer
+            .execute_batch(&format!(
+                "CREATE TABLE t(k INTEGER PRIMARY KEY, v {value_type})"
+            ))
+            .unwrap();
+        (dir, path, writer)
+    }
+
+    /// One transaction inserting a 300-byte text under each key.
+    fn commit_rows(writer: &Connection, keys: std::ops::Range<i64>) {
+        let tx = writer.unchecked_transaction().unwrap();
+        for k in keys {
+            tx.execute(
+                "INSERT INTO t(k, v) VALUES (?1, ?2)",
+                rusqlite::params![k, "x".repeat(300)],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+
+    fn integrity(conn: &Connection) -> String {
+        conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap()
+    }
+
     thread_local! {
         /// Writes this thread's WAL files made to the real file (SQLite calls the VFS on the
         /// thread that runs the statement, so tests running beside each other do not mix).
@@ -407,27 +440,13 @@ mod tests {
 
     #[test]
     fn a_commit_of_several_frames_is_one_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let writer = open(&path);
-        writer
-            .execute_batch(
-                "PRAGMA wal_autocheckpoint=0; CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)",
-            )
-            .unwrap();
+        let (_dir, path, writer) = writer_with_table("TEXT");
+        writer.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
         for round in 0..3_i64 {
             let frames_before = wal_frames(&path);
             let writes_before = WRITES.with(|w| w.get());
-            let tx = writer.unchecked_transaction().unwrap();
             // About 12 KB: three or more pages, so six or more writes without this VFS.
-            for i in 0..40 {
-                tx.execute(
-                    "INSERT INTO t(k, v) VALUES (?1, ?2)",
-                    rusqlite::params![round * 40 + i, "x".repeat(300)],
-                )
-                .unwrap();
-            }
-            tx.commit().unwrap();
+            commit_rows(&writer, round * 40..(round + 1) * 40);
             assert!(wal_frames(&path) - frames_before >= 3, "round {round}");
             assert_eq!(WRITES.with(|w| w.get()) - writes_before, 1, "round {round}");
         }
@@ -444,25 +463,12 @@ mod tests {
 
     #[test]
     fn commits_through_the_vfs_are_read_by_connections_on_the_default_vfs() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let writer = open(&path);
-        writer
-            .execute_batch("CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)")
-            .unwrap();
+        let (_dir, path, writer) = writer_with_table("TEXT");
         // A reader on the default VFS sees each commit at once, before any checkpoint:
         // the frames were in the file when the commit was published.
         let reader = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
         for round in 0..50_i64 {
-            let tx = writer.unchecked_transaction().unwrap();
-            for i in 0..20 {
-                tx.execute(
-                    "INSERT INTO t(k, v) VALUES (?1, ?2)",
-                    rusqlite::params![round * 20 + i, "x".repeat(300)],
-                )
-                .unwrap();
-            }
-            tx.commit().unwrap();
+            commit_rows(&writer, round * 20..(round + 1) * 20);
             let count: i64 = reader
                 .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
                 .unwrap();
@@ -472,12 +478,7 @@ mod tests {
 
     #[test]
     fn a_transaction_larger_than_the_buffer_is_written_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let writer = open(&path);
-        writer
-            .execute_batch("CREATE TABLE t(k INTEGER PRIMARY KEY, v BLOB)")
-            .unwrap();
+        let (_dir, path, writer) = writer_with_table("BLOB");
         let reader = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
         // 3 MiB in one transaction: more than the buffer holds (and more than the default
         // VFS writes in one call, which a buffer over 128 KiB would have hit).
@@ -497,20 +498,12 @@ mod tests {
             .query_row("SELECT sum(length(v)) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(total, 3 * (1 << 20) + 1);
-        let check: String = reader
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(check, "ok");
+        assert_eq!(integrity(&reader), "ok");
     }
 
     #[test]
     fn rolled_back_and_rewritten_frames_keep_the_database_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let writer = open(&path);
-        writer
-            .execute_batch("CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)")
-            .unwrap();
+        let (_dir, path, writer) = writer_with_table("TEXT");
         // A tiny page cache makes SQLite spill frames before the commit, and write some pages
         // twice in one transaction (frames rewritten in place, then checksums redone).
         writer.execute_batch("PRAGMA cache_size=2").unwrap();
@@ -531,10 +524,7 @@ mod tests {
         }
         drop(writer);
         let reopened = Connection::open(&path).unwrap();
-        let check: String = reopened
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(check, "ok");
+        assert_eq!(integrity(&reopened), "ok");
         let last: String = reopened
             .query_row("SELECT v FROM t WHERE k = ?1", [(199 * 7919) % 500], |r| {
                 r.get(0)
