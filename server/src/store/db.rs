@@ -78,21 +78,16 @@ pub fn open_writer(path: &Path, sync: SyncMode) -> Result<(Connection, OpenInfo)
 }
 
 /// The writer's connection. With `Full` it is on the VFS that writes each commit's WAL frames
-/// at once (`wal_vfs.rs`; it relies on the sync at every commit), else, or if that VFS cannot
+/// at once (`kv-wal-vfs`; it relies on the sync at every commit), else, or if that VFS cannot
 /// be registered, on SQLite's default VFS.
 fn open_write_connection(path: &Path, sync: SyncMode) -> Result<Connection> {
     if sync != SyncMode::Full {
         return Connection::open(path).map_err(db_err("open database"));
     }
-    match super::wal_vfs::register() {
-        Ok(()) => {
-            Connection::open_with_flags_and_vfs(path, OpenFlags::default(), super::wal_vfs::NAME)
-        }
-        Err(code) => {
-            tracing::warn!(
-                code,
-                "SQLite refused the WAL VFS; commits use the default VFS"
-            );
+    match kv_wal_vfs::register() {
+        Ok(()) => Connection::open_with_flags_and_vfs(path, OpenFlags::default(), kv_wal_vfs::NAME),
+        Err(error) => {
+            tracing::warn!(%error, "commits use SQLite's default VFS");
             Connection::open(path)
         }
     }

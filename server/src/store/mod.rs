@@ -14,9 +14,6 @@ pub mod lock;
 pub mod model;
 pub mod snapshot;
 mod writer;
-// The one place with unsafe code: a SQLite VFS shim (FFI), see the file.
-#[allow(unsafe_code)]
-mod wal_vfs;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -18,13 +18,18 @@
 //! commit, after its last write and before it publishes the commit in the wal-index, which
 //! is when other connections may read its frames; so the file holds every frame of a commit
 //! before anyone can look for it. With `NORMAL` there is no sync at commit, and frames could
-//! still be in this buffer when readers look for them: `db::open_writer` uses this VFS only
-//! with `FULL`.
+//! still be in this buffer when readers look for them: kvstore's server uses this VFS only
+//! with `FULL` (`server/src/store/db.rs`).
 //!
 //! Only the WAL file is wrapped: every other file is opened by the default VFS into the
 //! memory SQLite gave this one, so SQLite calls the default methods on it directly.
 //! Connections on other VFSs (readers, the checkpointer) share the same files and locks,
 //! since both VFSs open them through the same default VFS.
+//!
+//! Use: [`register`] once, then open the writing connection with [`NAME`] as its VFS
+//! (`rusqlite::Connection::open_with_flags_and_vfs`) and `PRAGMA synchronous=FULL`.
+//!
+//! This is kvstore's only crate with unsafe code; the workspace forbids it everywhere else.
 
 use std::ffi::{CStr, c_int, c_void};
 use std::ptr;
@@ -55,9 +60,14 @@ unsafe impl Sync for Registered {}
 
 static REGISTERED: OnceLock<Result<Registered, c_int>> = OnceLock::new();
 
+/// SQLite could not register the VFS: its result code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("SQLite refused to register the kv-wal-coalesce VFS (result code {0})")]
+pub struct Error(pub c_int);
+
 /// Registers the VFS (once per process; later calls return the first result). Fails only if
 /// SQLite has no default VFS or refuses the registration.
-pub fn register() -> Result<(), c_int> {
+pub fn register() -> Result<(), Error> {
     REGISTERED
         .get_or_init(|| {
             // SAFETY: sqlite3_vfs_find and sqlite3_vfs_register are thread-safe; the copy
@@ -88,7 +98,7 @@ pub fn register() -> Result<(), c_int> {
         })
         .as_ref()
         .map(drop)
-        .map_err(|rc| *rc)
+        .map_err(|rc| Error(*rc))
 }
 
 fn base_vfs() -> *mut ffi::sqlite3_vfs {
