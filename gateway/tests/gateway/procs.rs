@@ -62,13 +62,11 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// The server suite's allocator: ports below the kernel's ephemeral range, each handed out
+/// once (see there for the collision it avoids).
+#[path = "../../../server/tests/integration/ports.rs"]
+mod ports;
+use ports::free_port;
 
 /// N server processes and a gateway in front of them.
 pub struct ProcCluster {
@@ -337,7 +335,7 @@ impl ProcCluster {
             if let Ok(r) = self.http.get(format!("{url}/health")).send().await
                 && r.status().is_success()
             {
-                return;
+                break;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -346,6 +344,23 @@ impl ProcCluster {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // The answer came from this server, not from whatever else holds its port (a server
+        // that could not bind it has exited by now or soon will).
+        let stats: serde_json::Value = self
+            .http
+            .get(format!("{url}/db/stats"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or_default();
+        assert_eq!(
+            stats["node_name"],
+            self.names[i],
+            "port of s{i} answered by another server; its log:\n{}",
+            self.log_tail(i)
+        );
     }
 
     /// The end of server `i`'s log, for failure messages.

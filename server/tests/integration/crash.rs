@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::free_port;
+use crate::ports::free_port;
 
 struct Server {
     child: Child,
@@ -21,12 +21,14 @@ impl Drop for Server {
 
 async fn start(dir: &std::path::Path) -> Server {
     let port = free_port();
+    // Named by its port, so that the server answering is known to be this one.
+    let name = format!("crash-{port}");
     let child = Command::new(env!("CARGO_BIN_EXE_kv-server"))
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--node-name",
-            "crash",
+            &name,
         ])
         .arg("--data-dir")
         .arg(dir)
@@ -44,6 +46,15 @@ async fn start(dir: &std::path::Path) -> Server {
         if let Ok(r) = client.get(format!("{}/ready", server.url)).send().await
             && r.status().is_success()
         {
+            let stats: serde_json::Value = client
+                .get(format!("{}/db/stats", server.url))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(stats["node_name"], name, "another server holds port {port}");
             return server;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

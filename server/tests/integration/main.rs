@@ -11,6 +11,7 @@ mod disk_full;
 mod http;
 mod link;
 mod model;
+mod ports;
 mod rebalance;
 mod replication;
 mod seed;

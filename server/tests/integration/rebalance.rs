@@ -794,7 +794,7 @@ async fn servers_back_on_other_ports_reach_each_other_where_peers_says() {
     c.push(&[0, 1, 2], &pinned).await;
     c.stop_all().await;
     for node in &mut c.nodes {
-        node.port = crate::support::free_port();
+        node.port = crate::ports::free_port();
     }
     for i in 0..3 {
         c.start(i, &[0, 1, 2]).await;

@@ -15,15 +15,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tower::ServiceExt;
 
-/// A port free a moment ago (a server binds it next; after a stop it is free again, since
-/// listeners use SO_REUSEADDR).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::ports::free_port;
 
 /// One in-process server of a test cluster: a port and a data directory that outlive its
 /// restarts.
