@@ -149,6 +149,10 @@ pub struct ReplicationHealth {
 pub struct HealthBody {
     /// Always `ok`.
     pub status: String,
+    /// The server's `--node-name`; with replication, its name on the ring, which a gateway
+    /// checks against the member it meant to reach (absent from older servers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<ReplicationHealth>,
     /// The server's ring epoch (absent on a standalone server).

@@ -135,6 +135,12 @@ pub async fn run_checks(topology: Arc<TopologyHandle>, client: BackendClient, in
 /// A 200 is healthy whatever its body; a body that is not a `HealthBody` (an older server)
 /// leaves the replication figures as they were. A ring epoch above the gateway's makes it
 /// fetch that member's ring configuration (`ring_sync`), after the verdict is recorded.
+///
+/// But a replicated server that names itself other than the member is down: the gateway
+/// reaches another server at that address (a pod's IP reused by another pod before the
+/// EndpointSlice said so, or swapped URLs in a static list), and would send it the member's
+/// keys. Its writes would be refused there (`not_primary`), but a read could be answered
+/// from the wrong server's copy. A standalone server's name is only a label, not checked.
 async fn probe(
     topology: &TopologyHandle,
     client: &BackendClient,
@@ -146,6 +152,14 @@ async fn probe(
     let (ok, ring) = match answer {
         Ok(Ok(response)) if response.status().is_success() => {
             match serde_json::from_slice::<HealthBody>(response.body()) {
+                Ok(body) if is_someone_else(&body, &backend.name) => {
+                    if !backend.health.is_down() {
+                        tracing::warn!(member = %backend.name, url = %backend.url,
+                            answers_as = body.name.as_deref().unwrap_or_default(),
+                            "another server answers at this member's address: it gets no requests");
+                    }
+                    (false, None)
+                }
                 Ok(body) => {
                     backend.replication.record(body.replication);
                     client
@@ -162,6 +176,11 @@ async fn probe(
     if let Some(ring) = ring {
         ring_sync::on_health(topology, client, backend, ring, timeout).await;
     }
+}
+
+/// Whether a health answer comes from a replicated server named other than `member`.
+fn is_someone_else(body: &HealthBody, member: &str) -> bool {
+    body.replication.is_some() && body.name.as_deref().is_some_and(|name| name != member)
 }
 
 /// Records a check's or a request's verdict on a member, logging changes.
@@ -196,6 +215,25 @@ mod tests {
         assert!(state.mark_down());
         assert!(!state.mark_down());
         assert_eq!(state.as_str(), "down");
+    }
+
+    #[test]
+    fn only_a_replicated_server_under_another_name_is_someone_else() {
+        let body = |name: Option<&str>, replicated: bool| HealthBody {
+            status: "ok".into(),
+            name: name.map(str::to_owned),
+            replication: replicated.then_some(ReplicationHealth {
+                factor: 3,
+                lag: 0,
+                synced: true,
+            }),
+            ring: None,
+        };
+        assert!(is_someone_else(&body(Some("kv-2"), true), "kv-1"));
+        assert!(!is_someone_else(&body(Some("kv-1"), true), "kv-1"));
+        // An older server says no name; a standalone one's name is a label.
+        assert!(!is_someone_else(&body(None, true), "kv-1"));
+        assert!(!is_someone_else(&body(Some("kv-server"), false), "kv-1"));
     }
 
     #[test]

@@ -396,3 +396,62 @@ async fn the_replication_factor_is_capped_at_the_member_count() {
     assert_eq!(servers["write_quorum"], 1);
     assert!(servers["members"][0]["replication_lag"].is_null());
 }
+
+#[tokio::test]
+async fn a_member_whose_address_answers_as_another_server_gets_no_requests() {
+    let cluster = Cluster::start(false, |_| {}).await;
+    let (key, list) = cluster.key_with_primary("kv-0");
+    cluster
+        .fake(list[1])
+        .answer(&format!("/get/{key}"), 200, stored(1, json!("a")));
+    // kv-0's address now answers as kv-2 (a pod's IP taken over by another pod, say).
+    let mut health = replicated(0, true);
+    health["name"] = json!("kv-2");
+    cluster.fake("kv-0").set_health(health);
+    let gw = &cluster.gateway;
+    wait_until("kv-0 is down", || async {
+        let servers = gw.get_json("/servers").await;
+        servers["members"].as_array().is_some_and(|m| {
+            m.iter()
+                .any(|m| m["name"] == "kv-0" && m["health"] == "down")
+        })
+    })
+    .await;
+    let before = cluster.fake("kv-0").seen().len();
+
+    // Reads go to the replicas, writes are refused at the gateway, as for a down primary.
+    let r = gw.get(&format!("/get/{key}")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-server-used"], list[1]);
+    assert_eq!(r.headers()["x-kv-primary-unavailable"], "kv-0");
+    let r = gw.put(&format!("/put/{key}"), json!("b")).send().await;
+    let r = r.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "server_unavailable"
+    );
+    assert_eq!(
+        cluster.fake("kv-0").seen().len(),
+        before,
+        "nothing reached kv-0"
+    );
+
+    // The right server answers there again: it is up, and gets its keys.
+    let mut health = replicated(0, true);
+    health["name"] = json!("kv-0");
+    cluster.fake("kv-0").set_health(health);
+    cluster
+        .fake("kv-0")
+        .answer(&format!("/get/{key}"), 200, stored(1, json!("a")));
+    wait_until("kv-0 is up", || async {
+        let servers = gw.get_json("/servers").await;
+        servers["members"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["name"] == "kv-0" && m["health"] == "up"))
+    })
+    .await;
+    let r = gw.get(&format!("/get/{key}")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-server-used"], "kv-0");
+}

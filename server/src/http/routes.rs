@@ -357,6 +357,7 @@ pub async fn db_stats(State(state): State<AppState>) -> Result<Json<DbStats>, Ap
 pub async fn health(State(state): State<AppState>) -> Json<HealthBody> {
     Json(HealthBody {
         status: "ok".into(),
+        name: Some(state.config.node_name.clone()),
         replication: state.replication.as_ref().map(|r| r.health()),
         ring: state.replication.as_ref().map(|r| r.ring_health()),
     })
