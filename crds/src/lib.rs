@@ -7,8 +7,11 @@
 //! The CRD YAML committed beside this crate (`kvcluster.yaml`) is generated from these types by
 //! the `crdgen` binary and held by a test; see [`crd_yaml`].
 
+mod env;
 mod spec;
 mod status;
+
+pub use env::{ENV_NAME_PATTERN, ExtraEnv, GATEWAY_MANAGED_ENV, MAX_EXTRA_ENV, SERVER_MANAGED_ENV};
 
 pub use spec::{
     AuthSpec, BYTE_SIZE_PATTERN, DEFAULT_MAX_VALUE_BYTES, DEFAULT_REPLICATION_TIMEOUT_SECONDS,

@@ -12,6 +12,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::env::{ExtraEnv, MAX_EXTRA_ENV, gateway_env_rules, server_env_rules};
 use crate::status::KvClusterStatus;
 
 /// A kvstore cluster: a StatefulSet of storage servers behind a gateway Deployment.
@@ -248,6 +249,18 @@ pub struct ServerSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(LOG_FILTER_PATTERN), length(max = 1024))]
     pub log_level: Option<String>,
+    /// Environment variables added to each server's container, after the operator's: for the
+    /// `kv-server` flags this spec does not cover (`KV_READERS`, `KV_WRITE_QUEUE`,
+    /// `KV_CATCH_UP_INTERVAL_MS`, `KV_CACHE_TTL_MINUTES`; see the README) and for the process
+    /// (`RUST_BACKTRACE`). The variables the operator sets are refused. Changing it restarts
+    /// the servers one at a time.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_EXTRA_ENV), extend(
+        "x-kubernetes-list-type" = "map",
+        "x-kubernetes-list-map-keys" = ["name"],
+        "x-kubernetes-validations" = server_env_rules(),
+    ))]
+    pub env: Vec<ExtraEnv>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     pub scheduling: Scheduling,
@@ -261,6 +274,7 @@ impl Default for ServerSpec {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             sync: SyncMode::Full,
             log_level: None,
+            env: Vec::new(),
             resources: None,
             scheduling: Scheduling::default(),
         }
@@ -296,6 +310,18 @@ pub struct GatewaySpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(LOG_FILTER_PATTERN), length(max = 1024))]
     pub log_level: Option<String>,
+    /// Environment variables added to each gateway's container, after the operator's: for the
+    /// `kv-gateway` flags this spec does not cover (`KV_WORKER_THREADS`,
+    /// `KV_LINKS_PER_SERVER`, `KV_BACKEND_TRANSPORT`, `KV_HEALTH_INTERVAL_MS`,
+    /// `KV_CONNECT_TIMEOUT_MS`; see the README) and for the process. The variables the
+    /// operator sets are refused. Changing it restarts the gateways (a rolling update).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_EXTRA_ENV), extend(
+        "x-kubernetes-list-type" = "map",
+        "x-kubernetes-list-map-keys" = ["name"],
+        "x-kubernetes-validations" = gateway_env_rules(),
+    ))]
+    pub env: Vec<ExtraEnv>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     pub service: GatewayServiceSpec,
@@ -307,6 +333,7 @@ impl Default for GatewaySpec {
         GatewaySpec {
             replicas: 2,
             log_level: None,
+            env: Vec::new(),
             resources: None,
             service: GatewayServiceSpec::default(),
             scheduling: Scheduling::default(),

@@ -12,10 +12,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kv_common::api::{DEFAULT_GATEWAY_MAX_BODY_BYTES, gateway_max_body_bytes};
 use kv_common::replication::{DEFAULT_GATEWAY_REQUEST_TIMEOUT_MS, gateway_request_timeout_ms};
-use kv_crds::{KvClusterSpec, ServiceType};
+use kv_crds::{GATEWAY_MANAGED_ENV, KvClusterSpec, ServiceType};
 
 use super::Ctx;
-use super::server::{apply_scheduling, http_probe, pull_secrets, restricted_container};
+use super::server::{apply_scheduling, extra_env, http_probe, pull_secrets, restricted_container};
 use crate::names::{Component, GATEWAY_PORT, PORT_NAME};
 
 const AUTH_DIR: &str = "/etc/kvstore/auth";
@@ -102,6 +102,7 @@ pub(super) fn deployment(ctx: &Ctx) -> Deployment {
                     value: Some(value),
                     value_from: None,
                 })
+                .chain(extra_env(&spec.gateway.env, GATEWAY_MANAGED_ENV))
                 .collect(),
         ),
         ports: Some(vec![ContainerPort {

@@ -268,6 +268,144 @@ mod tests {
         assert_eq!(get(&gateway, "KV_LOG_LEVEL"), Some("debug"));
     }
 
+    /// Every variable name of the servers' and the gateways' container, in order, values
+    /// from a source included.
+    fn env_names(cluster: &KvCluster) -> (Vec<String>, Vec<String>) {
+        let plan = Plan::new(cluster, None);
+        let children = render(cluster, &plan, &RenderConfig::default()).unwrap();
+        let names = |t: Option<k8s_openapi::api::core::v1::PodSpec>| -> Vec<String> {
+            t.unwrap().containers[0]
+                .env
+                .iter()
+                .flatten()
+                .map(|e| e.name.clone())
+                .collect()
+        };
+        (
+            names(children.server_stateful_set.spec.unwrap().template.spec),
+            names(children.gateway_deployment.spec.unwrap().template.spec),
+        )
+    }
+
+    fn extra(name: &str, value: &str) -> kv_crds::ExtraEnv {
+        kv_crds::ExtraEnv {
+            name: name.into(),
+            value: Some(value.into()),
+            value_from: None,
+        }
+    }
+
+    #[test]
+    fn every_variable_the_operator_sets_is_one_the_crd_keeps_out_of_env() {
+        // Every optional setting on, so that every variable the operator can set is there.
+        let mut full = cluster(
+            3,
+            ReplicationSpec {
+                factor: 3,
+                write_quorum: Some(2),
+                timeout_seconds: 30,
+            },
+        );
+        full.spec.server.max_value_bytes = 32 << 20;
+        full.spec.server.log_level = Some("debug".into());
+        full.spec.gateway.log_level = Some("debug".into());
+        full.spec.auth = Some(kv_crds::AuthSpec {
+            secret_name: "token".into(),
+            key: "token".into(),
+        });
+        let (server, gateway) = env_names(&full);
+        for name in &server {
+            assert!(
+                kv_crds::SERVER_MANAGED_ENV.contains(&name.as_str()),
+                "{name}"
+            );
+        }
+        for name in &gateway {
+            assert!(
+                kv_crds::GATEWAY_MANAGED_ENV.contains(&name.as_str()),
+                "{name}"
+            );
+        }
+        // The optional ones were all set.
+        for name in [
+            "KV_WRITE_QUORUM",
+            "KV_REPLICATION_TIMEOUT_MS",
+            "KV_MAX_VALUE_BYTES",
+        ] {
+            assert!(server.iter().any(|n| n == name), "{name}");
+        }
+        for name in [
+            "KV_MAX_BODY_BYTES",
+            "KV_REQUEST_TIMEOUT_MS",
+            "KV_API_TOKEN_FILE",
+        ] {
+            assert!(gateway.iter().any(|n| n == name), "{name}");
+        }
+    }
+
+    #[test]
+    fn user_variables_come_after_the_operators_and_never_replace_them() {
+        let plain = cluster(3, ReplicationSpec::default());
+        let (plain_server, plain_gateway) = env_names(&plain);
+
+        let mut tuned = plain.clone();
+        tuned.spec.server.log_level = Some("warn".into());
+        let token = k8s_openapi::api::core::v1::EnvVarSource {
+            secret_key_ref: Some(k8s_openapi::api::core::v1::SecretKeySelector {
+                name: "s".into(),
+                key: "k".into(),
+                optional: None,
+            }),
+            ..Default::default()
+        };
+        tuned.spec.server.env = vec![
+            extra("RUST_BACKTRACE", "1"),
+            extra("KV_READERS", "4"),
+            // Refused by the CRD; skipped should a spec get past it.
+            extra("KV_PEERS", "evil=http://elsewhere"),
+            extra("KV_LOG_LEVEL", "trace"),
+            extra("KV_READERS", "8"),
+            kv_crds::ExtraEnv {
+                name: "FROM_SECRET".into(),
+                value: None,
+                value_from: Some(token.clone()),
+            },
+        ];
+        tuned.spec.gateway.env = vec![extra("KV_WORKER_THREADS", "1"), extra("RUST_LOG", "x")];
+        let (server, gateway) = env_names(&tuned);
+        let mut expected = plain_server.clone();
+        expected.insert(
+            expected.iter().position(|n| n == "KV_VNODES").unwrap(),
+            "KV_LOG_LEVEL".into(),
+        );
+        expected.extend(["RUST_BACKTRACE", "KV_READERS", "FROM_SECRET"].map(String::from));
+        assert_eq!(server, expected);
+        let mut expected = plain_gateway;
+        expected.push("KV_WORKER_THREADS".into());
+        assert_eq!(gateway, expected);
+
+        // The operator's values stand; the user's first value of a name is the one kept.
+        let (values, gateway_values) = rendered(&tuned);
+        assert_eq!(get(&values, "KV_READERS"), Some("4"));
+        assert_eq!(get(&values, "KV_LOG_LEVEL"), Some("warn"));
+        assert_eq!(
+            get(&values, "KV_PEERS"),
+            get(&rendered(&plain).0, "KV_PEERS")
+        );
+        assert_eq!(get(&gateway_values, "KV_WORKER_THREADS"), Some("1"));
+        let plan = Plan::new(&tuned, None);
+        let children = render(&tuned, &plan, &RenderConfig::default()).unwrap();
+        let template = children
+            .server_stateful_set
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let from_secret = template.containers[0].env.iter().flatten().last().unwrap();
+        assert_eq!(from_secret.value_from, Some(token));
+    }
+
     #[test]
     fn servers_know_every_peer_by_its_stable_dns_name() {
         let (server, gateway) = rendered(&cluster(3, ReplicationSpec::default()));

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kv_crds::Scheduling;
+use kv_crds::{ExtraEnv, SERVER_MANAGED_ENV, Scheduling};
 
 use super::Ctx;
 use crate::names::{
@@ -187,6 +187,7 @@ fn server_container(ctx: &Ctx) -> Container {
                     .map(|level| env("KV_LOG_LEVEL", level)),
             )
             .chain(replication_env(ctx).into_iter().map(|(n, v)| env(n, v)))
+            .chain(extra_env(&spec.server.env, SERVER_MANAGED_ENV))
             .collect(),
         ),
         ports: Some(
@@ -302,6 +303,25 @@ pub(super) fn restricted_container() -> SecurityContext {
         }),
         ..SecurityContext::default()
     }
+}
+
+/// The user's variables (`spec.server.env`, `spec.gateway.env`), after the operator's, so
+/// that `$(POD_NAME)` expands in them. The API server refuses the names in `managed` and a
+/// name given twice; they are skipped here too, so that a spec the rule never saw (an API
+/// server without CEL validation) still renders one variable per name, the operator's.
+pub(super) fn extra_env<'a>(
+    extra: &'a [ExtraEnv],
+    managed: &'a [&str],
+) -> impl Iterator<Item = EnvVar> + 'a {
+    let mut seen = std::collections::BTreeSet::new();
+    extra
+        .iter()
+        .filter(move |e| !managed.contains(&e.name.as_str()) && seen.insert(e.name.as_str()))
+        .map(|e| EnvVar {
+            name: e.name.clone(),
+            value: e.value.clone(),
+            value_from: e.value_from.clone(),
+        })
 }
 
 pub(super) fn pull_secrets(names: &[String]) -> Option<Vec<LocalObjectReference>> {
