@@ -105,6 +105,23 @@ helm install "$RELEASE" helm/kvstore-operator --namespace "$NAMESPACE" --create-
 kubectl wait --for condition=established --timeout=60s crd/kvclusters.kvstore.dev
 kubectl -n "$NAMESPACE" rollout status "deployment/$RELEASE" --timeout=120s
 
+step "the API server refuses a variable the operator sets (the CRD's CEL rule)"
+refused="$(kubectl apply --dry-run=server -f - 2>&1 <<'EOF'
+apiVersion: kvstore.dev/v1alpha1
+kind: KvCluster
+metadata:
+  name: refused
+  namespace: default
+spec:
+  server:
+    env:
+      - name: KV_PEERS
+        value: elsewhere=http://elsewhere:8080
+EOF
+)" && die "a KvCluster setting KV_PEERS in server.env was accepted"
+echo "$refused"
+grep -q "the operator sets these variables" <<<"$refused" || die "refused for another reason"
+
 step "kubectl apply -f $EXAMPLE"
 kubectl apply -f "$EXAMPLE"
 
