@@ -36,6 +36,13 @@ pub fn gateway_max_body_bytes(max_value_bytes: usize) -> usize {
 /// holds at least one version), so a page of large values still fits through the gateway.
 pub const VERSIONS_PAGE_BYTES: usize = 8 << 20;
 
+/// Request header: the member the gateway means to reach. A replicated server (whose name is
+/// its ring name) refuses a key request naming another server with `421 wrong_server`, before
+/// it reads or stores anything: the gateway reached that member's old address, which another
+/// server now has (a pod IP reused before the EndpointSlice said so). A standalone server's
+/// name is only a label and is not checked.
+pub const ADDRESSEE_HEADER: &str = "x-kv-to";
+
 /// Body of `PUT|POST /put/{key}`. Extra fields are ignored, as the seed's pydantic model did.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct PutBody {
@@ -189,6 +196,9 @@ pub enum ErrorCode {
     QuorumUnavailable,
     /// A put reached a server that is not the key's primary on its ring.
     NotPrimary,
+    /// The request named another server ([`ADDRESSEE_HEADER`]) than the replicated server
+    /// that got it: the address the gateway has for a member now belongs to another one.
+    WrongServer,
     /// A replica already holds a different value for that (key, version).
     ReplicaConflict,
     /// The request named an older ring epoch than the server's: refresh the ring, retry.
@@ -233,6 +243,7 @@ impl ErrorCode {
             ErrorCode::QuorumFailed => "quorum_failed",
             ErrorCode::QuorumUnavailable => "quorum_unavailable",
             ErrorCode::NotPrimary => "not_primary",
+            ErrorCode::WrongServer => "wrong_server",
             ErrorCode::ReplicaConflict => "replica_conflict",
             ErrorCode::StaleRing => "stale_ring",
             ErrorCode::RingBehind => "ring_behind",
@@ -258,6 +269,7 @@ mod tests {
             ErrorCode::QuorumFailed,
             ErrorCode::QuorumUnavailable,
             ErrorCode::NotPrimary,
+            ErrorCode::WrongServer,
             ErrorCode::StaleRing,
             ErrorCode::RingBehind,
             ErrorCode::Rebalancing,

@@ -40,6 +40,18 @@ pub enum CallError {
     TooLarge(usize),
 }
 
+/// `x-kv-to` (`kv_common::api::ADDRESSEE_HEADER`), parsed once.
+const ADDRESSEE: HeaderName = HeaderName::from_static(kv_common::api::ADDRESSEE_HEADER);
+
+/// The detail of a `421 wrong_server` answer; `None` for any other answer.
+fn wrong_server(answer: &Response<Bytes>) -> Option<String> {
+    if answer.status() != http::StatusCode::MISDIRECTED_REQUEST {
+        return None;
+    }
+    let body: kv_common::ErrorBody = serde_json::from_slice(answer.body()).ok()?;
+    (body.code == kv_common::ErrorCode::WrongServer).then_some(body.detail)
+}
+
 /// Request bodies above this go over HTTP even with the link in use. A frame is written whole
 /// and read whole, so a large value would hold up every request behind it on that server's
 /// link: 64 MiB takes tens of milliseconds even on loopback. Answers cannot be sized before
@@ -146,6 +158,16 @@ impl BackendClient {
         )
         .await
         .unwrap_or(Err(CallError::Timeout(self.request_timeout)));
+        let result = result.and_then(|answer| match wrong_server(&answer) {
+            // Refused before anything was read or stored: as if the member were unreachable,
+            // which it is at this address (reads go to its replicas, writes answer 503).
+            Some(detail) => {
+                tracing::warn!(member = %backend.name, url = %backend.url, %detail,
+                    "another server answers at this member's address: it gets no requests");
+                Err(CallError::Connect(detail.into()))
+            }
+            None => Ok(answer),
+        });
         let outcome = match &result {
             Ok(_) => "ok",
             Err(CallError::Connect(_)) => "connect_error",
@@ -161,6 +183,15 @@ impl BackendClient {
             health::set(self, backend, false);
         }
         result
+    }
+
+    /// The gateway's own headers of a request to `backend`: `headers` and the member meant.
+    fn own_headers<'a>(
+        backend: &'a Backend,
+        headers: &'a [(HeaderName, HeaderValue)],
+    ) -> impl Iterator<Item = (HeaderName, HeaderValue)> + 'a {
+        let addressee = backend.addressee.clone().map(|name| (ADDRESSEE, name));
+        headers.iter().cloned().chain(addressee)
     }
 
     async fn exchange(
@@ -185,7 +216,7 @@ impl BackendClient {
                 .as_ref()
                 .is_none_or(|(bytes, _)| bytes.len() <= LINK_MAX_BODY)
         {
-            let mut frame_headers = headers.to_vec();
+            let mut frame_headers: Vec<_> = Self::own_headers(backend, headers).collect();
             if method == Method::GET {
                 frame_headers.push((mux::MAX_ANSWER, MAX_ANSWER_VALUE.clone()));
             }
@@ -230,7 +261,7 @@ impl BackendClient {
             .join(path_and_query)
             .map_err(|e| CallError::Transport(e.into()))?;
         let mut request = Request::builder().method(method).uri(uri);
-        for (name, value) in headers {
+        for (name, value) in Self::own_headers(backend, headers) {
             request = request.header(name, value);
         }
         let body = match body {
@@ -369,12 +400,7 @@ mod tests {
     #[tokio::test]
     async fn large_request_bodies_go_over_http_the_rest_over_the_link() {
         let (url, seen) = both_transports().await;
-        let backend = Backend {
-            name: "s".into(),
-            url,
-            health: Default::default(),
-            replication: Default::default(),
-        };
+        let backend = Backend::new("s".into(), url);
         let metrics =
             GatewayMetrics::register(&mut prometheus_client::registry::Registry::default());
         let client = BackendClient::new(

@@ -34,6 +34,22 @@ pub struct Backend {
     pub health: HealthState,
     /// What its last readable `/health` said about replication.
     pub replication: ReplicationState,
+    /// The name as the value of `x-kv-to` on every key request (`kv_common::api::
+    /// ADDRESSEE_HEADER`), built once; `None` for a name no header can carry.
+    pub addressee: Option<http::HeaderValue>,
+}
+
+impl Backend {
+    /// A member at `url`, of unknown health.
+    pub fn new(name: String, url: BackendUrl) -> Backend {
+        Backend {
+            addressee: http::HeaderValue::from_str(&name).ok(),
+            name,
+            url,
+            health: HealthState::default(),
+            replication: ReplicationState::default(),
+        }
+    }
 }
 
 /// An immutable view of the cluster: the ring and where each member is.
@@ -200,12 +216,7 @@ impl TopologyHandle {
             let backend = match old.backends.get(&member.name) {
                 // Same place: keep the health we know.
                 Some(b) if b.url == member.url => b.clone(),
-                _ => Arc::new(Backend {
-                    name: member.name.clone(),
-                    url: member.url,
-                    health: HealthState::default(),
-                    replication: ReplicationState::default(),
-                }),
+                _ => Arc::new(Backend::new(member.name.clone(), member.url)),
             };
             backends.insert(member.name, backend);
         }

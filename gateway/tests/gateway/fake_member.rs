@@ -20,6 +20,8 @@ pub struct Seen {
     pub write_quorum: Option<String>,
     /// The ring epoch the gateway routed by (`x-kv-ring-epoch`).
     pub ring_epoch: Option<String>,
+    /// The member the gateway meant to reach (`x-kv-to`).
+    pub addressee: Option<String>,
 }
 
 /// A canned answer: status, JSON body, extra headers.
@@ -93,6 +95,9 @@ async fn answer(
             .map(|v| v.to_str().unwrap().to_owned()),
         ring_epoch: headers
             .get("x-kv-ring-epoch")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        addressee: headers
+            .get("x-kv-to")
             .map(|v| v.to_str().unwrap().to_owned()),
     });
     let (status, body, extra) = script

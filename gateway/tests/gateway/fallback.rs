@@ -455,3 +455,51 @@ async fn a_member_whose_address_answers_as_another_server_gets_no_requests() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-server-used"], "kv-0");
 }
+
+#[tokio::test]
+async fn requests_name_their_member_and_a_wrong_server_answer_counts_as_unreachable() {
+    let cluster = Cluster::start(false, |_| {}).await;
+    let (key, list) = cluster.key_with_primary("kv-1");
+    let gw = &cluster.gateway;
+    cluster
+        .fake("kv-1")
+        .answer(&format!("/get/{key}"), 200, stored(1, json!("a")));
+    let r = gw.get(&format!("/get/{key}")).send().await.unwrap();
+    assert_eq!(r.headers()["x-server-used"], "kv-1");
+    let seen = cluster.fake("kv-1").seen();
+    assert_eq!(seen.last().unwrap().addressee.as_deref(), Some("kv-1"));
+
+    // kv-1's address now reaches another replicated server, which refuses kv-1's requests.
+    let refusal = json!({"detail": "This is server kv-9, not kv-1", "code": "wrong_server"});
+    for uri in [format!("/get/{key}"), format!("/put/{key}")] {
+        cluster.fake("kv-1").answer(&uri, 421, refusal.clone());
+    }
+    cluster
+        .fake(list[1])
+        .answer(&format!("/get/{key}"), 200, stored(1, json!("a")));
+    let r = gw.get(&format!("/get/{key}")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-server-used"], list[1]);
+    assert_eq!(r.headers()["x-kv-primary-unavailable"], "kv-1");
+    // Never a 421 to the client, never a detour for a write.
+    let r = gw
+        .put(&format!("/put/{key}"), json!("b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "server_unavailable"
+    );
+    for name in [list[1], list[2]] {
+        let puts = cluster.fake(name).seen();
+        assert!(puts.iter().all(|s| s.method != Method::PUT), "{name}");
+    }
+    assert!(
+        cluster
+            .metrics()
+            .await
+            .contains("outcome=\"connect_error\"")
+    );
+}

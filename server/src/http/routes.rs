@@ -9,7 +9,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use kv_common::ErrorCode;
-use kv_common::api::{CacheStats, DbStats, Operation, PutResponse, VersionEntry, VersionsResponse};
+use kv_common::api::{
+    ADDRESSEE_HEADER, CacheStats, DbStats, Operation, PutResponse, VersionEntry, VersionsResponse,
+};
 use kv_common::body::{CHUNKED_ANSWER_MIN, Chunks, shared_text};
 use kv_common::replication::{ACKED_BY_HEADER, HealthBody, WRITE_QUORUM_HEADER};
 use kv_common::ring_config::RING_EPOCH_HEADER;
@@ -32,6 +34,7 @@ const DEFAULT_PAGE: u64 = 100;
         ("if_version" = Option<u64>, Query, description = "Store only if the latest version is this; 0 = only if the key does not exist"),
         ("x-kv-write-quorum" = Option<u64>, Header, description = "Replication: servers that must hold the version before the answer (the gateway sends it)"),
         ("x-kv-ring-epoch" = Option<u64>, Header, description = "Rebalancing: the ring epoch the gateway routed by; checked against the server's"),
+        ("x-kv-to" = Option<String>, Header, description = "Replication: the server the gateway means to reach; another name is refused (`wrong_server`)"),
     ),
     request_body = kv_common::api::PutBody,
     responses(
@@ -42,7 +45,7 @@ const DEFAULT_PAGE: u64 = 100;
         (status = 413, description = "Value over the size limit", body = kv_common::ErrorBody),
         (status = 414, description = "Key over 1024 bytes", body = kv_common::ErrorBody),
         (status = 409, description = "Rebalancing: `x-kv-ring-epoch` is older than the server's ring (`stale_ring`; the body's `ring` is the server's current ring configuration)", body = kv_common::ErrorBody),
-        (status = 421, description = "Replication: this server is not the key's primary (`not_primary`)", body = kv_common::ErrorBody),
+        (status = 421, description = "Replication: this server is not the key's primary (`not_primary`), or `x-kv-to` names another server (`wrong_server`: nothing stored)", body = kv_common::ErrorBody),
         (status = 503, description = "Replication: a new database still catching up (`syncing`), or the version was stored here but too few replicas confirmed it in time (`quorum_failed`: the write is uncertain), or too few of the key's replicas answer this server to make the quorum (`quorum_unavailable`: nothing stored, retry); rebalancing: the key's primary is moving (`rebalancing`) or `x-kv-ring-epoch` is newer than the server's ring (`ring_behind`)", body = kv_common::ErrorBody,
             headers(("retry-after" = u64, description = "Seconds to wait"))),
         (status = 422, description = "Body is not an object with a `value`, or has a non-finite number", body = kv_common::ErrorBody),
@@ -56,6 +59,7 @@ pub async fn put(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    check_addressee(&state, &headers)?;
     let key = extract::key(path)?;
     let if_version = QueryParams::from(params)?.count("if_version")?;
     let value = extract::put_value(body, state.config.max_value_bytes)?;
@@ -129,6 +133,24 @@ fn write_quorum(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
                 format!("Invalid {WRITE_QUORUM_HEADER} header: expected a whole number from 1"),
             )
         })
+}
+
+/// A replicated server refuses a key request meant for another member (`x-kv-to`,
+/// [`ADDRESSEE_HEADER`]), before it reads or stores anything. A standalone server's name is a
+/// label, which need not match the gateway's name for it.
+fn check_addressee(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let me = &state.config.node_name;
+    match (&state.replication, headers.get(ADDRESSEE_HEADER)) {
+        (Some(_), Some(to)) if to.as_bytes() != me.as_bytes() => {
+            let to = String::from_utf8_lossy(to.as_bytes());
+            Err(ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                ErrorCode::WrongServer,
+                format!("This is server {me}, not {to}: the address used for {to} reaches {me}"),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The `x-kv-ring-epoch` header: the ring epoch the gateway routed by, if any.
@@ -238,6 +260,7 @@ fn write_after_value(out: &mut String, v: &Versioned, source: ReadSource) {
 /// A request routed by another ring epoch is refused; a new database may lack versions its
 /// peers hold: it answers nothing until it caught up.
 fn admit_read(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    check_addressee(state, headers)?;
     let epoch = ring_epoch(headers)?;
     match &state.replication {
         Some(replication) => Ok(replication.admit_read(epoch)?),

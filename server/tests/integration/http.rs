@@ -1,6 +1,8 @@
 //! Every route and every error, through the router.
 
-use axum::http::{Method, StatusCode};
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use tower::ServiceExt;
 
 use crate::support::{test_app, test_app_with};
 
@@ -514,4 +516,25 @@ async fn the_metrics_port_serves_metrics_and_health_and_no_data() {
             .is_err(),
         "the metrics listener closes with the server"
     );
+}
+
+#[tokio::test]
+async fn a_standalone_server_takes_requests_meant_for_any_name() {
+    // Its name is a label: a gateway may know it as `host:port` (the seed's static list).
+    let app = test_app();
+    let to = |method: Method, uri: &str, body: Option<&str>| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .header("x-kv-to", "server-1:8080")
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
+            .unwrap()
+    };
+    let put = to(Method::PUT, "/put/k", Some(r#"{"value": 1}"#));
+    let response = app.router.clone().oneshot(put).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let get = to(Method::GET, "/get/k", None);
+    let response = app.router.clone().oneshot(get).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }

@@ -270,6 +270,46 @@ async fn a_put_is_confirmed_by_a_quorum_and_reaches_every_replica() {
 }
 
 #[tokio::test]
+async fn a_key_request_meant_for_another_server_is_refused_and_stores_nothing() {
+    let mut c = Cluster::new();
+    c.start_all().await;
+    let key = key_of("r0", 0);
+    let request = |method: reqwest::Method, path: String, to: &str| {
+        c.http
+            .request(method, format!("{}{path}", c.url(0)))
+            .header("x-kv-to", to)
+    };
+    // Meant for r1 (whose old address r0 now has): refused before anything is read or stored.
+    let r = request(reqwest::Method::PUT, format!("/put/{key}"), "r1")
+        .json(&json!({"value": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 421);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "wrong_server", "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("r0"), "{body}");
+    for path in [format!("/get/{key}"), format!("/versions/{key}")] {
+        let r = request(reqwest::Method::GET, path.clone(), "r1");
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), 421, "{path}");
+    }
+    assert_eq!(c.get(0, &format!("/get/{key}")).await.0, 404);
+
+    // Meant for r0 itself, or naming no one (a client straight to the server): served.
+    let r = request(reqwest::Method::PUT, format!("/put/{key}"), "r0")
+        .json(&json!({"value": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = request(reqwest::Method::GET, format!("/get/{key}"), "r0");
+    assert_eq!(r.send().await.unwrap().status(), 200);
+    assert_eq!(c.get(0, &format!("/get/{key}")).await.0, 200);
+    c.stop_all().await;
+}
+
+#[tokio::test]
 async fn replica_writes_are_idempotent_and_a_different_value_is_refused() {
     let mut c = Cluster::new();
     c.start_all().await;
