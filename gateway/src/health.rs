@@ -138,9 +138,9 @@ pub async fn run_checks(topology: Arc<TopologyHandle>, client: BackendClient, in
 ///
 /// But a replicated server that names itself other than the member is down: the gateway
 /// reaches another server at that address (a pod's IP reused by another pod before the
-/// EndpointSlice said so, or swapped URLs in a static list), and would send it the member's
-/// keys. Its writes would be refused there (`not_primary`), but a read could be answered
-/// from the wrong server's copy. A standalone server's name is only a label, not checked.
+/// EndpointSlice said so, or swapped URLs in a static list). That server would refuse the
+/// member's key requests anyway (`421 wrong_server`, see `client.rs`); marked down, the
+/// member gets none. A standalone server's name is only a label, not checked.
 async fn probe(
     topology: &TopologyHandle,
     client: &BackendClient,

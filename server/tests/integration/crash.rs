@@ -46,20 +46,17 @@ async fn start(dir: &std::path::Path) -> Server {
         if let Ok(r) = client.get(format!("{}/ready", server.url)).send().await
             && r.status().is_success()
         {
-            let stats: serde_json::Value = client
-                .get(format!("{}/db/stats", server.url))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let stats = get_json(&client, format!("{}/db/stats", server.url)).await;
             assert_eq!(stats["node_name"], name, "another server holds port {port}");
             return server;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("kv-server did not become ready");
+}
+
+async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 type Acked = Arc<Mutex<Vec<(String, u64, String)>>>;
@@ -109,14 +106,11 @@ async fn verify(dir: &std::path::Path, acked: &[(String, u64, String)]) {
     let server = start(dir).await;
     let client = reqwest::Client::new();
     for (key, version, value) in acked {
-        let got: serde_json::Value = client
-            .get(format!("{}/get/{key}?version={version}", server.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let got = get_json(
+            &client,
+            format!("{}/get/{key}?version={version}", server.url),
+        )
+        .await;
         assert_eq!(
             got["value"],
             value.as_str(),
@@ -124,14 +118,11 @@ async fn verify(dir: &std::path::Path, acked: &[(String, u64, String)]) {
         );
     }
     for k in 0..4 {
-        let page: serde_json::Value = client
-            .get(format!("{}/versions/key-{k}?limit=1000", server.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = get_json(
+            &client,
+            format!("{}/versions/key-{k}?limit=1000", server.url),
+        )
+        .await;
         let latest = page["latest_version"].as_u64().unwrap();
         let listed: Vec<u64> = page["versions"]
             .as_array()
