@@ -158,17 +158,20 @@ impl BackendClient {
         )
         .await
         .unwrap_or(Err(CallError::Timeout(self.request_timeout)));
+        let mut wrong = false;
         let result = result.and_then(|answer| match wrong_server(&answer) {
             // Refused before anything was read or stored: as if the member were unreachable,
             // which it is at this address (reads go to its replicas, writes answer 503).
             Some(detail) => {
                 tracing::warn!(member = %backend.name, url = %backend.url, %detail,
                     "another server answers at this member's address: it gets no requests");
+                wrong = true;
                 Err(CallError::Connect(detail.into()))
             }
             None => Ok(answer),
         });
         let outcome = match &result {
+            _ if wrong => "wrong_server",
             Ok(_) => "ok",
             Err(CallError::Connect(_)) => "connect_error",
             Err(CallError::Timeout(_)) => "timeout",

@@ -20,8 +20,9 @@ pub struct MemberLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub member: String,
-    /// `ok` (any HTTP answer), `connect_error`, `timeout`, `error`, `too_large`, or `rejected`
-    /// (not tried because the member is marked down).
+    /// `ok` (any HTTP answer), `connect_error`, `wrong_server` (another server answers at
+    /// the member's address: `421 wrong_server`), `timeout`, `error`, `too_large`, or
+    /// `rejected` (not tried because the member is marked down).
     pub outcome: &'static str,
 }
 

@@ -496,10 +496,5 @@ async fn requests_name_their_member_and_a_wrong_server_answer_counts_as_unreacha
         let puts = cluster.fake(name).seen();
         assert!(puts.iter().all(|s| s.method != Method::PUT), "{name}");
     }
-    assert!(
-        cluster
-            .metrics()
-            .await
-            .contains("outcome=\"connect_error\"")
-    );
+    assert!(cluster.metrics().await.contains("outcome=\"wrong_server\""));
 }
