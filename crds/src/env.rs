@@ -9,7 +9,7 @@
 //! apply. The operator's tests hold each list equal to what it renders.
 
 use k8s_openapi::api::core::v1::EnvVarSource;
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -96,12 +96,24 @@ fn managed_names_rule(managed: &[&str]) -> Value {
     }])
 }
 
-/// `x-kubernetes-validations` of `spec.server.env`.
-pub fn server_env_rules() -> Value {
-    managed_names_rule(SERVER_MANAGED_ENV)
+/// The shape of an `env` list whose names stay out of `managed`: at most [`MAX_EXTRA_ENV`]
+/// variables, a list map keyed by name (so a name given twice is refused), and the rule.
+fn env_list(schema: &mut Schema, managed: &[&str]) {
+    schema.insert("maxItems".into(), MAX_EXTRA_ENV.into());
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert("x-kubernetes-list-map-keys".into(), json!(["name"]));
+    schema.insert(
+        "x-kubernetes-validations".into(),
+        managed_names_rule(managed),
+    );
 }
 
-/// `x-kubernetes-validations` of `spec.gateway.env`.
-pub fn gateway_env_rules() -> Value {
-    managed_names_rule(GATEWAY_MANAGED_ENV)
+/// The schema of `spec.server.env` (a schemars `transform`).
+pub(crate) fn server_env_list(schema: &mut Schema) {
+    env_list(schema, SERVER_MANAGED_ENV);
+}
+
+/// The schema of `spec.gateway.env` (a schemars `transform`).
+pub(crate) fn gateway_env_list(schema: &mut Schema) {
+    env_list(schema, GATEWAY_MANAGED_ENV);
 }

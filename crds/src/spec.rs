@@ -12,7 +12,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::env::{ExtraEnv, MAX_EXTRA_ENV, gateway_env_rules, server_env_rules};
+use crate::env::{ExtraEnv, gateway_env_list, server_env_list};
 use crate::status::KvClusterStatus;
 
 /// A kvstore cluster: a StatefulSet of storage servers behind a gateway Deployment.
@@ -255,11 +255,7 @@ pub struct ServerSpec {
     /// (`RUST_BACKTRACE`). The variables the operator sets are refused. Changing it restarts
     /// the servers one at a time.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = MAX_EXTRA_ENV), extend(
-        "x-kubernetes-list-type" = "map",
-        "x-kubernetes-list-map-keys" = ["name"],
-        "x-kubernetes-validations" = server_env_rules(),
-    ))]
+    #[schemars(transform = server_env_list)]
     pub env: Vec<ExtraEnv>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -316,11 +312,7 @@ pub struct GatewaySpec {
     /// `KV_CONNECT_TIMEOUT_MS`; see the README) and for the process. The variables the
     /// operator sets are refused. Changing it restarts the gateways (a rolling update).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = MAX_EXTRA_ENV), extend(
-        "x-kubernetes-list-type" = "map",
-        "x-kubernetes-list-map-keys" = ["name"],
-        "x-kubernetes-validations" = gateway_env_rules(),
-    ))]
+    #[schemars(transform = gateway_env_list)]
     pub env: Vec<ExtraEnv>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
