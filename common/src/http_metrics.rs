@@ -55,7 +55,8 @@ impl HttpMetrics {
         Arc::new(HttpMetrics { requests, latency })
     }
 
-    fn record(&self, route: &str, method: &str, status: u16, seconds: f64) {
+    /// Counts one answer (the link's short way to a handler counts through this too).
+    pub fn record(&self, route: &str, method: &str, status: u16, seconds: f64) {
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.to_owned(),

@@ -89,9 +89,9 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
     // HTTP and the gateway's pipelined links share the port (`http::mux`).
-    let app = http::app(state);
+    let app = http::app(state.clone());
     let (listener, links) =
-        http::mux::split(listener, app.clone(), links_stop).map_err(|source| Error::Io {
+        http::mux::split(listener, app.clone(), state, links_stop).map_err(|source| Error::Io {
             context: "read listener address".into(),
             source,
         })?;

@@ -2,6 +2,7 @@
 //! `oneshot` and `run` serves it.
 
 pub mod admin;
+mod direct;
 mod error;
 mod extract;
 mod internal;
@@ -83,8 +84,13 @@ pub fn metrics_app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The largest put body: the largest value and room for its JSON envelope.
+fn put_body_limit(config: &ServerConfig) -> usize {
+    config.max_value_bytes + kv_common::api::PUT_BODY_OVERHEAD
+}
+
 pub fn app(state: AppState) -> Router {
-    let body_limit = state.config.max_value_bytes + kv_common::api::PUT_BODY_OVERHEAD;
+    let body_limit = put_body_limit(&state.config);
     let http_metrics = state.metrics.http.clone();
     Router::new()
         .route(

@@ -2,8 +2,9 @@
 //! HTTP: every accepted connection is sniffed by its first byte, a link's preface starts
 //! with NUL, which no HTTP request does. HTTP connections go on to axum as before; a link is
 //! served here, each request frame through the same router as HTTP (same routes, limits,
-//! metrics), its answers written back as they finish, several per socket call when several
-//! are ready.
+//! metrics), but for plain puts and gets, which go straight to the same handlers
+//! (`http/direct.rs`), its answers written back as they finish, several per socket call when
+//! several are ready.
 //!
 //! On shutdown a link stops reading, tells the gateway the last request it took (a frame
 //! with id 0), answers those, and closes: the gateway knows that every later request was
@@ -24,6 +25,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tower::ServiceExt;
+
+use super::AppState;
+use super::direct::{self, Direct};
 
 /// The largest request frame a link takes: a put of the largest value with room for its
 /// JSON envelope, or a replication batch (the router's own limits apply after this).
@@ -57,6 +61,14 @@ impl axum::serve::Listener for HttpListener {
     }
 }
 
+/// What a link's frames are served by: the router, and for plain puts and gets their
+/// handlers alone, which need the state the router holds.
+#[derive(Clone)]
+struct Service {
+    router: Router,
+    state: AppState,
+}
+
 /// Resolves once every link has answered what it took and closed.
 pub struct Links {
     alive: mpsc::Receiver<()>,
@@ -74,12 +86,14 @@ impl Links {
 pub fn split(
     listener: TcpListener,
     app: Router,
+    state: AppState,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<(HttpListener, Links)> {
     let addr = listener.local_addr()?;
     let (http_tx, http_rx) = mpsc::channel(64);
     let (alive_tx, alive_rx) = mpsc::channel(1);
-    tokio::spawn(accept_loop(listener, app, stop, http_tx, alive_tx));
+    let service = Service { router: app, state };
+    tokio::spawn(accept_loop(listener, service, stop, http_tx, alive_tx));
     Ok((
         HttpListener {
             connections: http_rx,
@@ -91,7 +105,7 @@ pub fn split(
 
 async fn accept_loop(
     listener: TcpListener,
-    app: Router,
+    service: Service,
     mut stop: watch::Receiver<bool>,
     http: mpsc::Sender<(TcpStream, SocketAddr)>,
     alive: mpsc::Sender<()>,
@@ -111,7 +125,8 @@ async fn accept_loop(
                 continue;
             }
         };
-        let (app, mut stop, http, alive) = (app.clone(), stop.clone(), http.clone(), alive.clone());
+        let (service, mut stop, http, alive) =
+            (service.clone(), stop.clone(), http.clone(), alive.clone());
         tokio::spawn(async move {
             // A connection that has not said a word by shutdown is closed, as axum closes
             // idle ones: it must not hold the server's shutdown up (this task holds `alive`).
@@ -124,7 +139,7 @@ async fn accept_loop(
             let _ = stream.set_nodelay(true);
             match peeked {
                 Ok(1) if first[0] == PREFACE[0] => {
-                    match serve_link(stream, app, stop, alive).await {
+                    match serve_link(stream, service, stop, alive).await {
                         Ok(()) => tracing::info!(%peer, "gateway link closed"),
                         Err(err) => tracing::info!(%peer, %err, "gateway link closed"),
                     }
@@ -141,7 +156,7 @@ async fn accept_loop(
 
 async fn serve_link(
     stream: TcpStream,
-    app: Router,
+    service: Service,
     mut stop: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
 ) -> std::io::Result<()> {
@@ -170,7 +185,7 @@ async fn serve_link(
                 match mux::decode_request(&mut buf, MAX_REQUEST_FRAME) {
                     Ok(Some(frame)) => {
                         last_taken = frame.id;
-                        in_flight.push(answer(app.clone(), frame));
+                        in_flight.push(answer(service.clone(), frame));
                     }
                     Ok(None) => break,
                     Err(err) => return Err(std::io::Error::other(err)),
@@ -209,19 +224,27 @@ async fn serve_link(
     }
 }
 
-/// Runs one request through the router; its answer as an encoded frame.
-async fn answer(app: Router, mut frame: RequestFrame) -> Bytes {
+/// Runs one request through the router (a plain put or get through its handler alone); its
+/// answer as an encoded frame.
+async fn answer(service: Service, mut frame: RequestFrame) -> Bytes {
+    let Service { router, state } = service;
     let id = frame.id;
     // The gateway's cap on this answer's size (a GET only: it will ask again over HTTP).
     let max_answer = (frame.method == Method::GET)
         .then(|| max_answer(&mut frame.headers))
         .flatten();
-    let response = match to_request(frame) {
-        Some(request) => {
-            let response = match app.oneshot(request).await {
+    let response = match Direct::of(&frame, direct::body_limit(&state)) {
+        Some(direct) => Some(direct.serve(state, frame).await),
+        None => match to_request(frame) {
+            Some(request) => Some(match router.oneshot(request).await {
                 Ok(response) => response,
                 Err(never) => match never {},
-            };
+            }),
+            None => None,
+        },
+    };
+    let response = match response {
+        Some(response) => {
             let (parts, body) = response.into_parts();
             // A body that says its length (a large GET answer does) is not gathered only to
             // be found too large.

@@ -22,9 +22,14 @@ struct Server {
 }
 
 async fn start() -> Server {
+    start_with(|_| {}).await
+}
+
+async fn start_with(configure: impl FnOnce(&mut ServerConfig)) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut config = ServerConfig::new(dir.path());
     config.sync = SyncMode::Normal;
+    configure(&mut config);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (stop, stopped) = oneshot::channel();
@@ -165,6 +170,136 @@ async fn frames_are_answered_like_http_on_the_same_port() {
 
     server.stop.take().unwrap().send(()).unwrap();
     server.task.await.unwrap().unwrap();
+}
+
+/// Puts and gets take a short way past the router on a link (`http/direct.rs`); every put
+/// and get, of the plain shape or not, must get the answer HTTP gives and count the same in
+/// the metrics.
+#[tokio::test]
+async fn puts_and_gets_over_a_link_answer_and_count_exactly_as_over_http() {
+    let small = |config: &mut ServerConfig| config.max_value_bytes = 100;
+    let mut over_http = start_with(small).await;
+    let mut over_link = start_with(small).await;
+    let long_key = "k".repeat(1025);
+    let over_limit = format!(r#"{{"value": "{}"}}"#, "x".repeat(70 << 10));
+    let too_large = format!(r#"{{"value": "{}"}}"#, "x".repeat(200));
+    let cases: Vec<(Method, String, String)> = vec![
+        (
+            Method::PUT,
+            "/put/k%2F1".into(),
+            r#"{"value": {"a": 1}}"#.into(),
+        ),
+        (Method::POST, "/put/k%2F1".into(), r#"{"value": 2}"#.into()),
+        (
+            Method::PUT,
+            "/put/%C3%A9t%C3%A9".into(),
+            r#"{"value": "e"}"#.into(),
+        ),
+        (
+            Method::PUT,
+            "/put/k%2F1?if_version=2".into(),
+            r#"{"value": 3}"#.into(),
+        ),
+        (
+            Method::PUT,
+            "/put/k%2F1?if_version=1".into(),
+            r#"{"value": 4}"#.into(),
+        ),
+        (
+            Method::PUT,
+            "/put/k?if_version=x".into(),
+            r#"{"value": 5}"#.into(),
+        ),
+        (Method::PUT, "/put/%FF".into(), r#"{"value": 6}"#.into()),
+        (Method::PUT, "/put/".into(), r#"{"value": 7}"#.into()),
+        (Method::PUT, "/put/a/b".into(), r#"{"value": 8}"#.into()),
+        (
+            Method::PUT,
+            format!("/put/{long_key}"),
+            r#"{"value": 9}"#.into(),
+        ),
+        (Method::PUT, "/put/k".into(), "not json".into()),
+        (Method::PUT, "/put/k".into(), r#"{"other": 1}"#.into()),
+        (Method::PUT, "/put/k".into(), too_large),
+        (Method::PUT, "/put/k".into(), over_limit),
+        (Method::PUT, "/put/k".into(), String::new()),
+        (Method::DELETE, "/put/k".into(), r#"{"value": 10}"#.into()),
+        (Method::GET, "/get/k%2F1".into(), String::new()),
+        (Method::GET, "/get/%C3%A9t%C3%A9".into(), String::new()),
+        (Method::GET, "/get/k%2F1?version=1".into(), String::new()),
+        (Method::GET, "/get/k%2F1?version=0".into(), String::new()),
+        (Method::GET, "/get/k%2F1?version=9".into(), String::new()),
+        (Method::GET, "/get/missing".into(), String::new()),
+        (Method::GET, "/get/%FF".into(), String::new()),
+        (Method::GET, "/get/".into(), String::new()),
+        (Method::GET, "/get/a/b".into(), String::new()),
+        (Method::GET, format!("/get/{long_key}"), String::new()),
+        (Method::POST, "/get/k%2F1".into(), String::new()),
+    ];
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{}", over_http.port);
+    let mut link = open_link(over_link.port).await;
+    let mut buf = BytesMut::new();
+    for (id, (method, path, body)) in cases.iter().enumerate() {
+        let answer = http
+            .request(method.clone(), format!("{base}{path}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status();
+        let http_body: Value = answer.json().await.unwrap();
+        // One at a time, so both servers see the same order.
+        send(
+            &mut link,
+            &[frame(id as u64 + 1, method.clone(), path, body)],
+        )
+        .await;
+        let got = answers(&mut link, &mut buf, 1).await.remove(0);
+        let strip = |mut v: Value| {
+            v.as_object_mut().map(|o| o.remove("timestamp"));
+            v
+        };
+        assert_eq!(got.status, status, "{method} {path}");
+        assert_eq!(strip(json(&got)), strip(http_body), "{method} {path}");
+    }
+    let metrics = |port: u16| {
+        let http = http.clone();
+        async move {
+            let text = http
+                .get(format!("http://127.0.0.1:{port}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let mut puts: Vec<String> = text
+                .lines()
+                .filter(|line| line.contains(r#"/put/{key}""#) || line.contains(r#"/get/{key}""#))
+                .filter(|line| !line.contains("_bucket"))
+                .filter(|line| !line.contains("_sum"))
+                .map(str::to_owned)
+                .collect();
+            puts.sort();
+            puts
+        }
+    };
+    let counted = metrics(over_link.port).await;
+    assert!(
+        counted
+            .iter()
+            .any(|line| line.contains(r#"method="POST",status="200""#)),
+        "{counted:#?}"
+    );
+    assert_eq!(counted, metrics(over_http.port).await);
+
+    for server in [&mut over_http, &mut over_link] {
+        server.stop.take().unwrap().send(()).unwrap();
+    }
+    over_http.task.await.unwrap().unwrap();
+    over_link.task.await.unwrap().unwrap();
 }
 
 /// A GET that names the largest answer it wants on the link gets "ask over HTTP" for a
