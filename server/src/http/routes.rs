@@ -336,11 +336,19 @@ pub async fn versions(
 
 /// Cache statistics of this server.
 #[utoipa::path(get, path = "/cache/stats", tag = "stats",
-    responses((status = 200, body = CacheStats)))]
-pub async fn cache_stats(State(state): State<AppState>) -> Json<CacheStats> {
+    params(("x-kv-to" = Option<String>, Header, description = "Replication: the server the gateway means to reach; another name is refused (`wrong_server`)")),
+    responses((status = 200, body = CacheStats),
+        (status = 421, description = "Replication: `x-kv-to` names another server (`wrong_server`)", body = kv_common::ErrorBody)))]
+pub async fn cache_stats(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<CacheStats>, ApiError> {
+    // The gateway shows these as the named member's: another server's are refused as its
+    // key requests are.
+    check_addressee(&state, &headers)?;
     let s = state.store.cache_stats();
     let lookups = s.hits + s.misses;
-    Json(CacheStats {
+    Ok(Json(CacheStats {
         current_size: s.current_size,
         max_size: s.max_size,
         current_bytes: s.current_bytes,
@@ -357,13 +365,19 @@ pub async fn cache_stats(State(state): State<AppState>) -> Json<CacheStats> {
             s.hits as f64 / lookups as f64
         },
         node_name: state.config.node_name.clone(),
-    })
+    }))
 }
 
 /// Database statistics of this server.
 #[utoipa::path(get, path = "/db/stats", tag = "stats",
-    responses((status = 200, body = DbStats)))]
-pub async fn db_stats(State(state): State<AppState>) -> Result<Json<DbStats>, ApiError> {
+    params(("x-kv-to" = Option<String>, Header, description = "Replication: the server the gateway means to reach; another name is refused (`wrong_server`)")),
+    responses((status = 200, body = DbStats),
+        (status = 421, description = "Replication: `x-kv-to` names another server (`wrong_server`)", body = kv_common::ErrorBody)))]
+pub async fn db_stats(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<DbStats>, ApiError> {
+    check_addressee(&state, &headers)?;
     let c = state.store.db_stats().await?;
     Ok(Json(DbStats {
         total_keys: c.total_keys,

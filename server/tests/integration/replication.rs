@@ -289,7 +289,14 @@ async fn a_key_request_meant_for_another_server_is_refused_and_stores_nothing() 
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["code"], "wrong_server", "{body}");
     assert!(body["detail"].as_str().unwrap().contains("r0"), "{body}");
-    for path in [format!("/get/{key}"), format!("/versions/{key}")] {
+    // Nor are its statistics shown as r1's.
+    let paths = [
+        format!("/get/{key}"),
+        format!("/versions/{key}"),
+        "/cache/stats".to_owned(),
+        "/db/stats".to_owned(),
+    ];
+    for path in &paths {
         let r = request(reqwest::Method::GET, path.clone(), "r1");
         let r = r.send().await.unwrap();
         assert_eq!(r.status(), 421, "{path}");
@@ -303,8 +310,10 @@ async fn a_key_request_meant_for_another_server_is_refused_and_stores_nothing() 
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = request(reqwest::Method::GET, format!("/get/{key}"), "r0");
-    assert_eq!(r.send().await.unwrap().status(), 200);
+    for path in &paths[..] {
+        let r = request(reqwest::Method::GET, path.clone(), "r0");
+        assert_eq!(r.send().await.unwrap().status(), 200, "{path}");
+    }
     assert_eq!(c.get(0, &format!("/get/{key}")).await.0, 200);
     c.stop_all().await;
 }
