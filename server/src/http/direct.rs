@@ -57,8 +57,10 @@ impl Direct {
         })
     }
 
-    /// Runs the frame through its handler, and counts and logs the answer as the router's
-    /// layers would.
+    /// Runs the frame through its handler, counts the answer as the metrics layer would, and
+    /// logs a failure as the trace layer would. The trace layer's per-request debug lines are
+    /// not written for these: at debug level a link's plain puts and gets show in the
+    /// metrics only, not as a line each.
     pub(super) async fn serve(self, state: AppState, frame: RequestFrame) -> Response {
         let started = Instant::now();
         let metrics = state.metrics.http.clone();
