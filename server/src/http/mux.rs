@@ -233,50 +233,49 @@ async fn answer(service: Service, mut frame: RequestFrame) -> Bytes {
     let max_answer = (frame.method == Method::GET)
         .then(|| max_answer(&mut frame.headers))
         .flatten();
-    let response = match Direct::of(&frame, direct::body_limit(&state)) {
-        Some(direct) => Some(direct.serve(state, frame).await),
-        None => match to_request(frame) {
-            Some(request) => Some(match router.oneshot(request).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            }),
-            None => None,
-        },
+    let response = if let Some(direct) = Direct::of(&frame, direct::body_limit(&state)) {
+        direct.serve(state, frame).await
+    } else if let Some(request) = to_request(frame) {
+        match router.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    } else {
+        return encoded(plain(
+            id,
+            StatusCode::BAD_REQUEST,
+            "malformed request frame",
+        ));
     };
-    let response = match response {
-        Some(response) => {
-            let (parts, body) = response.into_parts();
-            // A body that says its length (a large GET answer does) is not gathered only to
-            // be found too large.
-            if let (Some(max), Some(len)) = (max_answer, body.size_hint().exact())
-                && len > max as u64
-            {
-                return encoded(mux::use_http(id));
-            }
-            match Limited::new(body, MAX_RESPONSE_BODY).collect().await {
-                Ok(body) => {
-                    let body = body.to_bytes();
-                    if max_answer.is_some_and(|max| body.len() > max) {
-                        mux::use_http(id)
-                    } else {
-                        ResponseFrame {
-                            id,
-                            status: parts.status,
-                            headers: parts
-                                .headers
-                                .iter()
-                                .map(|(name, value)| (name.clone(), value.clone()))
-                                .collect(),
-                            body,
-                        }
-                    }
+    let (parts, body) = response.into_parts();
+    // A body that says its length (a large GET answer does) is not gathered only to be found
+    // too large.
+    if let (Some(max), Some(len)) = (max_answer, body.size_hint().exact())
+        && len > max as u64
+    {
+        return encoded(mux::use_http(id));
+    }
+    let answer = match Limited::new(body, MAX_RESPONSE_BODY).collect().await {
+        Ok(body) => {
+            let body = body.to_bytes();
+            if max_answer.is_some_and(|max| body.len() > max) {
+                mux::use_http(id)
+            } else {
+                ResponseFrame {
+                    id,
+                    status: parts.status,
+                    headers: parts
+                        .headers
+                        .iter()
+                        .map(|(name, value)| (name.clone(), value.clone()))
+                        .collect(),
+                    body,
                 }
-                Err(err) => plain(id, StatusCode::BAD_GATEWAY, &err.to_string()),
             }
         }
-        None => plain(id, StatusCode::BAD_REQUEST, "malformed request frame"),
+        Err(err) => plain(id, StatusCode::BAD_GATEWAY, &err.to_string()),
     };
-    encoded(response)
+    encoded(answer)
 }
 
 /// An answer as the bytes of its frame.
