@@ -65,17 +65,20 @@ wait "${pids[0]}" || true
 pids=()
 
 # Three servers and the gateway: first without replication (R = 1), then with every version
-# on all three servers and a write quorum of two (R = 3, W = 2).
-cluster() { # replication-factor tag
-    local r="$1" tag="$2" backends=() peers="" port srv=() gw=() lg="" workers=()
+# on all three servers and a write quorum of two (R = 3, W = 2). In between, durable PUT
+# through the gateway with one server behind it: not a target, but it tells the gateway's own
+# limit from what three servers committing on one VM's disk and two cores cost
+# (docs/benchmarks.md, "Three servers on one disk").
+cluster() { # replication-factor tag [servers, default 3] [cases, default "put get mixed"]
+    local r="$1" tag="$2" n="${3:-3}" kinds="${4:-put get mixed}" backends=() peers="" port srv=() gw=() lg="" workers=() i kind
     if [ "$PIN" = 1 ]; then
         srv=(taskset -c 1) gw=(taskset -c 0) lg=1 tag="$tag-pinned"
     fi
     if [ -n "$GATEWAY_WORKERS" ]; then
         workers=(--worker-threads "$GATEWAY_WORKERS") tag="$tag-gw$GATEWAY_WORKERS"
     fi
-    for i in 1 2 3; do peers+="${peers:+,}server-$i=http://127.0.0.1:1818$i"; done
-    for i in 1 2 3; do
+    for i in $(seq 1 "$n"); do peers+="${peers:+,}server-$i=http://127.0.0.1:1818$i"; done
+    for i in $(seq 1 "$n"); do
         port="1818$i"
         if [ "$r" = 1 ]; then
             "${srv[@]}" "$BIN/kv-server" --listen "127.0.0.1:$port" --data-dir "$DATA/$tag-$i" \
@@ -88,10 +91,10 @@ cluster() { # replication-factor tag
         pids+=("$!")
         backends+=(--backend "server-$i=http://127.0.0.1:$port")
     done
-    for i in 1 2 3; do wait_ready "http://127.0.0.1:1818$i"; done
+    for i in $(seq 1 "$n"); do wait_ready "http://127.0.0.1:1818$i"; done
     # A new replicated cluster serves once every server has seen its peers.
     if [ "$r" != 1 ]; then
-        for i in 1 2 3; do
+        for i in $(seq 1 "$n"); do
             until curl -fsS "http://127.0.0.1:1818$i/internal/status" | grep -q '"synced":true'; do
                 sleep 0.1
             done
@@ -103,14 +106,19 @@ cluster() { # replication-factor tag
         --replication-factor "$r" --write-quorum "$([ "$r" = 1 ] && echo 1 || echo 2)" &
     pids+=("$!")
     wait_ready http://127.0.0.1:18100
-    bench "gateway-$tag-put" http://127.0.0.1:18100 0 "$lg"
-    bench "gateway-$tag-get" http://127.0.0.1:18100 1 "$lg"
-    bench "gateway-$tag-mixed" http://127.0.0.1:18100 0.5 "$lg"
+    for kind in $kinds; do
+        case "$kind" in
+            put) bench "gateway-$tag-put" http://127.0.0.1:18100 0 "$lg" ;;
+            get) bench "gateway-$tag-get" http://127.0.0.1:18100 1 "$lg" ;;
+            mixed) bench "gateway-$tag-mixed" http://127.0.0.1:18100 0.5 "$lg" ;;
+        esac
+    done
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     wait "${pids[@]}" 2>/dev/null || true
     pids=()
 }
 cluster 1 r1
+cluster 1 r1-1server 1 put
 cluster 3 r3
 checks+=("after the run: $(cpu_check)")
 echo "cpu check ${checks[-1]}"
