@@ -33,6 +33,15 @@ ticks() {
     awk '{print $14 + $15}' "/proc/$1/stat"
 }
 
+# "servers gateway load-generator now": the CPU ticks of each (the servers summed) and the
+# clock. Usage: sample gateway-pid load-generator-pid server-pid...
+sample() {
+    local gw="$1" lg="$2" total=0 pid
+    shift 2
+    for pid in "$@"; do total=$((total + $(ticks "$pid"))); done
+    echo "$total $(ticks "$gw") $(ticks "$lg") $(date +%s.%N)"
+}
+
 # The servers' commits, puts committed and seconds spent committing, summed over their
 # /metrics: "commits puts seconds". Usage: commit_stats port...
 commit_stats() {
@@ -73,17 +82,11 @@ run() {
     lg=$!
     sleep 2
     # CPU first, with the clock, so that the window is what the CPU was counted over.
-    local b_srv=0 b_gw b_lg a_srv=0 a_gw a_lg b_stats a_stats
-    for i in "${srv[@]}"; do b_srv=$((b_srv + $(ticks "$i"))); done
-    b_gw=$(ticks "$gw")
-    b_lg=$(ticks "$lg")
-    before=$(date +%s.%N)
+    local b_srv b_gw b_lg a_srv a_gw a_lg b_stats a_stats
+    read -r b_srv b_gw b_lg before < <(sample "$gw" "$lg" "${srv[@]}")
     b_stats=$(commit_stats "${ports[@]}")
     sleep "$WINDOW"
-    for i in "${srv[@]}"; do a_srv=$((a_srv + $(ticks "$i"))); done
-    a_gw=$(ticks "$gw")
-    a_lg=$(ticks "$lg")
-    after=$(date +%s.%N)
+    read -r a_srv a_gw a_lg after < <(sample "$gw" "$lg" "${srv[@]}")
     a_stats=$(commit_stats "${ports[@]}")
     wait "$lg"
     # Requests in the window: the run's throughput over it (the window leaves out the

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The benchmarks of docs/benchmarks.md: durable PUT and cached GET at 32 connections, against
-# one kv-server, then through the gateway over 3 servers without and with replication. Release builds, everything on
+# one kv-server, then through the gateway over 3 servers without and with replication (and,
+# between those, durable PUT through the gateway over one server). Release builds, everything on
 # 127.0.0.1, the load generator (`kvstore bench`) on the same machine. Reports (table and
 # JSON) go to target/bench/; the summary (median of the runs of each case) to
 # target/bench/summary.md.
