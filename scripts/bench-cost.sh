@@ -53,6 +53,7 @@ commit_stats() {
         END { print c + 0, p + 0, s + 0 }'
 }
 
+HEADER="| Round | Servers | Throughput | Servers' CPU per request | Gateway | Load generator | Puts per commit | Commit (wall) | Errors |"
 rows=()
 # One run with N servers behind the gateway. Usage: run servers round
 run() {
@@ -113,7 +114,7 @@ PY
     pids=()
 }
 
-echo "| Round | Servers | Throughput | Servers' CPU per request | Gateway | Load generator | Puts per commit | Commit (wall) | Errors |"
+echo "$HEADER"
 for round in $(seq 1 "$ROUNDS"); do
     run 1 "$round"
     run 3 "$round"
@@ -122,7 +123,7 @@ done
     echo "Gateway (one worker) in front of one server and of three; read ratio $RATIO;"
     echo "${DURATION} s runs, CPU over ${WINDOW} s of each; commit $(commit_id)."
     echo
-    echo "| Round | Servers | Throughput | Servers' CPU per request | Gateway | Load generator | Puts per commit | Commit (wall) | Errors |"
+    echo "$HEADER"
     echo "|---|---|---|---|---|---|---|---|---|"
     for row in "${rows[@]}"; do echo "$row"; done
 } >"$OUT/cost.md"
