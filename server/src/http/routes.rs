@@ -40,7 +40,7 @@ const DEFAULT_PAGE: u64 = 100;
     responses(
         (status = 200, description = "Stored", body = PutResponse,
             headers(("x-kv-acked-by" = String, description = "Replication: the servers holding the version, primary first"))),
-        (status = 400, description = "Invalid JSON, empty key or bad parameter", body = kv_common::ErrorBody),
+        (status = 400, description = "Invalid JSON (a lone surrogate `\\u` escape in a string too), empty key or bad parameter", body = kv_common::ErrorBody),
         (status = 412, description = "`if_version` did not match", body = kv_common::ErrorBody),
         (status = 413, description = "Value over the size limit", body = kv_common::ErrorBody),
         (status = 414, description = "Key over 1024 bytes", body = kv_common::ErrorBody),
@@ -48,7 +48,7 @@ const DEFAULT_PAGE: u64 = 100;
         (status = 421, description = "Replication: this server is not the key's primary (`not_primary`), or `x-kv-to` names another server (`wrong_server`: nothing stored)", body = kv_common::ErrorBody),
         (status = 503, description = "Replication: a new database still catching up (`syncing`), or the version was stored here but too few replicas confirmed it in time (`quorum_failed`: the write is uncertain), or too few of the key's replicas answer this server to make the quorum (`quorum_unavailable`: nothing stored, retry); rebalancing: the key's primary is moving (`rebalancing`) or `x-kv-ring-epoch` is newer than the server's ring (`ring_behind`)", body = kv_common::ErrorBody,
             headers(("retry-after" = u64, description = "Seconds to wait"))),
-        (status = 422, description = "Body is not an object with a `value`, or has a non-finite number", body = kv_common::ErrorBody),
+        (status = 422, description = "Body is not an object with a `value`, or the value is nested deeper than 100 arrays and objects, or has a non-finite number", body = kv_common::ErrorBody),
         (status = 507, description = "The server's disk is full (`storage_full`): nothing was stored", body = kv_common::ErrorBody),
     )
 )]

@@ -192,70 +192,203 @@ mod tests {
     }
 }
 
-/// Checks that `text` is one JSON value whose numbers are all finite as f64. serde_json's
-/// `RawValue` checks only syntax, and `1e400` is valid syntax that every reader would turn
-/// into infinity (the seed stored it as `Infinity`, then failed every read). Walks the value
-/// without building it, so it costs about one parse and no allocation.
-pub fn validate_json(text: &str) -> Result<(), String> {
-    serde_json::from_str::<FiniteJson>(text)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+/// Deepest nesting of arrays and objects a new value may have. Readers built on serde_json
+/// (the `kvstore` CLI, Rust clients) stop at 128 levels for a whole document, and a value
+/// sits up to three levels down in an answer (`/versions`): 100 leaves room for that. Values
+/// stored before this limit, up to serde_json's own, are still served.
+pub const MAX_VALUE_DEPTH: usize = 100;
+
+/// Why a new value is refused ([`check_new_value`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueProblem {
+    /// A number that overflows f64 (`1e400`): every reader would turn it into infinity.
+    NonFinite(String),
+    /// A `\u` escape that is no Unicode character: a lone surrogate such as `"\ud800"`.
+    /// JSON's grammar lets it through, but strict readers (this server's own read check
+    /// among them) refuse it, so it would be stored and then fail every read.
+    NotUnicode(String),
+    /// Arrays and objects nested deeper than [`MAX_VALUE_DEPTH`].
+    TooDeep,
+    /// Not one JSON value at all.
+    Invalid(String),
 }
 
-struct FiniteJson;
+/// Checks a value about to be stored: one JSON value, numbers finite as f64, strings Unicode,
+/// nesting within [`MAX_VALUE_DEPTH`]. serde_json's `RawValue` checks syntax only, and
+/// `1e400` is valid syntax (the seed stored it as `Infinity`, then failed every read).
+pub fn check_new_value(text: &str) -> Result<(), ValueProblem> {
+    walk(text, MAX_VALUE_DEPTH).map_err(|e| {
+        let message = e.to_string();
+        if message.starts_with(TOO_DEEP) {
+            ValueProblem::TooDeep
+        } else if message.starts_with(OUT_OF_RANGE) {
+            // serde_json's own error for `1e400`, and ours for whatever it lets through.
+            ValueProblem::NonFinite(message)
+        } else if ["surrogate", "hex escape", "unicode code point"]
+            .iter()
+            .any(|m| message.contains(m))
+        {
+            // serde_json's words for the surrogate cases (a leading one at the end of a
+            // string is "unexpected end of hex escape"); RawValue has checked the rest of
+            // every escape already.
+            ValueProblem::NotUnicode(message)
+        } else {
+            ValueProblem::Invalid(message)
+        }
+    })
+}
 
-impl<'de> serde::Deserialize<'de> for FiniteJson {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(FiniteVisitor)
+/// Checks that stored `text` is one JSON value whose numbers are all finite as f64, so that
+/// it can be sent as it is. Looser than [`check_new_value`] on depth only: what an earlier
+/// build stored stays readable.
+pub fn validate_json(text: &str) -> Result<(), String> {
+    walk(text, usize::MAX).map_err(|e| e.to_string())
+}
+
+/// What a value nested too deep fails with (a custom error, so serde_json's own limit, 128
+/// levels, is never what stops a new value).
+const TOO_DEEP: &str = "nested too deep";
+
+/// serde_json's message for a number that overflows f64, which [`Finite`] uses too.
+const OUT_OF_RANGE: &str = "number out of range";
+
+/// Walks the value without building it: about one parse, no allocation.
+fn walk(text: &str, max_depth: usize) -> Result<(), serde_json::Error> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_str(text);
+    Finite {
+        levels_left: max_depth,
+    }
+    .deserialize(&mut de)?;
+    de.end()
+}
+
+/// Accepts any JSON value with finite numbers and at most `levels_left` levels of nesting.
+#[derive(Clone, Copy)]
+struct Finite {
+    levels_left: usize,
+}
+
+impl Finite {
+    /// The check for what is inside an array or object.
+    fn inner<E: serde::de::Error>(self) -> Result<Finite, E> {
+        match self.levels_left.checked_sub(1) {
+            Some(levels_left) => Ok(Finite { levels_left }),
+            None => Err(E::custom(TOO_DEEP)),
+        }
     }
 }
 
-struct FiniteVisitor;
+impl<'de> serde::de::DeserializeSeed<'de> for Finite {
+    type Value = ();
 
-impl<'de> serde::de::Visitor<'de> for FiniteVisitor {
-    type Value = FiniteJson;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Finite {
+    type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON value with finite numbers")
     }
-    fn visit_bool<E>(self, _: bool) -> Result<FiniteJson, E> {
-        Ok(FiniteJson)
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_i64<E>(self, _: i64) -> Result<FiniteJson, E> {
-        Ok(FiniteJson)
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_u64<E>(self, _: u64) -> Result<FiniteJson, E> {
-        Ok(FiniteJson)
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<FiniteJson, E> {
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
         if v.is_finite() {
-            Ok(FiniteJson)
+            Ok(())
         } else {
-            Err(E::custom("number out of range"))
+            Err(E::custom(OUT_OF_RANGE))
         }
     }
-    fn visit_str<E>(self, _: &str) -> Result<FiniteJson, E> {
-        Ok(FiniteJson)
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_unit<E>(self) -> Result<FiniteJson, E> {
-        Ok(FiniteJson)
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<FiniteJson, A::Error> {
-        while seq.next_element::<FiniteJson>()?.is_some() {}
-        Ok(FiniteJson)
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.inner()?;
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(())
     }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<FiniteJson, A::Error> {
-        while map
-            .next_entry::<serde::de::IgnoredAny, FiniteJson>()?
-            .is_some()
-        {}
-        Ok(FiniteJson)
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.inner()?;
+        while map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+            map.next_value_seed(inner)?;
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod json_tests {
-    use super::validate_json;
+    use super::{MAX_VALUE_DEPTH, ValueProblem, check_new_value, validate_json};
+
+    fn nested(depth: usize) -> String {
+        format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    #[test]
+    fn new_values_are_refused_for_what_would_fail_their_reads() {
+        assert_eq!(check_new_value(r#"{"a": ["x", 1.5, null]}"#), Ok(()));
+        assert!(matches!(
+            check_new_value(r#"{"a": [1, 1e999]}"#),
+            Err(ValueProblem::NonFinite(_))
+        ));
+        // Lone surrogates, leading or trailing, anywhere: the read check refuses them too.
+        for lone in [
+            r#""\ud800""#,
+            r#""\udc00""#,
+            r#""a\ud800b""#,
+            r#"{"k": ["\ud83d"]}"#,
+            r#"{"\udfff": 1}"#,
+        ] {
+            assert!(
+                matches!(check_new_value(lone), Err(ValueProblem::NotUnicode(_))),
+                "{lone}: {:?}",
+                check_new_value(lone)
+            );
+            assert!(validate_json(lone).is_err(), "{lone}");
+        }
+        // A surrogate pair is one character, and an escaped backslash before a `u` no escape.
+        assert_eq!(check_new_value(r#""\ud83d\ude00""#), Ok(()));
+        assert_eq!(check_new_value(r#""C:\\users""#), Ok(()));
+        assert!(matches!(
+            check_new_value("[1,"),
+            Err(ValueProblem::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn nesting_is_limited_for_new_values_only() {
+        assert_eq!(check_new_value(&nested(MAX_VALUE_DEPTH)), Ok(()));
+        assert_eq!(
+            check_new_value(&nested(MAX_VALUE_DEPTH + 1)),
+            Err(ValueProblem::TooDeep)
+        );
+        let objects = format!(
+            "{}1{}",
+            r#"{"a":"#.repeat(MAX_VALUE_DEPTH + 1),
+            "}".repeat(MAX_VALUE_DEPTH + 1)
+        );
+        assert_eq!(check_new_value(&objects), Err(ValueProblem::TooDeep));
+        // Far past serde_json's own limit: still our answer, not a parse error.
+        assert_eq!(
+            check_new_value(&nested(100_000)),
+            Err(ValueProblem::TooDeep)
+        );
+        // What an earlier build could store (up to serde_json's limit) is still served.
+        assert_eq!(validate_json(&nested(MAX_VALUE_DEPTH + 20)), Ok(()));
+    }
 
     #[test]
     fn numbers_that_overflow_to_infinity_are_refused_anywhere_in_the_value() {

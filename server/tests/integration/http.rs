@@ -206,6 +206,51 @@ async fn bad_bodies_get_clear_errors() {
         .assert_error(StatusCode::NOT_FOUND, "key_not_found");
 }
 
+/// A value is refused when storing it would make every read of it fail; whatever is
+/// accepted reads back, from the cache and from the database, as it was sent.
+#[tokio::test]
+async fn values_are_refused_if_no_read_could_serve_them() {
+    let app = test_app();
+    for lone in [r#""\ud800""#, r#""x\udc00""#, r#"{"a": ["\ud83d"]}"#] {
+        app.put("k", lone)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "invalid_json");
+    }
+    let deep = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+    for depth in [101, 129, 10_000] {
+        let answer = app.put("k", &deep(depth)).await;
+        let json = answer.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+        assert!(
+            json["detail"]
+                .as_str()
+                .unwrap()
+                .contains("nested deeper than 100")
+        );
+    }
+    app.get("/get/k")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "key_not_found");
+
+    let accepted = [r#""\ud83d\ude00 \u00e9t\u00e9""#.to_owned(), deep(100)];
+    for (i, value) in accepted.iter().enumerate() {
+        assert_eq!(app.put("k", value).await.status, StatusCode::OK);
+        let version = i + 1;
+        for uri in ["/get/k".to_owned(), format!("/get/k?version={version}")] {
+            let answer = app.get(&uri).await;
+            assert_eq!(answer.status, StatusCode::OK, "{uri}: {}", answer.text);
+            assert_eq!(
+                answer.json()["value"],
+                serde_json::from_str::<serde_json::Value>(value).unwrap(),
+                "{uri}"
+            );
+        }
+    }
+    // Version 1 is no longer the latest: read from the database, through its read check.
+    let answer = app.get("/get/k?version=1").await;
+    assert_eq!(answer.json()["source"], "database", "{}", answer.text);
+    assert_eq!(answer.json()["value"], "\u{1f600} été");
+}
+
 #[tokio::test]
 async fn bad_keys_and_paths_and_methods_are_json_errors() {
     let app = test_app();
