@@ -2,7 +2,8 @@
 # What a request through the gateway costs each process, in CPU (docs/benchmarks.md, "Three
 # servers on one disk"): the gateway (one tokio worker, as `BENCH_GATEWAY_WORKERS=1`) in front
 # of one server and in front of three, in alternating rounds, the same load each time
-# (`kvstore bench`, 32 connections, 1000 keys, 100-byte values). For each run: throughput;
+# (`kvstore bench`, 32 connections unless BENCH_CONNECTIONS says otherwise, 1000 keys,
+# 100-byte values). For each run: throughput;
 # CPU time (user + system, from /proc/PID/stat) per request of the servers together, the
 # gateway and the load generator, over the middle of the run (requests there counted at the
 # run's mean throughput); and the servers' puts per commit and commit time (their /metrics),
@@ -12,11 +13,14 @@
 #
 # Usage: scripts/bench-cost.sh [seconds per run, default 8] [rounds, default 3]
 # BENCH_READ_RATIO=1 measures cached GETs instead of durable PUTs (default 0).
+# BENCH_CONNECTIONS=N sets the load generator's connections (default 32, the targets'):
+# more clients in flight per server make bigger commits, which is what three servers lack.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-8}"
 ROUNDS="${2:-3}"
 RATIO="${BENCH_READ_RATIO:-0}"
+CONNECTIONS="${BENCH_CONNECTIONS:-32}"
 # CPU is counted over this many seconds, starting 2 s into each run (after the load
 # generator's connections are up, before its last second).
 WINDOW=$((DURATION > 4 ? DURATION - 3 : 1))
@@ -74,10 +78,10 @@ run() {
     wait_ready http://127.0.0.1:18200
     if [ "$RATIO" != 0 ]; then
         # GETs read keys that exist: write each once first.
-        "$BIN/kvstore" --url http://127.0.0.1:18200 bench --connections 32 --duration 2s \
+        "$BIN/kvstore" --url http://127.0.0.1:18200 bench --connections "$CONNECTIONS" --duration 2s \
             --keys 1000 --value-size 100 --read-ratio 0 >/dev/null 2>&1
     fi
-    "$BIN/kvstore" --json --url http://127.0.0.1:18200 bench --connections 32 \
+    "$BIN/kvstore" --json --url http://127.0.0.1:18200 bench --connections "$CONNECTIONS" \
         --duration "${DURATION}s" --keys 1000 --value-size 100 --read-ratio "$RATIO" \
         >"$OUT/cost-r$round-n$n.json" 2>/dev/null &
     lg=$!
@@ -120,7 +124,8 @@ for round in $(seq 1 "$ROUNDS"); do
     run 3 "$round"
 done
 {
-    echo "Gateway (one worker) in front of one server and of three; read ratio $RATIO;"
+    echo "Gateway (one worker) in front of one server and of three; read ratio $RATIO,"
+    echo "$CONNECTIONS connections;"
     echo "${DURATION} s runs, CPU over ${WINDOW} s of each; commit $(commit_id)."
     echo
     echo "$HEADER"
