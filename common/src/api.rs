@@ -210,7 +210,8 @@ pub enum ErrorCode {
     /// The server's disk is full: nothing was stored. Reads still work; writes resume once
     /// space is freed or the volume grows.
     StorageFull,
-    /// The server's database file is damaged where this request read: run `kv-server check`.
+    /// The server's database file is damaged where this request read, or the version read
+    /// holds a value no JSON reader accepts: run `kv-server check`.
     DatabaseCorrupt,
     Internal,
 }

@@ -48,7 +48,9 @@ impl From<Error> for ApiError {
             Error::VersionOverflow { .. } => (StatusCode::CONFLICT, ErrorCode::VersionConflict),
             Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
             Error::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, ErrorCode::StorageFull),
-            e if e.is_corruption() => (
+            // A stored value no reader accepts (a seed's `Infinity`) is damage too, and the
+            // same check finds it.
+            e if e.is_corruption() || matches!(e, Error::CorruptValue { .. }) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 ErrorCode::DatabaseCorrupt,
             ),
@@ -72,7 +74,9 @@ impl From<Error> for ApiError {
             tracing::error!(error = %err, kind = err.metric_label(), "request failed");
         }
         let mut detail = err.to_string();
-        if code == ErrorCode::DatabaseCorrupt {
+        if let Error::CorruptValue { .. } = err {
+            detail.push_str("; `kv-server check` lists every such value");
+        } else if code == ErrorCode::DatabaseCorrupt {
             detail.push_str(": the database file is damaged; see `kv-server check`");
         }
         let mut api = ApiError::new(status, code, detail);

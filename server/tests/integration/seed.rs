@@ -95,6 +95,8 @@ async fn a_seed_infinity_is_reported_not_sent_as_broken_json() {
     let e = app
         .get("/get/inf")
         .await
-        .assert_error(StatusCode::INTERNAL_SERVER_ERROR, "internal");
-    assert!(e["detail"].as_str().unwrap().contains("not valid JSON"));
+        .assert_error(StatusCode::INTERNAL_SERVER_ERROR, "database_corrupt");
+    let detail = e["detail"].as_str().unwrap();
+    assert!(detail.contains("not valid JSON"), "{detail}");
+    assert!(detail.contains("kv-server check"), "{detail}");
 }
