@@ -367,6 +367,30 @@ fn replication_flags_are_checked_before_anything_starts() {
     assert!(!dir.path().join("server-1").exists());
 }
 
+/// A start that fails says why on one line, its cause once (the servers' errors carry their
+/// cause in their own message, which a plain walk of the chain would repeat).
+#[test]
+fn a_failed_start_says_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let out = Command::new(BIN)
+        .args(["up", "--listen", "127.0.0.1:0", "--servers", "1"])
+        .arg("--data-dir")
+        .arg(&file)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let said = stderr(&out);
+    let line = said
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {said}"));
+    assert!(line.contains("server-1"), "{line}");
+    assert_eq!(line.matches("Not a directory").count(), 1, "{line}");
+}
+
 #[test]
 fn a_larger_value_limit_reaches_the_servers_and_the_gateway() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,8 @@
 //! Pieces shared by every kvstore binary: the JSON wire types of the storage API, the error
 //! body every service answers with, the consistent-hash ring (the gateway routes by it, the
 //! servers replicate by it, so both must compute the same one), tracing set-up, the tokio
-//! runtime, HTTP request metrics, shutdown signals and a body of several byte chunks.
+//! runtime, HTTP request metrics, shutdown signals, a body of several byte chunks, and how a
+//! binary reports the error it stops on.
 //!
 //! This crate is a leaf: it knows nothing of SQLite or Kubernetes, so the gateway and the CLI
 //! can depend on it without pulling in storage code.
@@ -12,6 +13,7 @@ pub mod bytesize;
 pub mod http_metrics;
 pub mod mux;
 pub mod replication;
+pub mod report;
 pub mod ring;
 pub mod ring_config;
 pub mod runtime;

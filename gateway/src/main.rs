@@ -1,6 +1,7 @@
 //! `kv-gateway`: parses flags, sets up logging, binds, and runs the library.
 
 use std::num::NonZeroUsize;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
@@ -36,7 +37,11 @@ struct Cli {
     worker_threads: Option<NonZeroUsize>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    kv_common::report::exit(run().map(|()| ExitCode::SUCCESS))
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(&cli.log_level, cli.log_format).map_err(anyhow::Error::msg)?;
     cli.gateway.validate()?;

@@ -1,6 +1,8 @@
 //! `kv-operator`: parses flags, sets up logging, binds the health/metrics port, connects to
 //! the API server, and runs the library.
 
+use std::process::ExitCode;
+
 use anyhow::Context as _;
 use clap::Parser;
 use kv_common::telemetry::{self, LogFormat};
@@ -27,7 +29,11 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
+    kv_common::report::exit(run().await.map(|()| ExitCode::SUCCESS))
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(&cli.log_level, cli.log_format).map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(cli.operator.listen)

@@ -53,7 +53,11 @@ enum Command {
     Check(CheckArgs),
 }
 
-fn main() -> anyhow::Result<ExitCode> {
+fn main() -> ExitCode {
+    kv_common::report::exit(run())
+}
+
+fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     telemetry::init(&cli.log_level, cli.log_format).map_err(anyhow::Error::msg)?;
     let config = match cli.command {

@@ -16,7 +16,6 @@ mod stats;
 mod up;
 mod versions;
 
-use std::error::Error as _;
 use std::future::Future;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -164,13 +163,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
-            let mut message = format!("error: {error}");
-            let mut source = error.source();
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            eprintln!("{message}");
+            eprintln!("error: {}", kv_common::report::chain(&error));
             ExitCode::from(error.exit_code())
         }
     }
