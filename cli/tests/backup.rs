@@ -106,10 +106,14 @@ fn a_backup_under_writes_restores_every_acknowledged_version() {
             "{progress}"
         );
     }
-    assert!(
-        stdout(&out).starts_with("Backed up 3 servers"),
-        "{}",
-        stdout(&out)
+    // The cluster replicates, so the summed counts are copies, and the line says it.
+    let (r, _) = cluster.replication();
+    let summary = stdout(&out);
+    assert!(summary.starts_with("Backed up 3 servers"), "{summary}");
+    assert_eq!(
+        summary.contains(&format!("each key is on {r} servers")),
+        r > 1,
+        "{summary}"
     );
     assert!(during > 0, "no write ran during the backup");
 
@@ -119,6 +123,7 @@ fn a_backup_under_writes_restores_every_acknowledged_version() {
     assert_eq!(manifest["format_version"], 1);
     assert_eq!(manifest["gateway_url"], cluster.url.as_str());
     assert_eq!(manifest["ring"]["vnodes"], 150);
+    assert_eq!(manifest["ring"]["replication_factor"], r);
     assert_eq!(
         manifest["ring"]["servers"],
         serde_json::json!(["server-1", "server-2", "server-3"])

@@ -47,6 +47,10 @@ pub struct Ring {
     pub vnodes: Option<usize>,
     /// Member names: they place keys, so a restore keeps them.
     pub servers: Vec<String>,
+    /// Servers holding each key when the backup was taken: with more than one, every key is
+    /// in that many of the files. Absent in backups of gateways that do not say it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_factor: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,6 +146,7 @@ pub fn command(global: &GlobalArgs, args: &BackupArgs) -> Result<u8> {
                 epoch: ring.epoch,
                 vnodes: ring.vnodes,
                 servers: ring.servers.clone(),
+                replication_factor: ring.replication_factor,
             },
             servers: files,
         };
@@ -152,17 +157,31 @@ pub fn command(global: &GlobalArgs, args: &BackupArgs) -> Result<u8> {
         std::fs::write(&partial, text + "\n")
             .map_err(io(format!("write {}", partial.display())))?;
         std::fs::rename(&partial, &path).map_err(io(format!("write {}", path.display())))?;
-        let (keys, versions) = manifest
-            .servers
-            .iter()
-            .fold((0, 0), |(k, v), s| (k + s.keys, v + s.versions));
-        println!(
-            "Backed up {} servers ({keys} keys, {versions} versions) to {}",
-            manifest.servers.len(),
-            args.out.display()
-        );
+        println!("{}", summary(&manifest, &args.out));
         Ok(exit::SUCCESS)
     })
+}
+
+/// The last line of a backup. The files' keys and versions are summed as they are: with
+/// replication a key is in several files, so the sum counts its copies, and the line says so
+/// rather than pass copies off as keys.
+fn summary(manifest: &Manifest, out: &Path) -> String {
+    let (keys, versions) = manifest
+        .servers
+        .iter()
+        .fold((0, 0), |(k, v), s| (k + s.keys, v + s.versions));
+    let servers = manifest.servers.len();
+    let copies = match manifest.ring.replication_factor {
+        Some(r) if r > 1 && servers > 1 => format!(
+            " (copies: each key is on {} servers, and counts once on each)",
+            r.min(servers)
+        ),
+        _ => String::new(),
+    };
+    format!(
+        "Backed up {servers} servers to {}: {keys} keys, {versions} versions{copies}",
+        out.display()
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +191,8 @@ struct ServersAnswer {
     epoch: Option<u64>,
     #[serde(default)]
     vnodes: Option<usize>,
+    #[serde(default)]
+    replication_factor: Option<usize>,
 }
 
 /// Requests to the gateway that may carry a token and stream their answer.
@@ -354,5 +375,71 @@ fn http_error(status: StatusCode, body: &[u8]) -> Error {
         status: status.as_u16(),
         code,
         detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(keys: &[u64], replication_factor: Option<usize>) -> Manifest {
+        Manifest {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            created_at: 0.0,
+            created: String::new(),
+            gateway_url: "http://gw".into(),
+            ring: Ring {
+                epoch: Some(1),
+                vnodes: Some(150),
+                servers: (1..=keys.len()).map(|i| format!("server-{i}")).collect(),
+                replication_factor,
+            },
+            servers: keys
+                .iter()
+                .enumerate()
+                .map(|(i, &k)| ServerFile {
+                    name: format!("server-{}", i + 1),
+                    file: format!("server-{}.db", i + 1),
+                    bytes: 4096,
+                    sha256: String::new(),
+                    keys: k,
+                    versions: 2 * k,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_summary_says_when_its_sums_count_copies() {
+        let out = Path::new("/b");
+        assert_eq!(
+            summary(&manifest(&[5, 5, 5], Some(3)), out),
+            "Backed up 3 servers to /b: 15 keys, 30 versions \
+             (copies: each key is on 3 servers, and counts once on each)"
+        );
+        // R above the number of servers: every key is on each of them.
+        assert!(summary(&manifest(&[5, 5], Some(3)), out).contains("each key is on 2 servers"));
+        for plain in [
+            manifest(&[2, 3, 4], Some(1)),
+            manifest(&[2, 3, 4], None),
+            manifest(&[9], Some(3)),
+        ] {
+            let line = summary(&plain, out);
+            assert!(!line.contains("copies"), "{line}");
+        }
+        assert_eq!(
+            summary(&manifest(&[2, 3, 4], None), out),
+            "Backed up 3 servers to /b: 9 keys, 18 versions"
+        );
+    }
+
+    #[test]
+    fn manifests_without_a_replication_factor_still_read() {
+        let mut value = serde_json::to_value(manifest(&[1], None)).unwrap();
+        assert!(value["ring"].get("replication_factor").is_none());
+        value["ring"]["replication_factor"] = 3.into();
+        let read: Manifest = serde_json::from_value(value).unwrap();
+        assert_eq!(read.ring.replication_factor, Some(3));
     }
 }
