@@ -134,6 +134,12 @@ fn servers_and_stats() {
         assert!(text.contains(&format!("{}  up", s.name)), "{text}");
         assert!(text.contains(&s.url()), "{text}");
     }
+    // Every server holds every key (R = 3): the share shown is of the primaries.
+    assert!(text.starts_with("NAME      HEALTH  PRIMARY"), "{text}");
+    assert!(
+        text.contains("also kept on the next 2 servers clockwise, a put is answered once 2"),
+        "{text}"
+    );
     let servers = json(&cluster.kvstore(&["servers", "--json"]));
     assert_eq!(servers["count"], 3);
     assert_eq!(
