@@ -213,6 +213,9 @@ pub enum ErrorCode {
     /// The server's database file is damaged where this request read, or the version read
     /// holds a value no JSON reader accepts: run `kv-server check`.
     DatabaseCorrupt,
+    /// The request body is sent with a `Content-Encoding` (gzip, ...): the services read
+    /// only uncompressed bodies.
+    UnsupportedEncoding,
     Internal,
 }
 
@@ -251,9 +254,36 @@ impl ErrorCode {
             ErrorCode::Rebalancing => "rebalancing",
             ErrorCode::StorageFull => "storage_full",
             ErrorCode::DatabaseCorrupt => "database_corrupt",
+            ErrorCode::UnsupportedEncoding => "unsupported_encoding",
             ErrorCode::Internal => "internal",
         }
     }
+}
+
+/// The `Content-Encoding` of a request body that is not sent as it is (`identity`), if
+/// any. Neither service decodes bodies, so such a body is refused with
+/// [`ErrorCode::UnsupportedEncoding`] (415) rather than read as the JSON it is not.
+pub fn body_encoding(headers: &http::HeaderMap) -> Option<String> {
+    let values: Vec<_> = headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        .collect();
+    let codings: Vec<&str> = values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
+        .collect();
+    (!codings.is_empty()).then(|| codings.join(", "))
+}
+
+/// What a refusal of [`body_encoding`] says.
+pub fn body_encoding_detail(encoding: &str) -> String {
+    format!(
+        "Request body has Content-Encoding {encoding:?}: bodies are read uncompressed only; \
+         send it without Content-Encoding"
+    )
 }
 
 #[cfg(test)]
@@ -274,10 +304,31 @@ mod tests {
             ErrorCode::StaleRing,
             ErrorCode::RingBehind,
             ErrorCode::Rebalancing,
+            ErrorCode::UnsupportedEncoding,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));
         }
+    }
+
+    #[test]
+    fn only_an_encoding_other_than_identity_is_one() {
+        let headers = |values: &[&str]| {
+            let mut map = http::HeaderMap::new();
+            for v in values {
+                map.append(http::header::CONTENT_ENCODING, v.parse().unwrap());
+            }
+            map
+        };
+        assert_eq!(body_encoding(&headers(&[])), None);
+        assert_eq!(body_encoding(&headers(&["identity"])), None);
+        assert_eq!(body_encoding(&headers(&[" Identity ", ""])), None);
+        assert_eq!(body_encoding(&headers(&["gzip"])), Some("gzip".into()));
+        assert_eq!(
+            body_encoding(&headers(&["identity, br", "gzip"])),
+            Some("br, gzip".into())
+        );
+        assert!(body_encoding_detail("gzip").contains(r#"Content-Encoding "gzip""#));
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub enum Error {
     BodyTooLarge(usize),
     #[error("Cannot read the request body: {0}")]
     BadBody(String),
+    #[error("{}", kv_common::api::body_encoding_detail(.0))]
+    BodyEncoding(String),
     #[error("Invalid key: {0}")]
     InvalidKey(String),
     #[error("Invalid query: {0}")]
@@ -86,6 +88,10 @@ impl Error {
             Error::EmptyKey => (StatusCode::BAD_REQUEST, ErrorCode::EmptyKey),
             Error::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::ValueTooLarge),
             Error::BadBody(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidBody),
+            Error::BodyEncoding(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ErrorCode::UnsupportedEncoding,
+            ),
             Error::InvalidKey(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidKey),
             Error::InvalidQuery(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidQuery),
             Error::MissingServer { .. } => (StatusCode::BAD_REQUEST, ErrorCode::MissingParameter),
@@ -164,6 +170,13 @@ impl IntoResponse for Error {
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // RFC 9110 15.5.16: the codings a request body may have.
+            Error::BodyEncoding(_) => {
+                response.headers_mut().insert(
+                    header::ACCEPT_ENCODING,
+                    HeaderValue::from_static("identity"),
+                );
             }
             _ => {}
         }

@@ -82,6 +82,8 @@ impl Route {
               (status = 409, description = "The primary is on a newer ring than the gateway even after the gateway learned its ring and \
                   routed the put once more (`stale_ring`): nothing was stored, retry", body = kv_common::ErrorBody),
               (status = 412, description = "`if_version` is not the latest", body = kv_common::ErrorBody),
+              (status = 415, description = "The body has a `Content-Encoding` such as gzip (`unsupported_encoding`): bodies are read uncompressed only",
+                  body = kv_common::ErrorBody, headers(("accept-encoding" = String, description = "`identity`"))),
               (status = 503, description = "The key's primary is down (`server_unavailable`, with `Retry-After`; the put is never sent to another server), \
                   still syncing a new database (`syncing`), or stored the version but too few replicas confirmed it in time \
                   (`quorum_failed`: the write is indeterminate, it may or may not become visible), or cannot reach enough replicas \
@@ -99,6 +101,11 @@ pub async fn put(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
+    // Only the content type travels on to the server: a compressed body would reach it as
+    // bytes that are not JSON, and answer a puzzling `invalid_json`.
+    if let Some(encoding) = kv_common::api::body_encoding(&headers) {
+        return Err(Error::BodyEncoding(encoding));
+    }
     let body = Limited::new(body, state.max_body_bytes)
         .collect()
         .await

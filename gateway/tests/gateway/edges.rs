@@ -64,6 +64,25 @@ async fn unknown_paths_and_methods_are_json_errors_at_the_gateway() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(r.headers()["x-server-used"], "kv-0");
+
+    // A compressed body: the gateway forwards only the content type, so it refuses the
+    // body itself, for what it is, before any server sees it.
+    let r = gw
+        .http
+        .put(format!("{}/put/zipped", gw.url))
+        .header("content-encoding", "gzip")
+        .body(r#"{"value": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    assert_eq!(r.headers()["accept-encoding"], "identity");
+    assert!(r.headers().get("x-server-used").is_none());
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "unsupported_encoding"
+    );
+    assert_eq!(gw.get("/get/zipped").send().await.unwrap().status(), 404);
 }
 
 #[tokio::test]

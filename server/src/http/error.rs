@@ -115,6 +115,13 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        // RFC 9110 15.5.16: the codings a request body may have.
+        if self.code == ErrorCode::UnsupportedEncoding {
+            response.headers_mut().insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
         response
     }
 }

@@ -44,6 +44,8 @@ const DEFAULT_PAGE: u64 = 100;
         (status = 412, description = "`if_version` did not match", body = kv_common::ErrorBody),
         (status = 413, description = "Value over the size limit", body = kv_common::ErrorBody),
         (status = 414, description = "Key over 1024 bytes", body = kv_common::ErrorBody),
+        (status = 415, description = "The body has a `Content-Encoding` such as gzip (`unsupported_encoding`): bodies are read uncompressed only", body = kv_common::ErrorBody,
+            headers(("accept-encoding" = String, description = "`identity`"))),
         (status = 409, description = "Rebalancing: `x-kv-ring-epoch` is older than the server's ring (`stale_ring`; the body's `ring` is the server's current ring configuration)", body = kv_common::ErrorBody),
         (status = 421, description = "Replication: this server is not the key's primary (`not_primary`), or `x-kv-to` names another server (`wrong_server`: nothing stored)", body = kv_common::ErrorBody),
         (status = 503, description = "Replication: a new database still catching up (`syncing`), or the version was stored here but too few replicas confirmed it in time (`quorum_failed`: the write is uncertain), or too few of the key's replicas answer this server to make the quorum (`quorum_unavailable`: nothing stored, retry); rebalancing: the key's primary is moving (`rebalancing`) or `x-kv-ring-epoch` is newer than the server's ring (`ring_behind`)", body = kv_common::ErrorBody,
@@ -62,6 +64,13 @@ pub async fn put(
     check_addressee(&state, &headers)?;
     let key = extract::key(path)?;
     let if_version = QueryParams::from(params)?.count("if_version")?;
+    if let Some(encoding) = kv_common::api::body_encoding(&headers) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::UnsupportedEncoding,
+            kv_common::api::body_encoding_detail(&encoding),
+        ));
+    }
     let value = extract::put_value(body, state.config.max_value_bytes)?;
     // Replicated: only the key's primary under the ring in force assigns versions, not while
     // the key is moving (frozen), and not before it has caught up.

@@ -200,10 +200,31 @@ async fn bad_bodies_get_clear_errors() {
     app.call(Method::PUT, "/put/k", Some(&huge))
         .await
         .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "value_too_large");
+    // A compressed body is refused for what it is, not as the JSON it is not; a body sent
+    // as it is (`identity`) is read.
+    let gzip = [("content-encoding", "gzip")];
+    let refused = app
+        .call_with(Method::PUT, "/put/k", &gzip, Some(r#"{"value": 1}"#))
+        .await;
+    let json = refused.assert_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding");
+    assert!(
+        json["detail"].as_str().unwrap().contains("\"gzip\""),
+        "{json}"
+    );
+    assert_eq!(refused.headers["accept-encoding"], "identity");
     // Nothing above was stored.
     app.get("/get/k")
         .await
         .assert_error(StatusCode::NOT_FOUND, "key_not_found");
+    app.call_with(
+        Method::PUT,
+        "/put/k",
+        &[("content-encoding", "identity")],
+        Some(r#"{"value": 1}"#),
+    )
+    .await
+    .json();
+    assert_eq!(app.get("/get/k").await.json()["value"], 1);
 }
 
 /// A value is refused when storing it would make every read of it fail; whatever is

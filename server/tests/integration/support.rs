@@ -136,10 +136,25 @@ impl Answer {
 
 impl TestApp {
     pub async fn call(&self, method: Method, uri: &str, body: Option<&str>) -> Answer {
-        let request = Request::builder()
+        self.call_with(method, uri, &[], body).await
+    }
+
+    /// [`TestApp::call`] with extra request headers.
+    pub async fn call_with(
+        &self,
+        method: Method,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Answer {
+        let mut request = Request::builder()
             .method(method)
             .uri(uri)
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
             .body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned())))
             .unwrap();
         let response = self.router.clone().oneshot(request).await.unwrap();
