@@ -75,6 +75,19 @@ async fn pull(
         *seq = 0;
         return Ok(true);
     }
+    if page.records.is_empty() && page.next == *seq {
+        // Nothing new: the stored cursor is already this one. Storing it again would be a
+        // commit and an fsync per peer every interval on an idle server, and would keep its
+        // WAL from ever being idle (`store/checkpoint.rs`).
+        // The progress is set all the same: after a restart it starts at 0 while the cursor
+        // resumes from the database.
+        shared.set_progress(peer, |p| {
+            p.cursor = page.next;
+            p.head = page.head;
+            p.last_error = None;
+        });
+        return Ok(page.next < page.head);
+    }
     let records = page
         .records
         .into_iter()
