@@ -62,6 +62,7 @@ pub struct GatewayMetrics {
     ring_members: Gauge,
     ring_config_adoptions: Family<AdoptionLabels, Counter>,
     stale_ring_retries: Family<RouteLabels, Counter>,
+    ring_behind_retries: Family<RouteLabels, Counter>,
     link_events: Family<LinkLabels, Counter>,
 }
 
@@ -80,6 +81,7 @@ impl GatewayMetrics {
             ring_members: Gauge::default(),
             ring_config_adoptions: Family::default(),
             stale_ring_retries: Family::default(),
+            ring_behind_retries: Family::default(),
             link_events: Family::default(),
         };
         registry.register(
@@ -128,6 +130,12 @@ impl GatewayMetrics {
             "gateway_stale_ring_retries",
             "Key requests routed again on a newer ring after a member answered stale_ring",
             metrics.stale_ring_retries.clone(),
+        );
+        registry.register(
+            "gateway_ring_behind_retries",
+            "Reads sent again after a short wait because a member had not learned the \
+             gateway's ring yet (ring_behind)",
+            metrics.ring_behind_retries.clone(),
         );
         registry.register(
             "gateway_link_events",
@@ -208,6 +216,12 @@ impl GatewayMetrics {
     pub fn ring_config_adopted(&self, how: &'static str) {
         self.ring_config_adoptions
             .get_or_create(&AdoptionLabels { how })
+            .inc();
+    }
+
+    pub fn ring_behind_retry(&self, route: &'static str) {
+        self.ring_behind_retries
+            .get_or_create(&RouteLabels { route })
             .inc();
     }
 

@@ -8,7 +8,11 @@
 //!
 //! With a ring configuration known, every call names its epoch (`ring_sync`). A primary on a
 //! newer ring refuses it (`409 stale_ring`, having done nothing) and the request is routed
-//! once more on that ring: still only ever to the key's primary, on the ring in force.
+//! once more on that ring: still only ever to the key's primary, on the ring in force. A
+//! member that has not learned the ring yet refuses too (`503 ring_behind`): a read waits a
+//! little and is routed again, a write's refusal goes to the client.
+
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -220,35 +224,77 @@ async fn forward(
         body,
     };
     let topology = state.topology.load();
-    let (answer, told_stale) = route_once(state, &request, &topology).await;
+    let (mut answer, told) = route_once(state, &request, &topology).await;
     // A member on a newer ring refused the request without acting on it (a put stored
     // nothing) and gave its ring, now ours: route it once more, on that ring. Only once: a
     // ring moving again meanwhile is the client's to retry.
     let moved = state.topology.load();
-    let retry = told_stale
-        && answer.as_ref().map_or(true, |r| !r.status().is_success())
-        && moved.config_epoch() > topology.config_epoch();
-    if !retry {
-        return answer;
+    let mut told_behind = told.behind;
+    if told.stale && failed(&answer) && moved.config_epoch() > topology.config_epoch() {
+        state.client.metrics().stale_ring_retry(route.path());
+        tracing::debug!(
+            from = topology.epoch,
+            to = moved.epoch,
+            "request routed again on a newer ring"
+        );
+        let told;
+        (answer, told) = route_once(state, &request, &moved).await;
+        told_behind = told.behind;
     }
-    state.client.metrics().stale_ring_retry(route.path());
-    tracing::debug!(
-        from = topology.epoch,
-        to = moved.epoch,
-        "request routed again on a newer ring"
-    );
-    route_once(state, &request, &moved).await.0
+    // A read whose member has not learned the ring yet (the switch of a move reaches the
+    // servers a few milliseconds apart, and one told the gateway first) waits for it: the
+    // member refused without reading and is fetching the ring from its peers now, and a
+    // read is safe to send again. So reads do not fail during a move. Writes keep the
+    // answer (`docs/rebalancing.md`: no write is sent twice on anything but `stale_ring`).
+    let read = matches!(route, Route::Get | Route::Versions);
+    for wait in RING_BEHIND_WAITS {
+        if !(read && told_behind && failed(&answer)) {
+            break;
+        }
+        state.client.metrics().ring_behind_retry(route.path());
+        tokio::time::sleep(wait).await;
+        let told;
+        (answer, told) = route_once(state, &request, &state.topology.load()).await;
+        told_behind = told.behind;
+    }
+    answer
 }
 
-/// Routes `request` on `topology`; also says whether a member answered `stale_ring`.
+/// How long a read answered `ring_behind` waits before each new try: a server learns a
+/// ring within a gossip exchange, and about half a second in all stays under a client's
+/// patience.
+const RING_BEHIND_WAITS: [Duration; 4] = [
+    Duration::from_millis(20),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+];
+
+fn failed(answer: &Result<Response>) -> bool {
+    answer.as_ref().map_or(true, |r| !r.status().is_success())
+}
+
+/// What the members told one routing of a request.
+struct Told {
+    /// A member answered `stale_ring`.
+    stale: bool,
+    /// A member answered `ring_behind`.
+    behind: bool,
+}
+
+/// Routes `request` on `topology`; also says what the members told of their rings.
 async fn route_once(
     state: &AppState,
     request: &KeyRequest,
     topology: &Topology,
-) -> (Result<Response>, bool) {
+) -> (Result<Response>, Told) {
     let call = KeyCall::new(state, topology);
     let answer = send_to_owners(state, request, topology, &call).await;
-    (answer, call.told_stale())
+    let told = Told {
+        stale: call.told_stale(),
+        behind: call.told_behind(),
+    };
+    (answer, told)
 }
 
 async fn send_to_owners(

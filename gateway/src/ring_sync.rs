@@ -35,6 +35,9 @@ pub struct KeyCall<'a> {
     /// A member answered `409 stale_ring` with its configuration: the call was refused, not
     /// acted on, and may be routed again on the newer ring.
     stale: AtomicBool,
+    /// A member answered `503 ring_behind`: it has not learned this call's ring yet, refused
+    /// the call without acting on it, and is asking its peers for the ring now.
+    behind: AtomicBool,
 }
 
 impl<'a> KeyCall<'a> {
@@ -46,6 +49,7 @@ impl<'a> KeyCall<'a> {
             // move) can never read a range from a server that no longer holds it.
             epoch: Some(HeaderValue::from(topology.config_epoch().unwrap_or(0))),
             stale: AtomicBool::new(false),
+            behind: AtomicBool::new(false),
         }
     }
 
@@ -67,6 +71,9 @@ impl<'a> KeyCall<'a> {
             .client
             .send_with_headers(backend, method, path, body, &all)
             .await;
+        if answer.as_ref().is_ok_and(ring_behind) {
+            self.behind.store(true, Ordering::Relaxed);
+        }
         if let Some(config) = answer.as_ref().ok().and_then(stale_ring) {
             self.stale.store(true, Ordering::Relaxed);
             learn(
@@ -84,6 +91,22 @@ impl<'a> KeyCall<'a> {
     pub fn told_stale(&self) -> bool {
         self.stale.load(Ordering::Relaxed)
     }
+
+    /// Whether a member said it had not learned this call's ring yet.
+    pub fn told_behind(&self) -> bool {
+        self.behind.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether an answer is `503 ring_behind`.
+pub fn ring_behind(response: &http::Response<Bytes>) -> bool {
+    #[derive(Deserialize)]
+    struct Coded {
+        code: ErrorCode,
+    }
+    response.status() == StatusCode::SERVICE_UNAVAILABLE
+        && serde_json::from_slice::<Coded>(response.body())
+            .is_ok_and(|body| body.code == ErrorCode::RingBehind)
 }
 
 /// The configuration a `409 stale_ring` answer carries; `None` for any other answer.
@@ -177,6 +200,23 @@ mod tests {
             .status(status)
             .body(Bytes::from(body.to_owned()))
             .unwrap()
+    }
+
+    #[test]
+    fn only_a_503_ring_behind_is_ring_behind() {
+        assert!(ring_behind(&answer(
+            503,
+            r#"{"detail":"x","code":"ring_behind"}"#
+        )));
+        assert!(!ring_behind(&answer(
+            503,
+            r#"{"detail":"x","code":"syncing"}"#
+        )));
+        assert!(!ring_behind(&answer(
+            409,
+            r#"{"detail":"x","code":"ring_behind"}"#
+        )));
+        assert!(!ring_behind(&answer(503, "busy")));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Ring configurations seen from the gateway, against fake members (`fake_member`): it learns
 //! a newer ring from a member's `/health` (then `GET /internal/ring`) or from a
 //! `409 stale_ring` answer, routes by it (members a static list never named included), names
-//! its epoch on every key call, and passes the servers' rebalancing refusals through.
+//! its epoch on every key call, and passes the servers' rebalancing refusals through (a read
+//! refused as `ring_behind` after a few short waits).
 
 use kv_common::ring_config::{RingConfig, RingMember, RingState, RingView};
 use kv_gateway::GatewayConfig;
@@ -224,13 +225,56 @@ async fn rebalancing_and_ring_behind_pass_through_with_retry_after() {
     assert_eq!(body["code"], "rebalancing");
     assert_eq!(body["server_used"], "kv-a");
 
+    // A read its primary keeps refusing as behind is asked again a few times over about
+    // half a second, then passes the refusal on.
     let r = gateway.get(&format!("/get/{key}")).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["code"], "ring_behind");
 
-    // Each asked once, of its primary only: neither refusal is retried nor read elsewhere.
-    assert_eq!(key_calls(&a).len(), 2);
+    // Of its primary only: the write once, the read five times; neither is read elsewhere.
+    let calls = key_calls(&a);
+    let puts = calls.iter().filter(|c| c.uri.starts_with("/put/")).count();
+    assert_eq!((puts, calls.len() - puts), (1, 5));
+    assert!(key_calls(&b).is_empty());
+    let metrics = gateway.metrics().await;
+    let needle = "gateway_ring_behind_retries_total{route=\"get\"} 4";
+    assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");
+}
+
+/// The switch of a move reaches the servers a few milliseconds apart: a read whose primary
+/// has not learned the gateway's ring yet waits for it rather than fail.
+#[tokio::test]
+async fn a_read_waits_for_its_primary_to_learn_the_ring() {
+    let a = Fake::start(json!({"status": "ok"})).await;
+    let b = Fake::start(json!({"status": "ok"})).await;
+    let gateway = gateway_for(&a).await;
+    serve_ring(&a, "kv-a", &ring(4, &[("kv-a", &a), ("kv-b", &b)], 2));
+    wait_for_epoch(&gateway, 4).await;
+    let placement = Ring::new(["kv-a", "kv-b"], 150);
+    let key = (0..)
+        .map(|i| format!("key{i}"))
+        .find(|k| placement.owner(k) == Some("kv-a"))
+        .unwrap();
+    let path = format!("/get/{key}");
+    a.answer(
+        &path,
+        503,
+        json!({"detail": "ring behind", "code": "ring_behind"}),
+    );
+    let learns = async {
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+        a.answer(&path, 200, stored(3, json!("v")));
+    };
+    let (r, ()) = tokio::join!(gateway.get(&path).send(), learns);
+    let r = r.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-server-used"], "kv-a");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["version"], 3);
+    let reads = key_calls(&a);
+    assert!(reads.len() >= 2, "{reads:?}");
+    assert!(reads.iter().all(|c| c.ring_epoch.as_deref() == Some("4")));
     assert!(key_calls(&b).is_empty());
 }
