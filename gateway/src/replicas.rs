@@ -19,7 +19,7 @@ use crate::client::CallError;
 use crate::error::{Error, Result};
 use crate::membership::Backend;
 use crate::proxy::{decorate, upstream_error};
-use crate::ring_sync::KeyCall;
+use crate::ring_sync::{KeyCall, unavailable_because};
 use crate::state::AppState;
 
 /// Names the primary that could not answer, on an answer a replica gave.
@@ -103,18 +103,10 @@ fn server_down(state: &AppState, primary: &Backend) -> Error {
 /// not answer in time, or holds a new database still catching up (`503 syncing`). Any other
 /// answer, a 404 included, is the primary's word and final.
 pub fn primary_unavailable(answer: &Answer) -> bool {
-    #[derive(Deserialize)]
-    struct Coded {
-        code: ErrorCode,
-    }
     match answer {
         Err(CallError::Connect(_) | CallError::Timeout(_)) => true,
         Err(_) => false,
-        Ok(response) => {
-            response.status() == StatusCode::SERVICE_UNAVAILABLE
-                && serde_json::from_slice::<Coded>(response.body())
-                    .is_ok_and(|body| body.code == ErrorCode::Syncing)
-        }
+        Ok(response) => unavailable_because(response, ErrorCode::Syncing),
     }
 }
 

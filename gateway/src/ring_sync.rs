@@ -100,13 +100,17 @@ impl<'a> KeyCall<'a> {
 
 /// Whether an answer is `503 ring_behind`.
 pub fn ring_behind(response: &http::Response<Bytes>) -> bool {
+    unavailable_because(response, ErrorCode::RingBehind)
+}
+
+/// Whether an answer is a 503 whose error body has `code`; only a 503's body is read.
+pub fn unavailable_because(response: &http::Response<Bytes>, code: ErrorCode) -> bool {
     #[derive(Deserialize)]
     struct Coded {
         code: ErrorCode,
     }
     response.status() == StatusCode::SERVICE_UNAVAILABLE
-        && serde_json::from_slice::<Coded>(response.body())
-            .is_ok_and(|body| body.code == ErrorCode::RingBehind)
+        && serde_json::from_slice::<Coded>(response.body()).is_ok_and(|body| body.code == code)
 }
 
 /// The configuration a `409 stale_ring` answer carries; `None` for any other answer.

@@ -184,8 +184,9 @@ async fn a_stale_ring_answer_is_learned_and_the_request_routed_again() {
     }
 }
 
-#[tokio::test]
-async fn rebalancing_and_ring_behind_pass_through_with_retry_after() {
+/// Members `kv-a` and `kv-b` (R = 2) on ring epoch 4, a gateway routing by it, and a key
+/// whose primary is `kv-a`.
+async fn routing_by_epoch_4() -> (Fake, Fake, Gateway, String) {
     let a = Fake::start(json!({"status": "ok"})).await;
     let b = Fake::start(json!({"status": "ok"})).await;
     let gateway = gateway_for(&a).await;
@@ -196,6 +197,12 @@ async fn rebalancing_and_ring_behind_pass_through_with_retry_after() {
         .map(|i| format!("key{i}"))
         .find(|k| placement.owner(k) == Some("kv-a"))
         .unwrap();
+    (a, b, gateway, key)
+}
+
+#[tokio::test]
+async fn rebalancing_and_ring_behind_pass_through_with_retry_after() {
+    let (a, b, gateway, key) = routing_by_epoch_4().await;
     let retry_after = vec![("retry-after", "1".to_owned())];
     a.answer_with(
         &format!("/put/{key}"),
@@ -247,16 +254,7 @@ async fn rebalancing_and_ring_behind_pass_through_with_retry_after() {
 /// has not learned the gateway's ring yet waits for it rather than fail.
 #[tokio::test]
 async fn a_read_waits_for_its_primary_to_learn_the_ring() {
-    let a = Fake::start(json!({"status": "ok"})).await;
-    let b = Fake::start(json!({"status": "ok"})).await;
-    let gateway = gateway_for(&a).await;
-    serve_ring(&a, "kv-a", &ring(4, &[("kv-a", &a), ("kv-b", &b)], 2));
-    wait_for_epoch(&gateway, 4).await;
-    let placement = Ring::new(["kv-a", "kv-b"], 150);
-    let key = (0..)
-        .map(|i| format!("key{i}"))
-        .find(|k| placement.owner(k) == Some("kv-a"))
-        .unwrap();
+    let (a, b, gateway, key) = routing_by_epoch_4().await;
     let path = format!("/get/{key}");
     a.answer(
         &path,
