@@ -109,19 +109,17 @@ impl Cluster {
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
+    /// The body of `GET path` on server `i`, as text.
+    async fn text(&self, i: usize, path: &str) -> String {
+        let r = self.http.get(format!("{}{path}", self.url(i))).send();
+        r.await.unwrap().text().await.unwrap()
+    }
+
     /// Every server's count of commits, from its metrics.
     async fn commits(&self) -> Vec<u64> {
         let mut counts = Vec::new();
         for (i, name) in NAMES.iter().enumerate() {
-            let text = self
-                .http
-                .get(format!("{}/metrics", self.url(i)))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = self.text(i, "/metrics").await;
             let count = text
                 .lines()
                 .find_map(|l| l.strip_prefix("kv_server_sqlite_commit_seconds_count "))
@@ -426,17 +424,8 @@ async fn the_change_feed_gives_each_peer_only_its_keys() {
     }
     // With R = 3 on 3 servers every peer holds every key; with R = 2 only some.
     let text = c
-        .http
-        .get(format!(
-            "{}/internal/changes?after=0&for=r1&limit=1000",
-            c.url(0)
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .text(0, "/internal/changes?after=0&for=r1&limit=1000")
+        .await;
     let page: ChangesResponse = serde_json::from_str(&text).unwrap();
     assert_eq!(page.records.len(), 30);
     assert_eq!((page.next, page.head), (30, 30));
