@@ -133,8 +133,8 @@ impl GatewayMetrics {
         );
         registry.register(
             "gateway_ring_behind_retries",
-            "Reads sent again after a short wait because a member had not learned the \
-             gateway's ring yet (ring_behind)",
+            "Key requests sent again after a short wait because a member had not learned \
+             the gateway's ring yet (ring_behind)",
             metrics.ring_behind_retries.clone(),
         );
         registry.register(

@@ -9,8 +9,8 @@
 //! With a ring configuration known, every call names its epoch (`ring_sync`). A primary on a
 //! newer ring refuses it (`409 stale_ring`, having done nothing) and the request is routed
 //! once more on that ring: still only ever to the key's primary, on the ring in force. A
-//! member that has not learned the ring yet refuses too (`503 ring_behind`): a read waits a
-//! little and is routed again, a write's refusal goes to the client.
+//! member that has not learned the ring yet refuses too (`503 ring_behind`, having done
+//! nothing): the request waits a little and is routed again.
 
 use std::time::Duration;
 
@@ -241,14 +241,13 @@ async fn forward(
         (answer, told) = route_once(state, &request, &moved).await;
         told_behind = told.behind;
     }
-    // A read whose member has not learned the ring yet (the switch of a move reaches the
-    // servers a few milliseconds apart, and one told the gateway first) waits for it: the
-    // member refused without reading and is fetching the ring from its peers now, and a
-    // read is safe to send again. So reads do not fail during a move. Writes keep the
-    // answer (`docs/rebalancing.md`: no write is sent twice on anything but `stale_ring`).
-    let read = matches!(route, Route::Get | Route::Versions);
+    // A request whose member has not learned the ring yet (the switch of a move reaches
+    // the servers a few milliseconds apart, and one told the gateway first) waits for it:
+    // the member refused before reading or storing anything (a put too: the ring epoch is
+    // its first check), and is fetching the ring from its peers now. So the switch fails
+    // no request; only the puts of moving keys pause, with `503 rebalancing`.
     for wait in RING_BEHIND_WAITS {
-        if !(read && told_behind && failed(&answer)) {
+        if !(told_behind && failed(&answer)) {
             break;
         }
         state.client.metrics().ring_behind_retry(route.path());
@@ -260,7 +259,7 @@ async fn forward(
     answer
 }
 
-/// How long a read answered `ring_behind` waits before each new try: a server learns a
+/// How long a request answered `ring_behind` waits before each new try: a server learns a
 /// ring within a gossip exchange, and about half a second in all stays under a client's
 /// patience.
 const RING_BEHIND_WAITS: [Duration; 4] = [

@@ -250,29 +250,37 @@ async fn rebalancing_and_ring_behind_pass_through_with_retry_after() {
     assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");
 }
 
-/// The switch of a move reaches the servers a few milliseconds apart: a read whose primary
-/// has not learned the gateway's ring yet waits for it rather than fail.
+/// The switch of a move reaches the servers a few milliseconds apart: a request whose
+/// primary has not learned the gateway's ring yet waits for it rather than fail; a put too,
+/// since the refusal stored nothing.
 #[tokio::test]
-async fn a_read_waits_for_its_primary_to_learn_the_ring() {
+async fn a_request_waits_for_its_primary_to_learn_the_ring() {
     let (a, b, gateway, key) = routing_by_epoch_4().await;
-    let path = format!("/get/{key}");
-    a.answer(
-        &path,
-        503,
-        json!({"detail": "ring behind", "code": "ring_behind"}),
-    );
+    let behind = json!({"detail": "ring behind", "code": "ring_behind"});
+    let (get, put) = (format!("/get/{key}"), format!("/put/{key}"));
+    a.answer(&get, 503, behind.clone());
+    a.answer(&put, 503, behind);
     let learns = async {
         tokio::time::sleep(std::time::Duration::from_millis(40)).await;
-        a.answer(&path, 200, stored(3, json!("v")));
+        a.answer(&get, 200, stored(3, json!("v")));
+        a.answer(&put, 200, json!({"version": 4}));
     };
-    let (r, ()) = tokio::join!(gateway.get(&path).send(), learns);
-    let r = r.unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["x-server-used"], "kv-a");
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["version"], 3);
-    let reads = key_calls(&a);
-    assert!(reads.len() >= 2, "{reads:?}");
-    assert!(reads.iter().all(|c| c.ring_epoch.as_deref() == Some("4")));
+    let (read, written, ()) = tokio::join!(
+        gateway.get(&get).send(),
+        gateway.put(&put, json!("w")).send(),
+        learns
+    );
+    for (r, version) in [(read.unwrap(), 3), (written.unwrap(), 4)] {
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-server-used"], "kv-a");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["version"], version);
+    }
+    let calls = key_calls(&a);
+    for route in ["/get/", "/put/"] {
+        let tries = calls.iter().filter(|c| c.uri.starts_with(route)).count();
+        assert!(tries >= 2, "{route}: {calls:?}");
+    }
+    assert!(calls.iter().all(|c| c.ring_epoch.as_deref() == Some("4")));
     assert!(key_calls(&b).is_empty());
 }
