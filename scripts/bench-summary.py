@@ -18,12 +18,28 @@ def ms(us):
     return f"{us / 1000:.2f} ms"
 
 
+def codes(runs):
+    """The error codes the runs met, summed: `503 rebalancing 5, 404 not_found 1`."""
+    sums = {}
+    for r in runs:
+        # Reports from before `codes` existed have none: counted by status only.
+        for status, named in r["total"]["errors"].get("codes", {}).items():
+            for code, n in named.items():
+                sums[(status, code)] = sums.get((status, code), 0) + n
+    return ", ".join(f"{s} {c} {n}" for (s, c), n in sorted(sums.items()))
+
+
+def with_codes(errors, runs):
+    named = codes(runs)
+    return f"{errors} ({named})" if named else f"{errors}"
+
+
 def one_run(path):
     r = json.load(open(path))
     lat = r["total"]["latency_us"]
     return (
         f"{r['throughput']:9,.0f} req/s  p50 {ms(lat['p50'])}  p99 {ms(lat['p99'])}  "
-        f"errors {r['total']['errors']['total']}"
+        f"errors {with_codes(r['total']['errors']['total'], [r])}"
     )
 
 
@@ -48,7 +64,7 @@ def main():
         print(
             f"| {case} | {len(runs)} | {statistics.median(rate):,.0f} /s "
             f"| {min(rate):,.0f} – {max(rate):,.0f} /s | {ms(med('p50'))} | {ms(med('p99'))} "
-            f"| {ms(med('p99.9'))} | {errors} |"
+            f"| {ms(med('p99.9'))} | {with_codes(errors, runs)} |"
         )
 
 

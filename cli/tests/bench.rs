@@ -11,6 +11,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use kvstore::bench::stats::Summary;
 use kvstore::bench::{self, Client, Config, Report, Stop};
@@ -22,7 +23,8 @@ struct Store {
     values: Mutex<HashMap<String, Bytes>>,
     puts: AtomicU64,
     gets: AtomicU64,
-    /// Answer every PUT with 500 (a broken server).
+    /// Answer every PUT with 500 (a broken server): every other one with a JSON error body
+    /// naming a code, as kvstore's are, the rest with an empty body.
     fail_puts: bool,
 }
 
@@ -30,10 +32,15 @@ async fn put_key(
     State(store): State<Arc<Store>>,
     Path(key): Path<String>,
     body: Bytes,
-) -> StatusCode {
-    store.puts.fetch_add(1, Ordering::Relaxed);
+) -> Response {
+    let n = store.puts.fetch_add(1, Ordering::Relaxed);
     if store.fail_puts {
-        return StatusCode::INTERNAL_SERVER_ERROR;
+        let body = if n % 2 == 0 {
+            r#"{"detail":"the disk is full","code":"storage_error"}"#
+        } else {
+            ""
+        };
+        return (StatusCode::INTERNAL_SERVER_ERROR, body).into_response();
     }
     let json: serde_json::Value = serde_json::from_slice(&body).expect("PUT body is JSON");
     assert!(
@@ -41,7 +48,7 @@ async fn put_key(
         "PUT body is {{\"value\": \"...\"}}"
     );
     store.values.lock().unwrap().insert(key, body);
-    StatusCode::CREATED
+    StatusCode::CREATED.into_response()
 }
 
 async fn get_key(
@@ -220,7 +227,7 @@ async fn request_count(client: Client) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn non_2xx_answers_are_counted_by_status_and_not_timed() {
+async fn non_2xx_answers_are_counted_by_status_and_code_and_not_timed() {
     for client in CLIENTS {
         non_2xx(client).await;
     }
@@ -243,6 +250,9 @@ async fn non_2xx(client: Client) {
     assert_eq!(report.total.requests, 200);
     assert_eq!(report.total.ok, 0);
     assert_eq!(report.total.errors.status["500"], 200);
+    // Half of them named their code in a JSON body; the empty ones are counted by status only.
+    assert_eq!(report.put.errors.codes["500"]["storage_error"], 100);
+    assert_eq!(report.total.errors.codes["500"].len(), 1);
     assert!(report.all_failed());
     assert_eq!(report.total.latency_us.max, 0, "failures are not timed");
 
@@ -256,7 +266,11 @@ async fn non_2xx(client: Client) {
         matches!(err, kvstore::Error::Warmup { failed: 100, .. }),
         "{err}"
     );
-    assert!(err.to_string().contains("HTTP 500: 100"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("HTTP 500: 100 (storage_error 50, no code 50)"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -152,12 +152,23 @@ impl Report {
     }
 }
 
-/// Error counts by cause, e.g. `HTTP 404: 3, connect: 1`.
+/// Error counts by cause, e.g. `HTTP 503: 5 (rebalancing 4, ring_behind 1), connect: 1`: the
+/// codes that kvstore's error bodies named, and how many answers named none.
 pub fn describe_errors(e: &ErrorCounts) -> String {
     let mut causes: Vec<String> = e
         .status
         .iter()
-        .map(|(code, n)| format!("HTTP {code}: {n}"))
+        .map(|(status, n)| {
+            let Some(codes) = e.codes.get(status) else {
+                return format!("HTTP {status}: {n}");
+            };
+            let mut named: Vec<String> = codes.iter().map(|(c, m)| format!("{c} {m}")).collect();
+            let without = n.saturating_sub(codes.values().sum());
+            if without > 0 {
+                named.push(format!("no code {without}"));
+            }
+            format!("HTTP {status}: {n} ({})", named.join(", "))
+        })
         .collect();
     for (what, n) in [("connect", e.connect), ("io", e.io), ("timeout", e.timeout)] {
         if n > 0 {
@@ -194,10 +205,13 @@ mod tests {
     fn report() -> Report {
         let mut get = OpStats::default();
         get.record_status(200, Duration::from_micros(300));
-        get.record_status(404, Duration::from_micros(1));
+        get.record_answer(404, Some("not_found"), Duration::from_micros(1));
         let mut put = OpStats::default();
         put.record_status(201, Duration::from_millis(2));
         put.record_failure(Failure::Timeout);
+        put.record_answer(503, Some("rebalancing"), Duration::from_micros(1));
+        put.record_answer(503, Some("rebalancing"), Duration::from_micros(1));
+        put.record_answer(503, None, Duration::from_micros(1));
         let mut total = get.clone();
         total.merge(&put);
         Report {
@@ -221,19 +235,26 @@ mod tests {
         let table = report().human();
         assert!(table.contains("warm-up: wrote 1000 keys"), "{table}");
         assert!(
-            table.contains("measured: 4 requests in 2.00s = 2 req/s"),
+            table.contains("measured: 7 requests in 2.00s = 2 req/s"),
             "{table}"
         );
         for row in ["\nget ", "\nput ", "\nall "] {
             assert!(table.contains(row), "{row:?} missing in\n{table}");
         }
-        assert!(table.contains("errors: HTTP 404: 1, timeout: 1"), "{table}");
+        assert!(
+            table.contains(
+                "errors: HTTP 404: 1 (not_found 1), HTTP 503: 3 (rebalancing 2, no code 1), timeout: 1"
+            ),
+            "{table}"
+        );
     }
 
     #[test]
     fn json_has_stable_field_names() {
         let json = serde_json::to_value(report()).unwrap();
-        assert_eq!(json["total"]["requests"], 4);
+        assert_eq!(json["total"]["requests"], 7);
+        assert_eq!(json["total"]["errors"]["codes"]["503"]["rebalancing"], 2);
+        assert_eq!(json["get"]["errors"]["codes"]["404"]["not_found"], 1);
         assert_eq!(json["total"]["errors"]["status"]["404"], 1);
         assert_eq!(json["put"]["errors"]["timeout"], 1);
         assert!(json["get"]["latency_us"]["p99.9"].as_u64().unwrap() >= 300);

@@ -201,9 +201,11 @@ pub async fn work(
                 if !answer.reusable {
                     conn.link = None;
                 }
-                lock(&stats)
-                    .op_mut(op)
-                    .record_status(answer.status, latency);
+                lock(&stats).op_mut(op).record_answer(
+                    answer.status,
+                    answer.code.as_deref(),
+                    latency,
+                );
             }
             Err(failure) => {
                 // The connection's state is unknown (a half-read answer, a stuck server):
@@ -216,8 +218,9 @@ pub async fn work(
     conn
 }
 
-/// Sends `request` and reads the whole answer, discarding the body without buffering it.
-/// hyper's connection task closes a connection that is not reusable by itself.
+/// Sends `request` and reads the whole answer, discarding the body without buffering it, except
+/// an error's (up to [`super::stats::MAX_ERROR_BODY`]), for its `code`. hyper's connection task closes a
+/// connection that is not reusable by itself.
 async fn exchange(
     sender: &mut SendRequest<Full<Bytes>>,
     request: Request<Full<Bytes>>,
@@ -227,12 +230,17 @@ async fn exchange(
         .await
         .map_err(|_| Failure::Io)?;
     let status = response.status().as_u16();
+    let mut kept = (!response.status().is_success()).then(Vec::new);
     let mut body = response.into_body();
     while let Some(frame) = body.frame().await {
-        frame.map_err(|_| Failure::Io)?;
+        let frame = frame.map_err(|_| Failure::Io)?;
+        if let Some(data) = frame.data_ref() {
+            wire::keep(kept.as_mut(), data);
+        }
     }
     Ok(wire::Answer {
         status,
         reusable: true,
+        code: kept.as_deref().and_then(super::stats::error_code),
     })
 }

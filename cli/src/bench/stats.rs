@@ -53,6 +53,10 @@ pub struct OpStats {
     pub ok: u64,
     /// Non-2xx answers by status code.
     pub status: BTreeMap<u16, u64>,
+    /// The non-2xx answers of `status` whose JSON body named a `code` (kvstore's error
+    /// bodies do), by status and code: a 503 can be `rebalancing`, `ring_behind` or
+    /// `server_unavailable`, and only the code tells which.
+    pub codes: BTreeMap<(u16, String), u64>,
     pub connect: u64,
     pub io: u64,
     pub timeout: u64,
@@ -64,6 +68,7 @@ impl Default for OpStats {
             latency: new_histogram(),
             ok: 0,
             status: BTreeMap::new(),
+            codes: BTreeMap::new(),
             connect: 0,
             io: 0,
             timeout: 0,
@@ -74,12 +79,20 @@ impl Default for OpStats {
 impl OpStats {
     /// Counts one answer with this HTTP status; `latency` is recorded only for a 2xx.
     pub fn record_status(&mut self, status: u16, latency: Duration) {
+        self.record_answer(status, None, latency);
+    }
+
+    /// Counts one answer with this HTTP status and, for an error, the `code` its body named.
+    pub fn record_answer(&mut self, status: u16, code: Option<&str>, latency: Duration) {
         if (200..300).contains(&status) {
             self.ok += 1;
             let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
             self.latency.saturating_record(us.max(LOWEST_US));
         } else {
             *self.status.entry(status).or_default() += 1;
+            if let Some(code) = code {
+                *self.codes.entry((status, code.to_owned())).or_default() += 1;
+            }
         }
     }
 
@@ -109,6 +122,9 @@ impl OpStats {
         for (&code, &n) in &other.status {
             *self.status.entry(code).or_default() += n;
         }
+        for (key, &n) in &other.codes {
+            *self.codes.entry(key.clone()).or_default() += n;
+        }
         self.connect += other.connect;
         self.io += other.io;
         self.timeout += other.timeout;
@@ -125,6 +141,17 @@ impl OpStats {
                     .iter()
                     .map(|(k, v)| (k.to_string(), *v))
                     .collect(),
+                codes: self.codes.iter().fold(
+                    BTreeMap::new(),
+                    |mut by_status: BTreeMap<String, BTreeMap<String, u64>>,
+                     ((status, code), n)| {
+                        by_status
+                            .entry(status.to_string())
+                            .or_default()
+                            .insert(code.clone(), *n);
+                        by_status
+                    },
+                ),
                 connect: self.connect,
                 io: self.io,
                 timeout: self.timeout,
@@ -180,9 +207,32 @@ pub struct ErrorCounts {
     pub total: u64,
     /// Non-2xx answers by status code (a string, since JSON object keys are strings).
     pub status: BTreeMap<String, u64>,
+    /// Of those, the ones whose JSON body named a `code`, by status then code:
+    /// `{"503": {"rebalancing": 3}}`. Answers without one are counted in `status` only.
+    pub codes: BTreeMap<String, BTreeMap<String, u64>>,
     pub connect: u64,
     pub io: u64,
     pub timeout: u64,
+}
+
+/// Longest error body read for its `code`; kvstore's are about a hundred bytes. A longer one is
+/// read to its end but not kept.
+pub const MAX_ERROR_BODY: usize = 4096;
+
+/// Longest `code` counted; anything longer is not one of kvstore's codes (which are short
+/// snake_case words) and is counted by status only.
+const MAX_CODE: usize = 64;
+
+/// The `code` of a JSON error body such as `{"detail": "...", "code": "rebalancing"}`, if it
+/// has a short one.
+pub fn error_code(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct ErrorBody {
+        code: Option<String>,
+    }
+    let code = serde_json::from_slice::<ErrorBody>(body).ok()?.code?;
+    (!code.is_empty() && code.len() <= MAX_CODE && !code.chars().any(char::is_control))
+        .then_some(code)
 }
 
 /// Latency percentiles in microseconds; all zero when nothing succeeded.
@@ -283,6 +333,49 @@ mod tests {
         );
         assert_eq!(s.latency.len(), 1);
         assert!(close(sum.latency_us.min, 10));
+    }
+
+    #[test]
+    fn error_codes_are_counted_under_their_status() {
+        let mut a = OpStats::default();
+        a.record_answer(503, Some("rebalancing"), us(1));
+        a.record_answer(503, Some("ring_behind"), us(1));
+        a.record_answer(503, None, us(1));
+        let mut b = OpStats::default();
+        b.record_answer(503, Some("rebalancing"), us(1));
+        b.record_answer(404, Some("not_found"), us(1));
+        // A 2xx's body is never an error, whatever it says.
+        b.record_answer(200, Some("rebalancing"), us(5));
+        a.merge(&b);
+        let errors = a.summary().errors;
+        assert_eq!(errors.total, 5);
+        assert_eq!(errors.status["503"], 4);
+        assert_eq!(errors.codes["503"]["rebalancing"], 2);
+        assert_eq!(errors.codes["503"]["ring_behind"], 1);
+        assert_eq!(errors.codes["404"]["not_found"], 1);
+        assert_eq!(errors.codes.len(), 2);
+    }
+
+    #[test]
+    fn the_code_is_read_from_json_error_bodies_only() {
+        let code = |body: &str| error_code(body.as_bytes());
+        assert_eq!(
+            code(r#"{"detail":"moving","code":"rebalancing","server_used":"s1"}"#).as_deref(),
+            Some("rebalancing")
+        );
+        assert_eq!(code(r#"{"detail":"no code"}"#), None);
+        assert_eq!(code(r#"{"code":7}"#), None);
+        assert_eq!(code(r#"{"code":""}"#), None);
+        assert_eq!(code(&format!(r#"{{"code":"{}"}}"#, "x".repeat(65))), None);
+        assert_eq!(
+            code(
+                r#"{"code":"a
+b"}"#
+            ),
+            None
+        );
+        assert_eq!(code("Service Unavailable"), None);
+        assert_eq!(code(""), None);
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //!
 //! Supported framing: `Content-Length`, `Transfer-Encoding: chunked`, and a body that ends when
 //! the server closes (HTTP/1.0 style); `Connection: close` is honoured. 1xx answers are errors
-//! (the bench never sends `Expect`).
+//! (the bench never sends `Expect`). The body of an error answer (not 2xx) is kept, up to
+//! [`MAX_ERROR_BODY`], for the `code` it names; other bodies are skipped unread.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::stats::{Failure, Op};
+use super::stats::{Failure, MAX_ERROR_BODY, Op, error_code};
 
 /// Most headers an answer may have; axum and the gateway send fewer than ten.
 const MAX_HEADERS: usize = 64;
@@ -41,11 +42,13 @@ pub struct Connection {
 }
 
 /// The outcome of a complete exchange.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     pub status: u16,
     /// False when the server closed or will close the connection after this answer.
     pub reusable: bool,
+    /// For an error answer, the `code` its JSON body named.
+    pub code: Option<String>,
 }
 
 impl Connection {
@@ -187,9 +190,11 @@ impl Input {
                 Err(_) => return Err(Failure::Io),
             }
         };
+        // Errors are few: reading their bodies costs the measured successes nothing.
+        let mut kept = (!(200..300).contains(&status)).then(Vec::new);
         match framing {
             Framing::Empty => {}
-            Framing::Length(n) => self.skip(stream, n).await?,
+            Framing::Length(n) => self.skip(stream, n, kept.as_mut()).await?,
             Framing::Chunked => loop {
                 let line = self.line(stream).await?;
                 let size = chunk_size(&line)?;
@@ -198,28 +203,44 @@ impl Input {
                     while !self.line(stream).await?.is_empty() {}
                     break;
                 }
-                self.skip(stream, size).await?;
+                self.skip(stream, size, kept.as_mut()).await?;
                 if !self.line(stream).await?.is_empty() {
                     return Err(Failure::Io);
                 }
             },
             Framing::UntilClose => {
                 reusable = false;
-                self.start = self.end;
-                while self.fill(stream, READ_CHUNK).await? > 0 {
+                loop {
+                    keep(kept.as_mut(), &self.buf[self.start..self.end]);
                     self.start = self.end;
+                    if self.fill(stream, READ_CHUNK).await? == 0 {
+                        break;
+                    }
                 }
             }
         }
-        Ok(Answer { status, reusable })
+        let code = kept.as_deref().and_then(error_code);
+        Ok(Answer {
+            status,
+            reusable,
+            code,
+        })
     }
 
-    /// Consumes `n` body bytes, reading them as needed; the stream ending first is an error.
-    async fn skip(&mut self, stream: &mut TcpStream, mut n: u64) -> Result<(), Failure> {
+    /// Consumes `n` body bytes, reading them as needed, and keeps them in `kept` up to
+    /// [`MAX_ERROR_BODY`]; the stream ending first is an error.
+    async fn skip(
+        &mut self,
+        stream: &mut TcpStream,
+        mut n: u64,
+        mut kept: Option<&mut Vec<u8>>,
+    ) -> Result<(), Failure> {
         loop {
             let available = (self.end - self.start) as u64;
             let take = available.min(n);
-            self.start += take as usize;
+            let end = self.start + take as usize;
+            keep(kept.as_deref_mut(), &self.buf[self.start..end]);
+            self.start = end;
             n -= take;
             if n == 0 {
                 return Ok(());
@@ -243,6 +264,15 @@ impl Input {
                 return Err(Failure::Io);
             }
         }
+    }
+}
+
+/// Appends `bytes` to `kept`, up to [`MAX_ERROR_BODY`] in all. A body cut short there is not
+/// valid JSON and names no code, as it should: kvstore's error bodies are far shorter.
+pub(super) fn keep(kept: Option<&mut Vec<u8>>, bytes: &[u8]) {
+    if let Some(kept) = kept {
+        let room = MAX_ERROR_BODY.saturating_sub(kept.len());
+        kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
 }
 
@@ -383,14 +413,62 @@ mod tests {
             let ok = Answer {
                 status: 200,
                 reusable: true,
+                code: None,
             };
             assert_eq!(exchange(LENGTH, piece, false).await, Ok(ok), "{piece}");
             let not_found = Answer {
                 status: 404,
                 reusable: true,
+                code: None,
             };
             assert_eq!(exchange(CHUNKED, piece, false).await, Ok(not_found));
         }
+    }
+
+    #[tokio::test]
+    async fn an_error_answer_names_its_code_in_any_framing() {
+        const LENGTH_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 35\r\n\r\n{\"detail\":\"x\",\"code\":\"rebalancing\"}";
+        const CHUNKED_404: &[u8] = b"HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n9\r\n{\"code\":\"\r\nb\r\nnot_found\"}\r\n0\r\n\r\n";
+        const CLOSE_503: &[u8] =
+            b"HTTP/1.1 503 Service Unavailable\r\n\r\n{\"code\":\"ring_behind\"}";
+        // A 2xx body is never read for a code.
+        const OK_WITH_CODE: &[u8] =
+            b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n{\"code\":\"x\"}";
+        for piece in [1, 5, usize::MAX] {
+            let code = |answer: Result<Answer, Failure>| answer.unwrap().code;
+            assert_eq!(
+                code(exchange(LENGTH_503, piece, false).await).as_deref(),
+                Some("rebalancing"),
+                "{piece}"
+            );
+            assert_eq!(
+                code(exchange(CHUNKED_404, piece, false).await).as_deref(),
+                Some("not_found"),
+                "{piece}"
+            );
+            assert_eq!(
+                code(exchange(CLOSE_503, piece, true).await).as_deref(),
+                Some("ring_behind"),
+                "{piece}"
+            );
+            assert_eq!(code(exchange(OK_WITH_CODE, piece, false).await), None);
+        }
+        // A long error body is read to its end, but not kept whole: no code, and the
+        // connection stays usable.
+        let long: &'static [u8] = Box::leak(
+            format!(
+                "HTTP/1.1 500 Oops\r\ncontent-length: {}\r\n\r\n{{\"pad\":\"{}\",\"code\":\"x\"}}",
+                MAX_ERROR_BODY + 21,
+                "p".repeat(MAX_ERROR_BODY),
+            )
+            .into_bytes()
+            .into_boxed_slice(),
+        );
+        let answer = exchange(long, 1000, false).await.unwrap();
+        assert_eq!(
+            (answer.status, answer.reusable, answer.code),
+            (500, true, None)
+        );
     }
 
     #[tokio::test]
