@@ -1,5 +1,7 @@
 //! Tracing set-up, done once per process by each binary's `main`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
@@ -58,7 +60,11 @@ pub fn init(default_level: &str, format: LogFormat) -> Result<(), String> {
     let filter = filter(default_level)?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(true);
+        .with_target(true)
+        .with_ansi(colours(
+            std::io::stdout().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ));
     let result = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -66,6 +72,13 @@ pub fn init(default_level: &str, format: LogFormat) -> Result<(), String> {
     // An error only means a subscriber is already installed.
     let _ = result;
     Ok(())
+}
+
+/// Whether text logs are coloured: only on a terminal, and not when `NO_COLOR` is set to
+/// anything but the empty string (no-color.org). Escape codes in a file, a pipe, `docker
+/// compose logs` or journald are noise that every search has to step around.
+fn colours(stdout_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stdout_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// `RUST_LOG` when it is set and not empty, else `default_level`.
@@ -81,6 +94,16 @@ pub fn filter(default_level: &str) -> Result<EnvFilter, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_logs_are_coloured_only_on_a_terminal_without_no_color() {
+        assert!(colours(true, None));
+        assert!(!colours(false, None));
+        assert!(!colours(true, Some("1".into())));
+        // An empty NO_COLOR does not count (no-color.org).
+        assert!(colours(true, Some("".into())));
+        assert!(!colours(false, Some("".into())));
+    }
 
     #[test]
     fn levels_and_target_levels_are_filters() {
