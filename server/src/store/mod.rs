@@ -12,6 +12,7 @@ pub mod db;
 mod known_latest;
 pub mod lock;
 pub mod model;
+mod slow_commits;
 pub mod snapshot;
 mod writer;
 

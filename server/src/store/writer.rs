@@ -17,6 +17,7 @@ use super::cache::Cache;
 use super::checkpoint::Checkpointer;
 use super::known_latest::KnownLatest;
 use super::model::{PutOutcome, PutRequest, ReplicaBatch, ReplicaOutcome, Versioned, unix_now};
+use super::slow_commits::{self, SlowCommits};
 use crate::error::{Error, Result};
 use crate::metrics::StoreMetrics;
 
@@ -67,6 +68,7 @@ pub struct Writer {
     /// only writer of the database (the data directory lock keeps other processes out), and
     /// updated only after a commit succeeds.
     known_latest: KnownLatest,
+    slow_commits: SlowCommits,
 }
 
 impl Writer {
@@ -82,6 +84,7 @@ impl Writer {
             metrics,
             checkpointer,
             known_latest: KnownLatest::default(),
+            slow_commits: SlowCommits::default(),
         }
     }
 
@@ -227,10 +230,12 @@ impl Writer {
     fn commit_batch(&mut self, batch: &mut Vec<Op>) {
         let started = Instant::now();
         let result = self.apply(batch);
+        let took = started.elapsed();
+        if let Some(report) = self.slow_commits.note(took, batch.len(), Instant::now()) {
+            slow_commits::warn(report);
+        }
         let metrics = &self.metrics;
-        metrics
-            .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
+        metrics.commit_seconds.observe(took.as_secs_f64());
         metrics.batch_size.observe(batch.len() as f64);
         match result {
             Ok(applied) => {

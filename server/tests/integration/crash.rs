@@ -1,63 +1,11 @@
 //! Crash durability: the real binary is killed with SIGKILL (or stopped with SIGTERM) in the
 //! middle of a write load; after a restart every acknowledged version is there with its value.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::ports::free_port;
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start(dir: &std::path::Path) -> Server {
-    let port = free_port();
-    // Named by its port, so that the server answering is known to be this one.
-    let name = format!("crash-{port}");
-    let child = Command::new(env!("CARGO_BIN_EXE_kv-server"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--node-name",
-            &name,
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .env("KV_LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start kv-server");
-    let server = Server {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(r) = client.get(format!("{}/ready", server.url)).send().await
-            && r.status().is_success()
-        {
-            let stats = get_json(&client, format!("{}/db/stats", server.url)).await;
-            assert_eq!(stats["node_name"], name, "another server holds port {port}");
-            return server;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("kv-server did not become ready");
-}
-
-async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Value {
-    client.get(url).send().await.unwrap().json().await.unwrap()
-}
+use crate::binary::{get_json, start};
 
 type Acked = Arc<Mutex<Vec<(String, u64, String)>>>;
 

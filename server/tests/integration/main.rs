@@ -2,6 +2,7 @@
 //! real binary killed mid-load, seed databases, the clean-up command, replication and online
 //! rebalancing between in-process servers.
 
+mod binary;
 mod check;
 mod checkpoint;
 mod clean;
@@ -15,5 +16,6 @@ mod ports;
 mod rebalance;
 mod replication;
 mod seed;
+mod slow_commit;
 mod snapshot;
 mod support;
