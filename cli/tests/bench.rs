@@ -23,6 +23,8 @@ struct Store {
     values: Mutex<HashMap<String, Bytes>>,
     puts: AtomicU64,
     gets: AtomicU64,
+    /// Hold the first PUT this long before answering (a stall).
+    stall_first_put: Option<Duration>,
     /// Answer every PUT with 500 (a broken server): every other one with a JSON error body
     /// naming a code, as kvstore's are, the rest with an empty body.
     fail_puts: bool,
@@ -34,6 +36,9 @@ async fn put_key(
     body: Bytes,
 ) -> Response {
     let n = store.puts.fetch_add(1, Ordering::Relaxed);
+    if let Some(stall) = store.stall_first_put.filter(|_| n == 0) {
+        tokio::time::sleep(stall).await;
+    }
     if store.fail_puts {
         let body = if n % 2 == 0 {
             r#"{"detail":"the disk is full","code":"storage_error"}"#
@@ -271,6 +276,92 @@ async fn non_2xx(client: Client) {
             .contains("HTTP 500: 100 (storage_error 50, no code 50)"),
         "{err}"
     );
+}
+
+/// `--rate`: exactly the requests due before the end are sent, none before it is due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_sends_the_requests_due_in_the_run_and_no_sooner() {
+    let store = Arc::new(Store::default());
+    let url = serve(store.clone()).await;
+    let paced = Config {
+        rate: Some(300.0),
+        read_ratio: 0.0,
+        warmup: false,
+        ..config(&url, Stop::Duration(Duration::from_secs(1)))
+    };
+    let report = bench::run(&paced).await.unwrap();
+    assert_healthy(&report);
+    // Due at 0, 1/300 s, ... 299/300 s: 300 in the second, however fast the server.
+    assert_eq!(report.total.requests, 300);
+    assert_eq!(store.puts.load(Ordering::Relaxed), 300);
+    assert!(report.elapsed_secs >= 299.0 / 300.0, "{report:?}");
+    assert!(report.total.service_us.is_some());
+    assert_eq!(
+        serde_json::to_value(&report).unwrap()["config"]["rate"],
+        300.0
+    );
+    assert!(report.human().contains("rate: 300 req/s asked"));
+    assert!(!report.human().contains("NOT REACHED"));
+
+    // Without a rate there is no separate service time.
+    let closed = bench::run(&config(&url, Stop::Requests(50))).await.unwrap();
+    assert!(closed.total.service_us.is_none());
+    assert!(
+        serde_json::to_value(&closed).unwrap()["total"]
+            .get("service_us")
+            .is_none()
+    );
+}
+
+/// A stall of 300 ms: under `--rate` every request it held back counts the wait (latency from
+/// when it was due), while the service time shows one slow answer only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_rate_a_stall_counts_for_every_request_it_held_back() {
+    let store = Arc::new(Store {
+        stall_first_put: Some(Duration::from_millis(300)),
+        ..Store::default()
+    });
+    let url = serve(store.clone()).await;
+    let paced = Config {
+        rate: Some(400.0),
+        connections: 2,
+        read_ratio: 0.0,
+        warmup: false,
+        ..config(&url, Stop::Requests(200))
+    };
+    let report = bench::run(&paced).await.unwrap();
+    assert_healthy(&report);
+    let latency = report.put.latency_us;
+    let service = report.put.service_us.unwrap();
+    // The stalled connection had a request due every 5 ms: about 60 waited behind the stall,
+    // from 300 ms down to nothing, so a tenth of the 200 waited 150 ms or more.
+    assert!(latency.max >= 290_000, "{latency:?}");
+    assert!(latency.p90 >= 100_000, "{latency:?}");
+    // Sent to an idle fake server, all but the stalled one are answered at once.
+    assert!(service.max >= 290_000, "{service:?}");
+    assert!(service.p90 < 100_000, "{service:?}");
+}
+
+/// A rate the connections cannot carry is reported as not reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_out_of_reach_is_reported() {
+    let store = Arc::new(Store {
+        stall_first_put: Some(Duration::from_millis(500)),
+        ..Store::default()
+    });
+    let url = serve(store).await;
+    let paced = Config {
+        rate: Some(1000.0),
+        connections: 1,
+        read_ratio: 0.0,
+        warmup: false,
+        ..config(&url, Stop::Duration(Duration::from_millis(400)))
+    };
+    let report = bench::run(&paced).await.unwrap();
+    // One connection, stalled past the run's end: it sent one request of the 400 due.
+    assert_eq!(report.total.requests, 1);
+    let table = report.human();
+    assert!(table.contains("NOT REACHED"), "{table}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

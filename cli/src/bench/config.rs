@@ -59,6 +59,15 @@ pub struct BenchArgs {
     #[arg(short, long)]
     pub threads: Option<usize>,
 
+    /// Send at this rate, in requests per second over all connections, instead of each
+    /// request as soon as the last answer came (an open-loop load, as wrk2's `-R`). Latency
+    /// is then counted from when each request was due, so a stall counts for every request it
+    /// held back, not for one (no coordinated omission); the time from sending to the answer
+    /// is reported beside it. Each connection still has one request in flight: a rate the
+    /// connections cannot carry is not reached, and the report says so.
+    #[arg(short = 'R', long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+
     /// HTTP client of the workers: `raw` (the bench's own HTTP/1.1 client, wrk-style: one task
     /// per connection and no task switch per request) or `hyper` (hyper's client, which costs
     /// the load generator about half again as much CPU per request). Both read every answer
@@ -103,6 +112,7 @@ impl BenchArgs {
             key_prefix: self.key_prefix.clone(),
             warmup,
             timeout: self.timeout,
+            rate: self.rate,
             client: self.client,
         };
         config.validate()?;
@@ -135,6 +145,9 @@ pub struct Config {
     pub warmup: bool,
     #[serde(serialize_with = "secs")]
     pub timeout: Duration,
+    /// Requests per second over all connections (open loop), or `None`: each connection sends
+    /// its next request as soon as the last answer came (closed loop).
+    pub rate: Option<f64>,
     pub client: Client,
 }
 
@@ -151,6 +164,7 @@ impl Config {
             key_prefix: "bench-".into(),
             warmup: true,
             timeout: Duration::from_secs(10),
+            rate: None,
             client: Client::Raw,
         }
     }
@@ -176,6 +190,9 @@ impl Config {
         }
         if self.timeout.is_zero() {
             return fail("--timeout must be positive");
+        }
+        if self.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+            return fail("--rate must be a positive number of requests per second");
         }
         Ok(())
     }
@@ -217,6 +234,15 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
         return Err(bad());
     }
     Ok(total)
+}
+
+fn parse_rate(s: &str) -> std::result::Result<f64, String> {
+    match s.trim().replace('_', "").parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!(
+            "{s:?} is not a rate: expected requests per second, e.g. 20000"
+        )),
+    }
 }
 
 fn parse_ratio(s: &str) -> std::result::Result<f64, String> {
@@ -305,8 +331,11 @@ mod tests {
             "--key-prefix=x/",
             "--timeout=250ms",
             "--threads=2",
+            "--rate=20_000",
         ])
         .unwrap();
+        assert_eq!(c.rate, Some(20_000.0));
+        assert_eq!(config(&["-R", "1.5"]).unwrap().rate, Some(1.5));
         assert_eq!(c.connections, 4);
         assert_eq!(c.stop, Stop::Requests(1000));
         assert_eq!((c.keys, c.value_size, c.read_ratio), (50, 7, 0.9));
@@ -337,6 +366,11 @@ mod tests {
             &["--duration=soon"],
             &["--threads=0"],
             &["--timeout=0"],
+            &["--rate=0"],
+            &["--rate=-5"],
+            &["--rate=inf"],
+            &["--rate=NaN"],
+            &["--rate=fast"],
         ] {
             assert!(config(args).is_err(), "{args:?} should be rejected");
         }

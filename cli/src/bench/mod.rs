@@ -2,8 +2,9 @@
 //!
 //! [`run`] takes a checked [`Config`] and returns a [`Report`]: `connections` workers, each with
 //! one HTTP/1.1 connection and one request in flight, send `GET {url}/get/{key}` and
-//! `PUT {url}/put/{key}` on uniformly random keys, for a duration or a request count. A warm-up
-//! first writes every key once, so that a GET of a missing key (a 404) is a real error.
+//! `PUT {url}/put/{key}` on uniformly random keys, for a duration or a request count: as fast as
+//! the answers come (closed loop), or at a given rate (`--rate`, open loop). A warm-up first
+//! writes every key once, so that a GET of a missing key (a 404) is a real error.
 //!
 //! Modules: [`config`] (flags), [`workload`] (what to send), `runner` (the workers), `wire` (the
 //! default HTTP/1.1 client), [`stats`]
@@ -112,7 +113,7 @@ async fn phases(
     };
 
     let started = Instant::now();
-    let phase = Phase::measure(config.stop, started);
+    let phase = Phase::measure(config.stop, started, config.rate, config.connections);
     let (_, elapsed, stats) = run_phase(&shared, phase, started, conns, on_progress).await;
     let elapsed_secs = elapsed.as_secs_f64();
     let total = stats.total().summary();
@@ -144,14 +145,19 @@ async fn run_phase(
         .iter()
         .map(|_| Arc::new(Mutex::new(WorkerStats::default())))
         .collect();
-    let workers = conns.into_iter().zip(&stats).map(|(conn, stats)| {
-        tokio::spawn(runner::work(
-            shared.clone(),
-            phase.clone(),
-            conn,
-            stats.clone(),
-        ))
-    });
+    let workers = conns
+        .into_iter()
+        .zip(&stats)
+        .enumerate()
+        .map(|(index, (conn, stats))| {
+            tokio::spawn(runner::work(
+                shared.clone(),
+                phase.clone(),
+                index,
+                conn,
+                stats.clone(),
+            ))
+        });
     let mut all_done = join_all(workers);
     let mut ticks =
         tokio::time::interval_at((started + PROGRESS_INTERVAL).into(), PROGRESS_INTERVAL);

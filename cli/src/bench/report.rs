@@ -105,6 +105,9 @@ impl Report {
                 ""
             },
         );
+        if let Some(rate) = c.rate {
+            let _ = writeln!(out, "{}\n", self.pace_line(rate));
+        }
         let _ = writeln!(
             out,
             "{:<5} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -145,10 +148,48 @@ impl Report {
                 time(max),
             );
         }
+        if c.rate.is_some() {
+            let _ = writeln!(out, "\nservice time, from the send to the answer:");
+            for (name, s) in [("get", &self.get), ("put", &self.put), ("all", &self.total)] {
+                let Some(p) = s.service_us.filter(|_| s.requests > 0) else {
+                    continue;
+                };
+                let _ = writeln!(
+                    out,
+                    "{name:<5} {:>31} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                    "",
+                    latency(p.mean.round() as u64),
+                    latency(p.p50),
+                    latency(p.p90),
+                    latency(p.p99),
+                    latency(p.p99_9),
+                    latency(p.max),
+                );
+            }
+        }
         if self.total.errors.total > 0 {
             let _ = writeln!(out, "\nerrors: {}", describe_errors(&self.total.errors));
         }
         out
+    }
+
+    /// What `--rate` asked and whether it was reached. A run that fell behind its schedule
+    /// says so, since its throughput is then the connections' limit, not the rate asked.
+    fn pace_line(&self, rate: f64) -> String {
+        let asked = format!(
+            "rate: {rate:.0} req/s asked over {} connections (open loop: a request held back by \
+             a slow answer counts from when it was due)",
+            self.config.connections
+        );
+        // Within 2 %: the last requests of a timed run may still be in flight at its end.
+        if self.interrupted || self.throughput >= rate * 0.98 {
+            return asked;
+        }
+        format!(
+            "{asked}\nNOT REACHED: {:.0} req/s sent; each connection has one request in flight, \
+             so more connections (or a faster server) are needed for this rate",
+            self.throughput
+        )
     }
 }
 

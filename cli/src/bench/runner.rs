@@ -54,21 +54,70 @@ pub enum Phase {
     Measure {
         deadline: Option<Instant>,
         left: Option<AtomicU64>,
+        pace: Option<Pace>,
     },
 }
 
+/// When each request of an open-loop run (`--rate`) is due: evenly spaced over all
+/// connections, worker `w`'s `k`-th request at `start + (w + k * connections) / rate`, so the
+/// workers take turns instead of sending in bursts.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    start: Instant,
+    rate: f64,
+    connections: usize,
+}
+
+impl Pace {
+    pub fn new(start: Instant, rate: f64, connections: usize) -> Self {
+        Self {
+            start,
+            rate,
+            connections,
+        }
+    }
+
+    fn due(&self, worker: usize, k: u64) -> Instant {
+        let slot = worker as f64 + k as f64 * self.connections as f64;
+        self.start + Duration::from_secs_f64(slot / self.rate)
+    }
+}
+
 impl Phase {
-    pub fn measure(stop: Stop, now: Instant) -> Self {
+    /// The measured phase from `now`, paced at `rate` requests per second over `connections`
+    /// workers if a rate is given.
+    pub fn measure(stop: Stop, now: Instant, rate: Option<f64>, connections: usize) -> Self {
+        let pace = rate.map(|rate| Pace::new(now, rate, connections));
         match stop {
             Stop::Duration(d) => Phase::Measure {
                 deadline: Some(now + d),
                 left: None,
+                pace,
             },
             Stop::Requests(n) => Phase::Measure {
                 deadline: None,
                 left: Some(AtomicU64::new(n)),
+                pace,
             },
         }
+    }
+
+    /// When worker `worker`'s `k`-th request is due, under `--rate`; `None` (send at once)
+    /// without it. `Err` when it is due after the phase's end: the worker is done.
+    fn due(&self, worker: usize, k: u64) -> Result<Option<Instant>, ()> {
+        let Phase::Measure {
+            deadline,
+            pace: Some(pace),
+            ..
+        } = self
+        else {
+            return Ok(None);
+        };
+        let due = pace.due(worker, k);
+        if deadline.is_some_and(|d| due >= d) {
+            return Err(());
+        }
+        Ok(Some(due))
     }
 
     /// The next request to send, or `None` when the phase is over for this worker.
@@ -81,7 +130,7 @@ impl Phase {
                 let key = next_key.fetch_add(1, Relaxed);
                 (key < shared.workload.keys.len()).then_some((Op::Put, key))
             }
-            Phase::Measure { deadline, left } => {
+            Phase::Measure { deadline, left, .. } => {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return None;
                 }
@@ -153,17 +202,37 @@ pub fn lock(stats: &Mutex<WorkerStats>) -> MutexGuard<'_, WorkerStats> {
     stats.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// One worker: sends the phase's requests one after the other on `conn`, counting outcomes in
-/// `stats`, and hands the connection back at the end of the phase.
+/// One worker, the `index`-th: sends the phase's requests one after the other on `conn` (each
+/// when it is due under `--rate`), counting outcomes in `stats`, and hands the connection back
+/// at the end of the phase.
 pub async fn work(
     shared: Arc<Shared>,
     phase: Arc<Phase>,
+    index: usize,
     mut conn: Conn,
     stats: Arc<Mutex<WorkerStats>>,
 ) -> Conn {
     let mut rng = SmallRng::from_rng(&mut rand::rng());
     let json = HeaderValue::from_static("application/json");
-    while let Some((op, key)) = phase.next(&shared, &mut rng) {
+    for k in 0.. {
+        let Ok(due) = phase.due(index, k) else {
+            break;
+        };
+        // Under `--rate`, when the latency counts from. A worker behind its schedule (a slow
+        // answer held it) sends at once, and counts from when the request was due: that wait
+        // is the system's. A worker ahead of it sleeps until the request is due and counts from
+        // when it woke, since the timer's lateness (up to a millisecond) is the load
+        // generator's, not the system's.
+        let counted_from = match due {
+            Some(due) if Instant::now() < due => {
+                tokio::time::sleep_until(due.into()).await;
+                Some(Instant::now())
+            }
+            due => due,
+        };
+        let Some((op, key)) = phase.next(&shared, &mut rng) else {
+            break;
+        };
         let Some(link) = conn.ready(&shared).await else {
             lock(&stats).op_mut(op).record_failure(Failure::Connect);
             tokio::time::sleep(CONNECT_BACKOFF).await;
@@ -195,17 +264,19 @@ pub async fn work(
                 tokio::time::timeout(shared.timeout, exchange).await
             }
         };
-        let latency = started.elapsed();
+        let ended = Instant::now();
         match outcome.unwrap_or(Err(Failure::Timeout)) {
             Ok(answer) => {
                 if !answer.reusable {
                     conn.link = None;
                 }
-                lock(&stats).op_mut(op).record_answer(
-                    answer.status,
-                    answer.code.as_deref(),
-                    latency,
-                );
+                let mut stats = lock(&stats);
+                let stats = stats.op_mut(op);
+                let latency = ended.duration_since(counted_from.unwrap_or(started));
+                stats.record_answer(answer.status, answer.code.as_deref(), latency);
+                if counted_from.is_some() && (200..300).contains(&answer.status) {
+                    stats.record_service(ended.duration_since(started));
+                }
             }
             Err(failure) => {
                 // The connection's state is unknown (a half-read answer, a stuck server):
@@ -243,4 +314,35 @@ async fn exchange(
         reusable: true,
         code: kept.as_deref().and_then(super::stats::error_code),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paced_requests_take_turns_across_workers() {
+        let start = Instant::now();
+        let pace = Pace::new(start, 1000.0, 4);
+        let at = |worker, k| pace.due(worker, k).duration_since(start);
+        assert_eq!(at(0, 0), Duration::ZERO);
+        assert_eq!(at(1, 0), Duration::from_millis(1));
+        assert_eq!(at(3, 0), Duration::from_millis(3));
+        assert_eq!(at(0, 1), Duration::from_millis(4));
+        assert_eq!(at(2, 250), Duration::from_millis(1002));
+    }
+
+    #[test]
+    fn a_paced_phase_ends_with_the_last_request_due_before_its_deadline() {
+        let start = Instant::now();
+        let phase = Phase::measure(Stop::Duration(Duration::from_secs(1)), start, Some(10.0), 2);
+        // Due every 100 ms in turn: worker 0 at 0, 200, ..., 800 ms; worker 1 at 100 ... 900.
+        assert!(matches!(phase.due(0, 4), Ok(Some(_))));
+        assert_eq!(phase.due(0, 5), Err(()));
+        assert!(matches!(phase.due(1, 4), Ok(Some(_))));
+        assert_eq!(phase.due(1, 5), Err(()));
+        // Without a rate, nothing is due: send at once.
+        let closed = Phase::measure(Stop::Requests(5), start, None, 2);
+        assert_eq!(closed.due(0, 1_000_000), Ok(None));
+    }
 }

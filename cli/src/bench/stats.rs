@@ -50,6 +50,9 @@ pub struct OpStats {
     /// last byte of the answer. Failures are counted, not timed, so a fast error (a 503 from load
     /// shedding) cannot make the percentiles look better.
     pub latency: Histogram<u64>,
+    /// With `--rate`, the 2xx answers' time from the actual send to the last byte, in µs
+    /// (`latency` then counts from when the request was due); empty without it.
+    pub service: Histogram<u64>,
     pub ok: u64,
     /// Non-2xx answers by status code.
     pub status: BTreeMap<u16, u64>,
@@ -66,6 +69,7 @@ impl Default for OpStats {
     fn default() -> Self {
         Self {
             latency: new_histogram(),
+            service: new_histogram(),
             ok: 0,
             status: BTreeMap::new(),
             codes: BTreeMap::new(),
@@ -96,6 +100,12 @@ impl OpStats {
         }
     }
 
+    /// Records the service time (send to answer) of a 2xx answer under `--rate`.
+    pub fn record_service(&mut self, service: Duration) {
+        let us = u64::try_from(service.as_micros()).unwrap_or(u64::MAX);
+        self.service.saturating_record(us.max(LOWEST_US));
+    }
+
     pub fn record_failure(&mut self, failure: Failure) {
         match failure {
             Failure::Connect => self.connect += 1,
@@ -117,6 +127,9 @@ impl OpStats {
     pub fn merge(&mut self, other: &OpStats) {
         self.latency
             .add(&other.latency)
+            .expect("histograms share the same bounds");
+        self.service
+            .add(&other.service)
             .expect("histograms share the same bounds");
         self.ok += other.ok;
         for (&code, &n) in &other.status {
@@ -157,6 +170,7 @@ impl OpStats {
                 timeout: self.timeout,
             },
             latency_us: Percentiles::of(&self.latency),
+            service_us: (!self.service.is_empty()).then(|| Percentiles::of(&self.service)),
         }
     }
 }
@@ -197,8 +211,11 @@ pub struct Summary {
     /// Requests answered with a 2xx.
     pub ok: u64,
     pub errors: ErrorCounts,
-    /// Latency of the 2xx answers.
+    /// Latency of the 2xx answers: from the send, or with `--rate` from when it was due.
     pub latency_us: Percentiles,
+    /// With `--rate` only: the 2xx answers' time from the actual send.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_us: Option<Percentiles>,
 }
 
 /// Failed requests by cause.
