@@ -26,6 +26,27 @@ wait_ready() {
     exit 1
 }
 
+# The machine-wide CPU tick counters (the `cpu` line of /proc/stat, without its label):
+# user nice system idle iowait irq softirq steal ...
+cpu_ticks() {
+    head -1 /proc/stat | cut -d' ' -f2- | tr -s ' ' | sed 's/^ //'
+}
+
+# What the host took from this VM between two `cpu_ticks`: a JSON object with the share of all
+# ticks that were steal time (the VM's CPUs were ready to run and the host ran something else)
+# and I/O wait. A run with steal time measured the neighbours too, so its report keeps it.
+# Usage: host_share "BEFORE" "AFTER"
+host_share() {
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+before, after = ([int(x) for x in a.split()] for a in sys.argv[1:3])
+d = [b - a for a, b in zip(before, after)]
+# guest and guest_nice (9th and 10th) are already counted in user and nice.
+total = sum(d[:8]) or 1
+print(json.dumps({"steal_pct": round(100 * d[7] / total, 1), "iowait_pct": round(100 * d[4] / total, 1)}))
+PY
+}
+
 # The commit for a report's header; `-dirty` marks a run on uncommitted changes, whose numbers
 # no commit reproduces.
 commit_id() {

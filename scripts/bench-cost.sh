@@ -7,7 +7,8 @@
 # CPU time (user + system, from /proc/PID/stat) per request of the servers together, the
 # gateway and the load generator, over the middle of the run (requests there counted at the
 # run's mean throughput); and the servers' puts per commit and commit time (their /metrics),
-# which is what changes between one and three.
+# which is what changes between one and three; and the steal time over the window (the
+# share of CPU ticks the host gave to other guests: a run with steal measured them too).
 # Rounds alternate the two so that a slow minute of the VM hits both alike.
 # The table goes to target/bench/cost.md.
 #
@@ -57,7 +58,7 @@ commit_stats() {
         END { print c + 0, p + 0, s + 0 }'
 }
 
-HEADER="| Round | Servers | Throughput | Servers' CPU per request | Gateway | Load generator | Puts per commit | Commit (wall) | Errors |"
+HEADER="| Round | Servers | Throughput | Servers' CPU per request | Gateway | Load generator | Puts per commit | Commit (wall) | Errors | Steal |"
 rows=()
 # One run with N servers behind the gateway. Usage: run servers round
 run() {
@@ -87,12 +88,14 @@ run() {
     lg=$!
     sleep 2
     # CPU first, with the clock, so that the window is what the CPU was counted over.
-    local b_srv b_gw b_lg a_srv a_gw a_lg b_stats a_stats
+    local b_srv b_gw b_lg a_srv a_gw a_lg b_stats a_stats b_host host
     read -r b_srv b_gw b_lg before < <(sample "$gw" "$lg" "${srv[@]}")
     b_stats=$(commit_stats "${ports[@]}")
+    b_host=$(cpu_ticks)
     sleep "$WINDOW"
     read -r a_srv a_gw a_lg after < <(sample "$gw" "$lg" "${srv[@]}")
     a_stats=$(commit_stats "${ports[@]}")
+    host=$(host_share "$b_host" "$(cpu_ticks)")
     wait "$lg"
     # Requests in the window: the run's throughput over it (the window leaves out the
     # start and the end of the run).
@@ -108,8 +111,9 @@ per = lambda t: f"{t / ticks / requests * 1e6:.1f} µs"
 batch = f"{(a_puts - b_puts) / commits:.1f}" if commits else "–"
 commit = f"{(a_secs - b_secs) / commits * 1e3:.2f} ms" if commits else "–"
 errors = r["total"]["errors"]["total"]
+steal = json.loads('$host')["steal_pct"]
 print(f"| $round | $n | {r['throughput']:,.0f} /s | {per($a_srv - $b_srv)} | {per($a_gw - $b_gw)} "
-      f"| {per($a_lg - $b_lg)} | {batch} | {commit} | {errors} |")
+      f"| {per($a_lg - $b_lg)} | {batch} | {commit} | {errors} | {steal:.0f} % |")
 PY
 )")
     echo "${rows[-1]}"
@@ -129,7 +133,7 @@ done
     echo "${DURATION} s runs, CPU over ${WINDOW} s of each; commit $(commit_id)."
     echo
     echo "$HEADER"
-    echo "|---|---|---|---|---|---|---|---|---|"
+    echo "|---|---|---|---|---|---|---|---|---|---|"
     for row in "${rows[@]}"; do echo "$row"; done
 } >"$OUT/cost.md"
 echo "table in $OUT/cost.md"

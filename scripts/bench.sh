@@ -4,7 +4,8 @@
 # between those, durable PUT through the gateway over one server). Release builds, everything on
 # 127.0.0.1, the load generator (`kvstore bench`) on the same machine. Reports (table and
 # JSON) go to target/bench/; the summary (median of the runs of each case) to
-# target/bench/summary.md.
+# target/bench/summary.md. Each run also records the host's steal time and the I/O wait over
+# it (CASE.runN.host.json, see cpu_ticks in scripts/bench-common.sh).
 #
 # Usage: scripts/bench.sh [seconds per run, default 10] [runs per case, default 3]
 # BENCH_PIN=1 runs the gateway cases with the gateway on CPU 0 and the servers and the load
@@ -29,7 +30,7 @@ source scripts/bench-common.sh
 # Runs a case RUNS times, keeping each run's JSON report and printing one line per run (the
 # GET cases read the keys the PUT case before them wrote). Usage: bench name url read-ratio [cpu]
 bench() {
-    local name="$1" url="$2" ratio="$3" cpu="${4:-}" run pin=()
+    local name="$1" url="$2" ratio="$3" cpu="${4:-}" run pin=() before
     [ -n "$cpu" ] && pin=(taskset -c "$cpu")
     cases+=("$name")
     rm -f "$OUT/$name".run*.json
@@ -37,9 +38,11 @@ bench() {
     echo
     echo "== $name (cpu check ${checks[-1]#*: })"
     for run in $(seq 1 "$RUNS"); do
+        before=$(cpu_ticks)
         "${pin[@]}" "$BIN/kvstore" --json --url "$url" bench --connections 32 \
             --duration "${DURATION}s" --keys 1000 --value-size 100 --read-ratio "$ratio" \
             >"$OUT/$name.run$run.json" 2>/dev/null
+        host_share "$before" "$(cpu_ticks)" >"$OUT/$name.run$run.host.json"
         echo "run $run: $(python3 scripts/bench-summary.py --run "$OUT/$name.run$run.json")"
     done
 }
