@@ -342,6 +342,25 @@ async fn under_a_rate_a_stall_counts_for_every_request_it_held_back() {
     assert!(service.p90 < 100_000, "{service:?}");
 }
 
+/// At a slow rate a worker sleeps long between requests; a stop still ends the run at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_ends_a_slow_paced_run_at_once() {
+    let url = serve(Arc::new(Store::default())).await;
+    let slow = Config {
+        rate: Some(0.2),
+        connections: 2,
+        read_ratio: 0.0,
+        warmup: false,
+        ..config(&url, Stop::Duration(Duration::from_secs(60)))
+    };
+    let stop = tokio::time::sleep(Duration::from_millis(300));
+    let report = bench::run_with(&slow, |_| {}, stop).await.unwrap();
+    assert!(report.interrupted);
+    // One request due at once; the next at 5 s, never sent.
+    assert_eq!(report.total.requests, 1);
+    assert!(report.elapsed_secs < 2.0, "{}", report.elapsed_secs);
+}
+
 /// A rate the connections cannot carry is reported as not reached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_out_of_reach_is_reported() {

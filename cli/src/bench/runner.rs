@@ -31,6 +31,9 @@ use super::workload::Workload;
 /// Pause after a failed connection attempt, so that a server that is down is not hammered with
 /// connection attempts (and the error count means something).
 const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
+/// Longest a worker sleeps waiting for its next request under `--rate` before it looks at the
+/// stop flag again.
+const STOP_CHECK: Duration = Duration::from_millis(100);
 /// A raw connection that waited this long is checked before reuse, in case the server closed
 /// it meanwhile (servers close idle keep-alives after seconds, not milliseconds).
 const IDLE_CHECK: Duration = Duration::from_millis(200);
@@ -225,7 +228,13 @@ pub async fn work(
         // generator's, not the system's.
         let counted_from = match due {
             Some(due) if Instant::now() < due => {
-                tokio::time::sleep_until(due.into()).await;
+                // In steps, so that Ctrl-C is seen within one even at a slow rate.
+                while let Some(left) = due.checked_duration_since(Instant::now()) {
+                    if left.is_zero() || shared.stop.load(Relaxed) {
+                        break;
+                    }
+                    tokio::time::sleep(left.min(STOP_CHECK)).await;
+                }
                 Some(Instant::now())
             }
             due => due,
