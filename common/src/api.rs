@@ -216,6 +216,8 @@ pub enum ErrorCode {
     /// The request body is sent with a `Content-Encoding` (gzip, ...): the services read
     /// only uncompressed bodies.
     UnsupportedEncoding,
+    /// The request body did not arrive in full within the gateway's client timeout.
+    BodyTimeout,
     Internal,
 }
 
@@ -255,6 +257,7 @@ impl ErrorCode {
             ErrorCode::StorageFull => "storage_full",
             ErrorCode::DatabaseCorrupt => "database_corrupt",
             ErrorCode::UnsupportedEncoding => "unsupported_encoding",
+            ErrorCode::BodyTimeout => "body_timeout",
             ErrorCode::Internal => "internal",
         }
     }
@@ -305,6 +308,7 @@ mod tests {
             ErrorCode::RingBehind,
             ErrorCode::Rebalancing,
             ErrorCode::UnsupportedEncoding,
+            ErrorCode::BodyTimeout,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

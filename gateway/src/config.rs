@@ -15,6 +15,10 @@ const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// the server's answer (`kv_common::replication::gateway_request_timeout_ms`).
 const DEFAULT_REQUEST_TIMEOUT_MS: u64 = kv_common::replication::DEFAULT_GATEWAY_REQUEST_TIMEOUT_MS;
 const DEFAULT_HEALTH_INTERVAL_MS: u64 = 1_000;
+/// Above the 60 s idle timeout most load balancers use: one in front of the gateway then
+/// closes a kept-alive connection before the gateway does, and never sends a request on a
+/// connection the gateway is closing.
+const DEFAULT_CLIENT_TIMEOUT_SECS: u64 = 75;
 /// Above the server's largest accepted value, so the server, not the gateway, says what is
 /// too large.
 const DEFAULT_MAX_BODY_BYTES: usize = kv_common::api::DEFAULT_GATEWAY_MAX_BODY_BYTES;
@@ -95,6 +99,15 @@ pub struct GatewayConfig {
     /// misses its quorum ends in this gateway's 504 instead of the server's answer.
     #[arg(long, env = "KV_REQUEST_TIMEOUT_MS", default_value_t = DEFAULT_REQUEST_TIMEOUT_MS)]
     pub request_timeout_ms: u64,
+
+    /// Seconds a client connection may take to send a request head (from its opening, or
+    /// from the last answer on a kept-alive connection), and a request body after its head.
+    /// A connection that sends no request for this long is closed, and a body that does not
+    /// arrive in time is answered `408 body_timeout`: a client that stalls, by accident or to
+    /// hold connections open, cannot keep the gateway's sockets. Keep it above the idle
+    /// timeout of any load balancer in front of the gateway (60 s on most).
+    #[arg(long, env = "KV_CLIENT_TIMEOUT_SECS", default_value_t = DEFAULT_CLIENT_TIMEOUT_SECS)]
+    pub client_timeout_secs: u64,
 
     /// Interval of the active health checks, in milliseconds (also the `Retry-After` hint).
     #[arg(long, env = "KV_HEALTH_INTERVAL_MS", default_value_t = DEFAULT_HEALTH_INTERVAL_MS)]
@@ -185,6 +198,7 @@ impl GatewayConfig {
             },
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            client_timeout_secs: DEFAULT_CLIENT_TIMEOUT_SECS,
             health_interval_ms: DEFAULT_HEALTH_INTERVAL_MS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
@@ -233,6 +247,7 @@ impl GatewayConfig {
         }
         if self.connect_timeout_ms == 0
             || self.request_timeout_ms == 0
+            || self.client_timeout_secs == 0
             || self.health_interval_ms == 0
         {
             return fail("timeouts and the health interval must be positive");
@@ -261,6 +276,10 @@ impl GatewayConfig {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn client_timeout(&self) -> Duration {
+        Duration::from_secs(self.client_timeout_secs)
     }
 
     pub fn health_interval(&self) -> Duration {

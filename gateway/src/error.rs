@@ -27,8 +27,6 @@ pub enum Error {
     },
     #[error("cannot set up the Kubernetes client: {0}")]
     Kube(#[source] Box<kube::Error>),
-    #[error("cannot serve HTTP: {0}")]
-    Serve(#[source] std::io::Error),
 
     // --- answers to requests ---
     #[error("Not Found")]
@@ -45,6 +43,8 @@ pub enum Error {
     BadBody(String),
     #[error("{}", kv_common::api::body_encoding_detail(.0))]
     BodyEncoding(String),
+    #[error("The request body did not arrive within {0} s; send it at once after the head")]
+    BodyTimeout(u64),
     #[error("Invalid key: {0}")]
     InvalidKey(String),
     #[error("Invalid query: {0}")]
@@ -92,6 +92,7 @@ impl Error {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 ErrorCode::UnsupportedEncoding,
             ),
+            Error::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, ErrorCode::BodyTimeout),
             Error::InvalidKey(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidKey),
             Error::InvalidQuery(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidQuery),
             Error::MissingServer { .. } => (StatusCode::BAD_REQUEST, ErrorCode::MissingParameter),
@@ -105,7 +106,7 @@ impl Error {
             ),
             Error::ServerTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, ErrorCode::ServerTimeout),
             Error::BadGateway { .. } => (StatusCode::BAD_GATEWAY, ErrorCode::BadGateway),
-            Error::Config(_) | Error::TokenFile { .. } | Error::Kube(_) | Error::Serve(_) => {
+            Error::Config(_) | Error::TokenFile { .. } | Error::Kube(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
             }
         }
@@ -177,6 +178,12 @@ impl IntoResponse for Error {
                     header::ACCEPT_ENCODING,
                     HeaderValue::from_static("identity"),
                 );
+            }
+            // RFC 9110 15.5.9: the rest of the body may still come; the connection ends here.
+            Error::BodyTimeout(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

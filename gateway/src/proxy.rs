@@ -86,6 +86,8 @@ impl Route {
               (status = 409, description = "The primary is on a newer ring than the gateway even after the gateway learned its ring and \
                   routed the put once more (`stale_ring`): nothing was stored, retry", body = kv_common::ErrorBody),
               (status = 412, description = "`if_version` is not the latest", body = kv_common::ErrorBody),
+              (status = 408, description = "The body did not arrive within the gateway's client timeout (`body_timeout`): nothing was stored; the connection is closed",
+                  body = kv_common::ErrorBody),
               (status = 415, description = "The body has a `Content-Encoding` such as gzip (`unsupported_encoding`): bodies are read uncompressed only",
                   body = kv_common::ErrorBody, headers(("accept-encoding" = String, description = "`identity`"))),
               (status = 503, description = "The key's primary is down (`server_unavailable`, with `Retry-After`; the put is never sent to another server), \
@@ -110,9 +112,14 @@ pub async fn put(
     if let Some(encoding) = kv_common::api::body_encoding(&headers) {
         return Err(Error::BodyEncoding(encoding));
     }
-    let body = Limited::new(body, state.max_body_bytes)
-        .collect()
-        .await
+    // A client that sends a head and then stalls must not hold the connection and this task.
+    let collected = tokio::time::timeout(
+        state.client_timeout,
+        Limited::new(body, state.max_body_bytes).collect(),
+    )
+    .await
+    .map_err(|_| Error::BodyTimeout(state.client_timeout.as_secs()))?;
+    let body = collected
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 Error::BodyTooLarge(state.max_body_bytes)

@@ -25,6 +25,8 @@ pub struct Shared {
     pub http_metrics: Arc<HttpMetrics>,
     pub token: Option<ApiToken>,
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive after its head (`--client-timeout-secs`).
+    pub client_timeout: std::time::Duration,
     /// The `Retry-After` of a 503 for a down member: by then the next check has run.
     pub retry_after_secs: u64,
     /// As configured; [`AppState::replication`] gives what is in force.
@@ -61,6 +63,7 @@ impl AppState {
             http_metrics,
             token: ApiToken::load(config)?,
             max_body_bytes: config.max_body_bytes,
+            client_timeout: config.client_timeout(),
             retry_after_secs: config.health_interval().as_secs_f64().ceil().max(1.0) as u64,
             replication: config.replication_settings(),
         })))

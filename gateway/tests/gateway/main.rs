@@ -15,5 +15,6 @@ mod proxying;
 mod rebalance;
 mod replication;
 mod ring;
+mod slow_clients;
 mod stall;
 mod stats;

@@ -1,0 +1,79 @@
+//! The gateway's HTTP/1.1 server loop: what `axum::serve` does, plus a bound on how long a
+//! client may keep a connection without sending a request.
+//!
+//! Why not `axum::serve`: it builds hyper's connections without a timer, so hyper's header read
+//! timeout never runs, and a client that opens a connection and sends nothing, or half a
+//! request head, or that keeps an idle keep-alive forever, holds a socket and a task for good
+//! (slowloris). Here every connection gets a timer and `header_read_timeout`: hyper starts it
+//! when it waits for a request head, on a new connection and after each answer, so it bounds
+//! both a stalled head and an idle keep-alive. (A stalled body is the handler's to bound: see
+//! `proxy::put`.)
+//!
+//! HTTP/1.1 only: hyper-util's HTTP/1-or-2 connection reads the protocol preface with no timer
+//! at all, which would leave the first bytes unbounded again, and no kvstore client speaks
+//! HTTP/2 in clear text.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::serve::Listener;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::watch;
+use tower::Service;
+
+/// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, lets every
+/// connection finish the request it is on (an idle one closes at once), and returns when all
+/// have closed. `client_timeout` bounds the wait for each request head.
+pub async fn serve<L>(
+    mut listener: L,
+    app: Router,
+    client_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) where
+    L: Listener,
+    L::Io: Unpin,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(client_timeout)
+        .keep_alive(true);
+    // Dropped on shutdown: every connection task sees it and closes gracefully.
+    let (stop_tx, stop_rx) = watch::channel(());
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (io, _remote) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        // Reap the connections that ended, so the set holds only the open ones.
+        while connections.try_join_next().is_some() {}
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let mut app = app.clone();
+            async move {
+                let response = app.call(request.map(Body::new)).await;
+                Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
+            }
+        });
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        let mut stop = stop_rx.clone();
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            tokio::select! {
+                // A failed connection (reset, a timed-out head) concerns that client only.
+                _ = connection.as_mut() => return,
+                _ = stop.changed() => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        });
+    }
+    drop(stop_tx);
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
