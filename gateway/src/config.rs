@@ -102,9 +102,10 @@ pub struct GatewayConfig {
 
     /// Seconds a client connection may take to send a request head (from its opening, or
     /// from the last answer on a kept-alive connection), and a request body after its head.
-    /// A connection that sends no request for this long is closed, and a body that does not
-    /// arrive in time is answered `408 body_timeout`: a client that stalls, by accident or to
-    /// hold connections open, cannot keep the gateway's sockets. Keep it above the idle
+    /// A connection that sends no request for this long is closed, a body that does not
+    /// arrive in time is answered `408 body_timeout`, and a client that reads nothing of its
+    /// answers for this long is disconnected: a client that stalls, by accident or to hold
+    /// connections open, cannot keep the gateway's sockets. Keep it above the idle
     /// timeout of any load balancer in front of the gateway (60 s on most).
     #[arg(long, env = "KV_CLIENT_TIMEOUT_SECS", default_value_t = DEFAULT_CLIENT_TIMEOUT_SECS)]
     pub client_timeout_secs: u64,

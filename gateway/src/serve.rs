@@ -6,14 +6,18 @@
 //! request head, or that keeps an idle keep-alive forever, holds a socket and a task for good
 //! (slowloris). Here every connection gets a timer and `header_read_timeout`: hyper starts it
 //! when it waits for a request head, on a new connection and after each answer, so it bounds
-//! both a stalled head and an idle keep-alive. (A stalled body is the handler's to bound: see
-//! `proxy::put`.)
+//! both a stalled head and an idle keep-alive. A client that stops reading its answers is
+//! bounded by [`Guarded`]: a write that cannot go on for as long fails and ends the
+//! connection. (A stalled request body is the handler's to bound: see `proxy::put`.)
 //!
 //! HTTP/1.1 only: hyper-util's HTTP/1-or-2 connection reads the protocol preface with no timer
 //! at all, which would leave the first bytes unbounded again, and no kvstore client speaks
 //! HTTP/2 in clear text.
 
 use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -21,7 +25,9 @@ use axum::body::Body;
 use axum::serve::Listener;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
+use tokio::time::Sleep;
 use tower::Service;
 
 /// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, lets every
@@ -60,6 +66,7 @@ pub async fn serve<L>(
                 Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
             }
         });
+        let io = Guarded::new(io, client_timeout);
         let connection = builder.serve_connection(TokioIo::new(io), service);
         let mut stop = stop_rx.clone();
         connections.spawn(async move {
@@ -76,4 +83,93 @@ pub async fn serve<L>(
     drop(stop_tx);
     drop(listener);
     while connections.join_next().await.is_some() {}
+}
+
+/// A client connection whose writes may not stall for longer than `timeout`: a client that
+/// stops reading (its receive window full, the socket's buffer full) gets a write error,
+/// which ends the connection, instead of holding it and its task for good. Reads pass
+/// through. The timer exists only while a write waits, so a flowing connection pays nothing.
+pub struct Guarded<IO> {
+    io: IO,
+    timeout: Duration,
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<IO> Guarded<IO> {
+    pub fn new(io: IO, timeout: Duration) -> Self {
+        Self {
+            io,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// Passes `progress` through, arming the stall timer when it is pending and failing with
+    /// `TimedOut` once the timer runs out.
+    fn guard<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        progress: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if progress.is_ready() {
+            self.stalled = None;
+            return progress;
+        }
+        let timeout = self.timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stalled.as_mut().poll(cx).is_ready() {
+            self.stalled = None;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading its answers",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let progress = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.guard(cx, progress)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let progress = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.guard(cx, progress)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let progress = Pin::new(&mut self.io).poll_flush(cx);
+        self.guard(cx, progress)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let progress = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.guard(cx, progress)
+    }
 }

@@ -1,7 +1,7 @@
 //! Clients that stall cannot hold the gateway's connections: a connection that sends nothing,
 //! half a request head, or nothing more after an answer is closed after the client timeout,
-//! and a put whose body stops halfway is answered `408 body_timeout`, stores nothing, and
-//! closes its connection. Raw TCP, since no HTTP client sends half a request on purpose.
+//! a put whose body stops halfway is answered `408 body_timeout`, stores nothing, and closes
+//! its connection, and a client that stops reading its answers is disconnected. Raw TCP, since no HTTP client sends half a request on purpose.
 
 use std::time::{Duration, Instant};
 
@@ -121,4 +121,60 @@ async fn a_put_whose_body_stalls_is_answered_408_and_stores_nothing() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let stored: serde_json::Value = cluster.gateway.get_json("/get/pieces").await;
     assert_eq!(stored["value"], "in pieces");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_answers_is_disconnected() {
+    let cluster = cluster().await;
+    let value = "v".repeat(900_000);
+    let stored = cluster
+        .gateway
+        .put("/put/big", value.clone().into())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 200);
+
+    // 64 GETs of 900 KB in one write, then nothing read: far more than the socket buffers
+    // hold, so the gateway's writes stall.
+    const ASKED: usize = 64;
+    let mut reader = connect(&cluster).await;
+    let requests = "GET /get/big HTTP/1.1\r\nHost: x\r\n\r\n".repeat(ASKED);
+    reader.write_all(requests.as_bytes()).await.unwrap();
+    tokio::time::sleep(TIMEOUT * 3).await;
+
+    // Now read whatever comes: the gateway gave up on this client, so the stream ends (or is
+    // reset) well before 64 answers.
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    let drained = tokio::time::timeout(TIMEOUT * 10, async {
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received += n,
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "still open after reading {received} bytes");
+    assert!(
+        received < ASKED * value.len() / 2,
+        "{received} bytes: the gateway kept writing to a client that did not read"
+    );
+
+    // A client that reads slowly but steadily gets everything.
+    let mut slow = connect(&cluster).await;
+    slow.write_all(b"GET /get/big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = 0usize;
+    let mut small = vec![0u8; 64 << 10];
+    loop {
+        match slow.read(&mut small).await.unwrap() {
+            0 => break,
+            n => received += n,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(received > value.len(), "{received}");
 }
