@@ -298,9 +298,9 @@ pub async fn work(
     conn
 }
 
-/// Sends `request` and reads the whole answer, discarding the body without buffering it, except
-/// an error's (up to [`super::stats::MAX_ERROR_BODY`]), for its `code`. hyper's connection task closes a
-/// connection that is not reusable by itself.
+/// Sends `request` and reads the whole answer, discarding the body without buffering it,
+/// except an error's (up to [`super::stats::MAX_ERROR_BODY`]), for its `code`. hyper's
+/// connection task closes a connection that is not reusable by itself.
 async fn exchange(
     sender: &mut SendRequest<Full<Bytes>>,
     request: Request<Full<Bytes>>,

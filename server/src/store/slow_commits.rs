@@ -76,6 +76,14 @@ mod tests {
     const FAST: Duration = Duration::from_millis(2);
     const SLOW: Duration = Duration::from_millis(1500);
 
+    fn report(commits: u64, worst: Duration, writes: u64) -> Report {
+        Report {
+            commits,
+            worst,
+            writes,
+        }
+    }
+
     #[test]
     fn fast_commits_are_never_reported() {
         let mut slow = SlowCommits::default();
@@ -89,14 +97,7 @@ mod tests {
     fn the_first_slow_commit_is_reported_at_once_then_at_most_every_half_minute() {
         let mut slow = SlowCommits::default();
         let t0 = Instant::now();
-        assert_eq!(
-            slow.note(SLOW, 3, t0),
-            Some(Report {
-                commits: 1,
-                worst: SLOW,
-                writes: 3
-            })
-        );
+        assert_eq!(slow.note(SLOW, 3, t0), Some(report(1, SLOW, 3)));
         // Within the half minute: counted, not reported.
         assert_eq!(slow.note(SLOW, 2, t0 + Duration::from_secs(1)), None);
         let worse = Duration::from_secs(4);
@@ -105,11 +106,7 @@ mod tests {
         // The next slow one after it reports everything since the last line.
         assert_eq!(
             slow.note(SLOW, 1, t0 + Duration::from_secs(31)),
-            Some(Report {
-                commits: 3,
-                worst: worse,
-                writes: 8
-            })
+            Some(report(3, worse, 8))
         );
         // Held back, then reported by a fast commit once the half minute is over: a disk
         // that recovered still gets its slow spell told.
@@ -117,21 +114,13 @@ mod tests {
         assert_eq!(slow.note(FAST, 2, t0 + Duration::from_secs(50)), None);
         assert_eq!(
             slow.note(FAST, 2, t0 + Duration::from_secs(61)),
-            Some(Report {
-                commits: 1,
-                worst: SLOW,
-                writes: 2
-            })
+            Some(report(1, SLOW, 2))
         );
         assert_eq!(slow.note(FAST, 2, t0 + Duration::from_secs(99)), None);
         // A slow one long after starts a new count.
         assert_eq!(
             slow.note(SLOW, 7, t0 + Duration::from_secs(200)),
-            Some(Report {
-                commits: 1,
-                worst: SLOW,
-                writes: 7
-            })
+            Some(report(1, SLOW, 7))
         );
     }
 
