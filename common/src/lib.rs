@@ -17,6 +17,7 @@ pub mod report;
 pub mod ring;
 pub mod ring_config;
 pub mod runtime;
+pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 

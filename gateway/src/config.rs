@@ -15,10 +15,7 @@ const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// the server's answer (`kv_common::replication::gateway_request_timeout_ms`).
 const DEFAULT_REQUEST_TIMEOUT_MS: u64 = kv_common::replication::DEFAULT_GATEWAY_REQUEST_TIMEOUT_MS;
 const DEFAULT_HEALTH_INTERVAL_MS: u64 = 1_000;
-/// Above the 60 s idle timeout most load balancers use: one in front of the gateway then
-/// closes a kept-alive connection before the gateway does, and never sends a request on a
-/// connection the gateway is closing.
-const DEFAULT_CLIENT_TIMEOUT_SECS: u64 = 75;
+const DEFAULT_CLIENT_TIMEOUT_SECS: u64 = kv_common::serve::DEFAULT_CLIENT_TIMEOUT_SECS;
 /// Above the server's largest accepted value, so the server, not the gateway, says what is
 /// too large.
 const DEFAULT_MAX_BODY_BYTES: usize = kv_common::api::DEFAULT_GATEWAY_MAX_BODY_BYTES;

@@ -9,8 +9,8 @@
 //! `client` (pooled HTTP to members), `proxy` (key routes; writes go to the key's primary
 //! only), `replicas` (reads from the rest of a key's preference list when its primary cannot
 //! answer), `stats` (`/servers`, per-member stats), `admin` (member snapshots, streamed),
-//! `auth`, `openapi`, `routes` (the router), `serve` (the HTTP/1.1 loop, bounding idle and
-//! stalled clients), `config`, `error`, `metrics`.
+//! `auth`, `openapi`, `routes` (the router), `config`, `error`, `metrics`. Clients are
+//! served by `kv_common::serve`, which bounds idle and stalled ones.
 //!
 //! Architecture Invariant: the gateway holds no durable state, and a key is only ever sent to
 //! its owner on the current ring, or for a read its primary cannot answer, to the other
@@ -31,7 +31,6 @@ pub mod proxy;
 pub mod replicas;
 pub mod ring_sync;
 pub mod routes;
-pub mod serve;
 pub mod state;
 pub mod stats;
 
@@ -121,7 +120,7 @@ async fn serve(
     let listener = listener.tap_io(|stream| {
         let _ = stream.set_nodelay(true);
     });
-    serve::serve(listener, app(state), config.client_timeout(), shutdown).await;
+    kv_common::serve::serve(listener, app(state), config.client_timeout(), shutdown).await;
     tasks.abort_all();
     Ok(())
 }

@@ -24,7 +24,11 @@ impl HttpClient {
         connector.set_connect_timeout(Some(timeout.min(Duration::from_secs(2))));
         connector.set_nodelay(true);
         HttpClient {
-            http: Client::builder(TokioExecutor::new()).build(connector),
+            // Below the servers' 75 s client timeout: a pooled connection is dropped here
+            // before a server closes it, so no request is sent on one being closed.
+            http: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .build(connector),
             timeout,
         }
     }

@@ -73,6 +73,14 @@ pub struct ServerConfig {
     /// Puts that may queue for the writer before new ones wait (back-pressure).
     #[arg(long, env = "KV_WRITE_QUEUE", default_value_t = 4096)]
     pub write_queue: usize,
+    /// Seconds an HTTP client (a gateway, a peer, a tool) may take to send its first byte or
+    /// a request head (from the opening, or from the last answer on a kept-alive
+    /// connection), or to read an answer: past it the connection is closed. Ends the
+    /// connections a peer left half-open (it died, or a partition cut it); the gateway's
+    /// pipelined links are not HTTP and are not affected. Keep it above the client pools' 60 s.
+    #[arg(long, env = "KV_CLIENT_TIMEOUT_SECS",
+          default_value_t = kv_common::serve::DEFAULT_CLIENT_TIMEOUT_SECS)]
+    pub client_timeout_secs: u64,
 
     #[command(flatten)]
     pub replication: ReplicationConfig,
@@ -233,8 +241,13 @@ impl ServerConfig {
             sync: SyncMode::Full,
             readers: 8,
             write_queue: 4096,
+            client_timeout_secs: kv_common::serve::DEFAULT_CLIENT_TIMEOUT_SECS,
             replication: ReplicationConfig::default(),
         }
+    }
+
+    pub fn client_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.client_timeout_secs)
     }
 
     /// Checks what clap's types cannot.
@@ -248,6 +261,9 @@ impl ServerConfig {
         check_max_value_bytes(self.max_value_bytes)?;
         if self.node_name.trim().is_empty() {
             return Err("--node-name must not be empty".into());
+        }
+        if self.client_timeout_secs == 0 {
+            return Err("--client-timeout-secs must be at least 1".into());
         }
         self.replication.validate()
     }

@@ -90,23 +90,18 @@ pub async fn serve(
     });
     // HTTP and the gateway's pipelined links share the port (`http::mux`).
     let app = http::app(state.clone());
+    let client_timeout = state.config.client_timeout();
     let (listener, links) =
-        http::mux::split(listener, app.clone(), state, links_stop).map_err(|source| Error::Io {
-            context: "read listener address".into(),
-            source,
-        })?;
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(stopped())
-        .await;
-    if served.is_ok() {
-        // In-flight requests of the links finish before the store closes, as HTTP's do.
-        links.closed().await;
-    }
+        http::mux::split(listener, app.clone(), state, links_stop, client_timeout).map_err(
+            |source| Error::Io {
+                context: "read listener address".into(),
+                source,
+            },
+        )?;
+    kv_common::serve::serve(listener, app, client_timeout, stopped()).await;
+    // In-flight requests of the links finish before the store closes, as HTTP's do.
+    links.closed().await;
     if let Some(task) = metrics_task {
-        if served.is_err() {
-            // The API listener failed without a shutdown: the metrics one has no signal.
-            task.abort();
-        }
         match task.await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::warn!(%err, "the metrics listener failed"),
@@ -119,8 +114,5 @@ pub async fn serve(
     }
     store.close().await;
     tracing::info!(%addr, "kv-server stopped");
-    served.map_err(|source| Error::Io {
-        context: "serve HTTP".into(),
-        source,
-    })
+    Ok(())
 }

@@ -88,12 +88,20 @@ pub fn split(
     app: Router,
     state: AppState,
     stop: watch::Receiver<bool>,
+    first_byte_timeout: std::time::Duration,
 ) -> std::io::Result<(HttpListener, Links)> {
     let addr = listener.local_addr()?;
     let (http_tx, http_rx) = mpsc::channel(64);
     let (alive_tx, alive_rx) = mpsc::channel(1);
     let service = Service { router: app, state };
-    tokio::spawn(accept_loop(listener, service, stop, http_tx, alive_tx));
+    tokio::spawn(accept_loop(
+        listener,
+        service,
+        stop,
+        http_tx,
+        alive_tx,
+        first_byte_timeout,
+    ));
     Ok((
         HttpListener {
             connections: http_rx,
@@ -109,6 +117,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     http: mpsc::Sender<(TcpStream, SocketAddr)>,
     alive: mpsc::Sender<()>,
+    first_byte_timeout: std::time::Duration,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -130,16 +139,23 @@ async fn accept_loop(
         tokio::spawn(async move {
             // A connection that has not said a word by shutdown is closed, as axum closes
             // idle ones: it must not hold the server's shutdown up (this task holds `alive`).
+            // One that says nothing at all for the client timeout is closed too, as an HTTP
+            // connection that sends no request head is.
             let mut first = [0u8; 1];
             let peeked = tokio::select! {
-                peeked = stream.peek(&mut first) => peeked,
+                peeked = tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)) => {
+                    match peeked {
+                        Ok(peeked) => peeked,
+                        Err(_) => return,
+                    }
+                }
                 _ = stop.wait_for(|stop| *stop) => return,
             };
             // Links and HTTP alike write answers whole: never hold one back for Nagle.
             let _ = stream.set_nodelay(true);
             match peeked {
                 Ok(1) if first[0] == PREFACE[0] => {
-                    match serve_link(stream, service, stop, alive).await {
+                    match serve_link(stream, service, stop, alive, first_byte_timeout).await {
                         Ok(()) => tracing::info!(%peer, "gateway link closed"),
                         Err(err) => tracing::info!(%peer, %err, "gateway link closed"),
                     }
@@ -159,11 +175,16 @@ async fn serve_link(
     service: Service,
     mut stop: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
+    preface_timeout: std::time::Duration,
 ) -> std::io::Result<()> {
     let (mut reader, mut writer) = stream.into_split();
     let mut preface = [0u8; PREFACE.len()];
+    // The whole preface within the client timeout; once open, a link may stay idle: the
+    // gateway keeps it for its next requests.
     tokio::select! {
-        read = reader.read_exact(&mut preface) => read?,
+        read = tokio::time::timeout(preface_timeout, reader.read_exact(&mut preface)) => {
+            read.map_err(|_| std::io::Error::other("no whole link preface in time"))??
+        }
         _ = stop.wait_for(|stop| *stop) => return Ok(()),
     };
     if &preface != PREFACE {

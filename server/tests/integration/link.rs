@@ -409,3 +409,53 @@ async fn connections_that_said_nothing_or_half_a_preface_do_not_hold_up_shutdown
         .unwrap()
         .unwrap();
 }
+
+/// With a client timeout of 1 s: a connection that sends nothing, half a link preface, or
+/// half an HTTP request head, or that sends a request and then nothing more, is closed; a
+/// link idle for far longer stays open and answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_idle_http_connections_are_closed_but_an_idle_link_is_not() {
+    let server = start_with(|c| c.client_timeout_secs = 1).await;
+    let port = server.port;
+    let mut link = open_link(port).await;
+    let connect = || async move { TcpStream::connect(("127.0.0.1", port)).await.unwrap() };
+    let silent = connect().await;
+    let mut half_preface = connect().await;
+    half_preface.write_all(&PREFACE[..3]).await.unwrap();
+    let mut half_head = connect().await;
+    half_head
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut answered = connect().await;
+    answered
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    for (what, mut stream) in [
+        ("silent", silent),
+        ("half a preface", half_preface),
+        ("half a head", half_head),
+        ("idle after an answer", answered),
+    ] {
+        let mut got = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            // A reset counts as closed too.
+            let _ = stream.read_to_end(&mut got).await;
+        })
+        .await;
+        assert!(closed.is_ok(), "{what}: still open after 5 s");
+        if what == "idle after an answer" {
+            assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+        }
+    }
+    // The link has now been idle for over a second too, and still answers.
+    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(started.elapsed())).await;
+    send(&mut link, &[frame(1, Method::GET, "/health", "")]).await;
+    let mut buf = BytesMut::new();
+    let got = answers(&mut link, &mut buf, 1).await;
+    assert_eq!(got.len(), 1, "the idle link was closed");
+    assert_eq!(got[0].status, StatusCode::OK);
+}

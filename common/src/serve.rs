@@ -1,5 +1,6 @@
-//! The gateway's HTTP/1.1 server loop: what `axum::serve` does, plus a bound on how long a
-//! client may keep a connection without sending a request.
+//! The HTTP/1.1 server loop of the gateway and the servers: what `axum::serve` does, plus a
+//! bound on how long a client may keep a connection without sending a request or reading
+//! its answers.
 //!
 //! Why not `axum::serve`: it builds hyper's connections without a timer, so hyper's header read
 //! timeout never runs, and a client that opens a connection and sends nothing, or half a
@@ -8,11 +9,13 @@
 //! when it waits for a request head, on a new connection and after each answer, so it bounds
 //! both a stalled head and an idle keep-alive. A client that stops reading its answers is
 //! bounded by [`Guarded`]: a write that cannot go on for as long fails and ends the
-//! connection. (A stalled request body is the handler's to bound: see `proxy::put`.)
+//! connection. (A stalled request body is the handler's to bound: the gateway's `proxy::put`.)
+//! On a server this also ends the connections a peer left half-open (it died, or a partition
+//! cut it without a FIN), which nothing else would ever close.
 //!
 //! HTTP/1.1 only: hyper-util's HTTP/1-or-2 connection reads the protocol preface with no timer
-//! at all, which would leave the first bytes unbounded again, and no kvstore client speaks
-//! HTTP/2 in clear text.
+//! at all, which would leave the first bytes unbounded again, and no kvstore client or peer
+//! speaks HTTP/2 in clear text.
 
 use std::convert::Infallible;
 use std::io;
@@ -29,6 +32,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Sleep;
 use tower::Service;
+
+/// Seconds a client may take to send a request head, or to read its answers, unless
+/// configured otherwise. Above the 60 s idle timeout most load balancers use, so one in front
+/// closes a kept-alive connection before the service does, and never sends a request on a
+/// connection being closed; and above the 60 s the gateway's and the servers' own client pools
+/// keep an idle connection.
+pub const DEFAULT_CLIENT_TIMEOUT_SECS: u64 = 75;
 
 /// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, lets every
 /// connection finish the request it is on (an idle one closes at once), and returns when all
