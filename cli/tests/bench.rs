@@ -96,6 +96,17 @@ fn config(url: &str, stop: Stop) -> Config {
     }
 }
 
+/// PUTs only, no warm-up, at `rate` requests a second over `connections` (`--rate`).
+fn paced_puts(url: &str, rate: f64, connections: usize, stop: Stop) -> Config {
+    Config {
+        rate: Some(rate),
+        connections,
+        read_ratio: 0.0,
+        warmup: false,
+        ..config(url, stop)
+    }
+}
+
 fn assert_percentiles_ordered(s: &Summary) {
     let p = s.latency_us;
     assert!(p.min >= 1, "{p:?}");
@@ -283,12 +294,7 @@ async fn non_2xx(client: Client) {
 async fn a_rate_sends_the_requests_due_in_the_run_and_no_sooner() {
     let store = Arc::new(Store::default());
     let url = serve(store.clone()).await;
-    let paced = Config {
-        rate: Some(300.0),
-        read_ratio: 0.0,
-        warmup: false,
-        ..config(&url, Stop::Duration(Duration::from_secs(1)))
-    };
+    let paced = paced_puts(&url, 300.0, 4, Stop::Duration(Duration::from_secs(1)));
     let report = bench::run(&paced).await.unwrap();
     assert_healthy(&report);
     // Due at 0, 1/300 s, ... 299/300 s: 300 in the second, however fast the server.
@@ -322,13 +328,7 @@ async fn under_a_rate_a_stall_counts_for_every_request_it_held_back() {
         ..Store::default()
     });
     let url = serve(store.clone()).await;
-    let paced = Config {
-        rate: Some(400.0),
-        connections: 2,
-        read_ratio: 0.0,
-        warmup: false,
-        ..config(&url, Stop::Requests(200))
-    };
+    let paced = paced_puts(&url, 400.0, 2, Stop::Requests(200));
     let report = bench::run(&paced).await.unwrap();
     assert_healthy(&report);
     let latency = report.put.latency_us;
@@ -346,13 +346,7 @@ async fn under_a_rate_a_stall_counts_for_every_request_it_held_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_ends_a_slow_paced_run_at_once() {
     let url = serve(Arc::new(Store::default())).await;
-    let slow = Config {
-        rate: Some(0.2),
-        connections: 2,
-        read_ratio: 0.0,
-        warmup: false,
-        ..config(&url, Stop::Duration(Duration::from_secs(60)))
-    };
+    let slow = paced_puts(&url, 0.2, 2, Stop::Duration(Duration::from_secs(60)));
     let stop = tokio::time::sleep(Duration::from_millis(300));
     let report = bench::run_with(&slow, |_| {}, stop).await.unwrap();
     assert!(report.interrupted);
@@ -369,13 +363,7 @@ async fn a_rate_out_of_reach_is_reported() {
         ..Store::default()
     });
     let url = serve(store).await;
-    let paced = Config {
-        rate: Some(1000.0),
-        connections: 1,
-        read_ratio: 0.0,
-        warmup: false,
-        ..config(&url, Stop::Duration(Duration::from_millis(400)))
-    };
+    let paced = paced_puts(&url, 1000.0, 1, Stop::Duration(Duration::from_millis(400)));
     let report = bench::run(&paced).await.unwrap();
     // One connection, stalled past the run's end: it sent one request of the 400 due.
     assert_eq!(report.total.requests, 1);
