@@ -26,6 +26,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::serve::Listener;
+use bytes::Bytes;
+use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -42,11 +44,15 @@ pub const DEFAULT_CLIENT_TIMEOUT_SECS: u64 = 75;
 
 /// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, lets every
 /// connection finish the request it is on (an idle one closes at once), and returns when all
-/// have closed. `client_timeout` bounds the wait for each request head.
+/// have closed. `client_timeout` bounds the wait for each request head and for a client to
+/// read its answer; `body_timeout`, if given, how long a request body may keep the handler
+/// waiting for its next bytes ([`DeadlineBody`]: the handler then sees a body error). The
+/// gateway bounds its put bodies itself, to answer them `408`.
 pub async fn serve<L>(
     mut listener: L,
     app: Router,
     client_timeout: Duration,
+    body_timeout: Option<Duration>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
     L: Listener,
@@ -72,7 +78,14 @@ pub async fn serve<L>(
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let mut app = app.clone();
             async move {
-                let response = app.call(request.map(Body::new)).await;
+                let request = match body_timeout {
+                    // A body that is all here (none, or read with the head) needs no timer.
+                    Some(timeout) if !request.body().is_end_stream() => {
+                        request.map(|body| Body::new(DeadlineBody::new(body, timeout)))
+                    }
+                    _ => request.map(Body::new),
+                };
+                let response = app.call(request).await;
                 Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
             }
         });
@@ -181,5 +194,62 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let progress = Pin::new(&mut self.io).poll_shutdown(cx);
         self.guard(cx, progress)
+    }
+}
+
+/// A request body that may not keep its reader waiting for more than `timeout` at a time: a
+/// client (a peer that died, one a partition cut off) that stops sending halfway makes the
+/// read fail with [`BodyTimedOut`] instead of holding the handler for good. The timer starts
+/// only when a read has to wait, and restarts with every frame that comes.
+pub struct DeadlineBody {
+    inner: Incoming,
+    timeout: Duration,
+    waiting: Option<Pin<Box<Sleep>>>,
+}
+
+impl DeadlineBody {
+    pub fn new(inner: Incoming, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            waiting: None,
+        }
+    }
+}
+
+/// What a [`DeadlineBody`] fails with.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body stopped arriving for {0:?}")]
+pub struct BodyTimedOut(Duration);
+
+impl http_body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            self.waiting = None;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let timeout = self.timeout;
+        let waiting = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if waiting.as_mut().poll(cx).is_ready() {
+            self.waiting = None;
+            return Poll::Ready(Some(Err(Box::new(BodyTimedOut(timeout)))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

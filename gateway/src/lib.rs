@@ -120,7 +120,9 @@ async fn serve(
     let listener = listener.tap_io(|stream| {
         let _ = stream.set_nodelay(true);
     });
-    kv_common::serve::serve(listener, app(state), config.client_timeout(), shutdown).await;
+    // No body timeout here: `proxy::put` bounds put bodies itself, to answer `408`.
+    let timeout = config.client_timeout();
+    kv_common::serve::serve(listener, app(state), timeout, None, shutdown).await;
     tasks.abort_all();
     Ok(())
 }

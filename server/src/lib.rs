@@ -98,7 +98,8 @@ pub async fn serve(
                 source,
             },
         )?;
-    kv_common::serve::serve(listener, app, client_timeout, stopped()).await;
+    let body_timeout = Some(client_timeout);
+    kv_common::serve::serve(listener, app, client_timeout, body_timeout, stopped()).await;
     // In-flight requests of the links finish before the store closes, as HTTP's do.
     links.closed().await;
     if let Some(task) = metrics_task {

@@ -459,3 +459,36 @@ async fn silent_and_idle_http_connections_are_closed_but_an_idle_link_is_not() {
     assert_eq!(got.len(), 1, "the idle link was closed");
     assert_eq!(got[0].status, StatusCode::OK);
 }
+
+/// With a client timeout of 1 s, a put whose body stops halfway is refused (the handler sees
+/// the body fail) and stores nothing, instead of waiting for the rest for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_body_that_stops_halfway_is_refused_and_stores_nothing() {
+    let server = start_with(|c| c.client_timeout_secs = 1).await;
+    let mut stalled = TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    stalled
+        .write_all(
+            b"PUT /put/stalled HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"value\": \"only part",
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = stalled.read_to_end(&mut got).await;
+    })
+    .await;
+    assert!(answered.is_ok(), "still waiting for the body after 5 s");
+    let answer = String::from_utf8_lossy(&got);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("invalid_body"), "{answer}");
+    let http = reqwest::Client::new();
+    let read = http
+        .get(format!("http://127.0.0.1:{}/get/stalled", server.port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::NOT_FOUND);
+}
