@@ -114,16 +114,14 @@ pub async fn serve<L>(
 /// through. The timer exists only while a write waits, so a flowing connection pays nothing.
 pub struct Guarded<IO> {
     io: IO,
-    timeout: Duration,
-    stalled: Option<Pin<Box<Sleep>>>,
+    stalled: StallTimer,
 }
 
 impl<IO> Guarded<IO> {
     pub fn new(io: IO, timeout: Duration) -> Self {
         Self {
             io,
-            timeout,
-            stalled: None,
+            stalled: StallTimer::new(timeout),
         }
     }
 
@@ -135,15 +133,10 @@ impl<IO> Guarded<IO> {
         progress: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         if progress.is_ready() {
-            self.stalled = None;
+            self.stalled.progressed();
             return progress;
         }
-        let timeout = self.timeout;
-        let stalled = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        if stalled.as_mut().poll(cx).is_ready() {
-            self.stalled = None;
+        if self.stalled.expired(cx) {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the client stopped reading its answers",
@@ -203,16 +196,14 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
 /// only when a read has to wait, and restarts with every frame that comes.
 pub struct DeadlineBody {
     inner: Incoming,
-    timeout: Duration,
-    waiting: Option<Pin<Box<Sleep>>>,
+    waiting: StallTimer,
 }
 
 impl DeadlineBody {
     pub fn new(inner: Incoming, timeout: Duration) -> Self {
         Self {
             inner,
-            timeout,
-            waiting: None,
+            waiting: StallTimer::new(timeout),
         }
     }
 }
@@ -231,15 +222,11 @@ impl http_body::Body for DeadlineBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
-            self.waiting = None;
+            self.waiting.progressed();
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        let timeout = self.timeout;
-        let waiting = self
-            .waiting
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        if waiting.as_mut().poll(cx).is_ready() {
-            self.waiting = None;
+        if self.waiting.expired(cx) {
+            let timeout = self.waiting.timeout;
             return Poll::Ready(Some(Err(Box::new(BodyTimedOut(timeout)))));
         }
         Poll::Pending
@@ -251,5 +238,39 @@ impl http_body::Body for DeadlineBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// How long an I/O operation has waited without progress: armed at the first wait (so a
+/// flowing stream never creates a timer), disarmed by progress.
+struct StallTimer {
+    timeout: Duration,
+    waiting: Option<Pin<Box<Sleep>>>,
+}
+
+impl StallTimer {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            waiting: None,
+        }
+    }
+
+    fn progressed(&mut self) {
+        self.waiting = None;
+    }
+
+    /// Called when the operation is pending: true once it has waited `timeout`, after which
+    /// the timer starts over.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let timeout = self.timeout;
+        let waiting = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if waiting.as_mut().poll(cx).is_ready() {
+            self.waiting = None;
+            return true;
+        }
+        false
     }
 }
