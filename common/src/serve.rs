@@ -9,9 +9,10 @@
 //! when it waits for a request head, on a new connection and after each answer, so it bounds
 //! both a stalled head and an idle keep-alive. A client that stops reading its answers is
 //! bounded by [`Guarded`]: a write that cannot go on for as long fails and ends the
-//! connection. (A stalled request body is the handler's to bound: the gateway's `proxy::put`.)
-//! On a server this also ends the connections a peer left half-open (it died, or a partition
-//! cut it without a FIN), which nothing else would ever close.
+//! connection. A request body that stops coming is bounded by [`DeadlineBody`] on the
+//! servers, and by the gateway's `proxy::put` itself (which answers `408`). On a server this
+//! also ends the connections a peer left half-open (it died, or a partition cut it without
+//! a FIN), which nothing else would ever close.
 //!
 //! HTTP/1.1 only: hyper-util's HTTP/1-or-2 connection reads the protocol preface with no timer
 //! at all, which would leave the first bytes unbounded again, and no kvstore client or peer
@@ -79,7 +80,8 @@ pub async fn serve<L>(
             let mut app = app.clone();
             async move {
                 let request = match body_timeout {
-                    // A body that is all here (none, or read with the head) needs no timer.
+                    // A request without a body needs no wrapper; a body that comes at once
+                    // never starts the timer (it starts at the first wait).
                     Some(timeout) if !request.body().is_end_stream() => {
                         request.map(|body| Body::new(DeadlineBody::new(body, timeout)))
                     }
