@@ -12,6 +12,7 @@ pub mod body;
 pub mod bytesize;
 pub mod http_metrics;
 pub mod mux;
+pub mod net;
 pub mod replication;
 pub mod report;
 pub mod ring;

@@ -90,6 +90,7 @@ impl BackendClient {
         connector.set_connect_timeout(Some(connect_timeout));
         // Requests are small and latency-bound: never wait for Nagle.
         connector.set_nodelay(true);
+        kv_common::net::keepalive_connector(&mut connector);
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);

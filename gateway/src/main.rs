@@ -45,6 +45,8 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(&cli.log_level, cli.log_format).map_err(anyhow::Error::msg)?;
     cli.gateway.validate()?;
+    // Every client connection and link is a file descriptor.
+    kv_common::net::raise_open_files_limit_and_log();
     let runtime =
         kv_common::runtime::build(cli.worker_threads).context("start the tokio runtime")?;
     runtime.block_on(async {

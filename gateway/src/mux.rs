@@ -273,6 +273,9 @@ impl Links {
             })?
             .map_err(|err| LinkError::Connect(err.to_string()))?;
         let _ = stream.set_nodelay(true);
+        // A link may sit idle for long: probe it, so that a server that vanished without a
+        // word fails it (and the next request connects afresh) instead of eating a request.
+        let _ = kv_common::net::keepalive(&stream);
         let (mut reader, mut writer) = stream.into_split();
         let handshake = async {
             writer.write_all(PREFACE).await?;

@@ -23,6 +23,7 @@ impl HttpClient {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(timeout.min(Duration::from_secs(2))));
         connector.set_nodelay(true);
+        kv_common::net::keepalive_connector(&mut connector);
         HttpClient {
             // Below the servers' 75 s client timeout: a pooled connection is dropped here
             // before a server closes it, so no request is sent on one being closed.

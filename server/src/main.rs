@@ -73,6 +73,8 @@ fn run() -> anyhow::Result<ExitCode> {
         Some(Command::Serve(config)) => *config,
         None => cli.serve,
     };
+    // Every link, peer connection and database file is a file descriptor.
+    kv_common::net::raise_open_files_limit_and_log();
     let runtime =
         kv_common::runtime::build(cli.worker_threads).context("start the tokio runtime")?;
     runtime.block_on(async {

@@ -9,6 +9,9 @@ use crate::{Error, Result};
 
 pub fn command(global: &GlobalArgs, args: &BenchArgs) -> Result<()> {
     let config = args.to_config(&global.url)?;
+    // Each connection is a file descriptor: `-c 2000` needs more than the soft limit of 1024
+    // many shells start with. Best effort: a refusal shows as connection errors in the report.
+    let _ = kv_common::net::raise_open_files_limit();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = args.threads {
         runtime.worker_threads(threads);

@@ -16,5 +16,6 @@ mod rebalance;
 mod replication;
 mod ring;
 mod slow_clients;
+mod sockets;
 mod stall;
 mod stats;

@@ -26,7 +26,7 @@ pub const WRITE_QUORUM: usize = 2;
 /// The kv-server binary of this build, beside kv-gateway's. It is not a binary of this
 /// package, so `cargo test -p kv-gateway` neither builds nor refreshes it: build it once per
 /// test run (a no-op when it is fresh), so these tests never run a stale server.
-fn server_binary() -> &'static Path {
+pub fn server_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
         let gateway = Path::new(env!("CARGO_BIN_EXE_kv-gateway"));
@@ -66,7 +66,7 @@ impl Drop for Proc {
 /// once (see there for the collision it avoids).
 #[path = "../../../server/tests/integration/ports.rs"]
 mod ports;
-use ports::free_port;
+pub use ports::free_port;
 
 /// N server processes and a gateway in front of them.
 pub struct ProcCluster {

@@ -153,6 +153,9 @@ async fn accept_loop(
             };
             // Links and HTTP alike write answers whole: never hold one back for Nagle.
             let _ = stream.set_nodelay(true);
+            // A gateway keeps its link open, idle or not: probe it, so that the link of a
+            // gateway that vanished without a FIN is closed, not held for good.
+            let _ = kv_common::net::keepalive(&stream);
             match peeked {
                 Ok(1) if first[0] == PREFACE[0] => {
                     match serve_link(stream, service, stop, alive, first_byte_timeout).await {
