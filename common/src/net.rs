@@ -119,6 +119,18 @@ pub fn raise_open_files_limit() -> io::Result<OpenFiles> {
     })
 }
 
+/// This process's soft limit on open files; `None` when unlimited (or unknown off Unix).
+pub fn open_files_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
 /// Logs what [`raise_open_files_limit`] did, for a daemon's startup.
 pub fn raise_open_files_limit_and_log() {
     match raise_open_files_limit() {

@@ -12,7 +12,8 @@
 //! connection. A request body that stops coming is bounded by [`DeadlineBody`] on the
 //! servers, and by the gateway's `proxy::put` itself (which answers `408`). On a server this
 //! also ends the connections a peer left half-open (it died, or a partition cut it without
-//! a FIN), which nothing else would ever close.
+//! a FIN), which nothing else would ever close. And how many connections are open at once
+//! may be bounded ([`Limits::max_connections`], the gateway's `--max-connections`).
 //!
 //! HTTP/1.1 only: hyper-util's HTTP/1-or-2 connection reads the protocol preface with no timer
 //! at all, which would leave the first bytes unbounded again, and no kvstore client or peer
@@ -21,8 +22,9 @@
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -31,8 +33,10 @@ use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Sleep;
 use tower::Service;
 
@@ -43,22 +47,63 @@ use tower::Service;
 /// keep an idle connection.
 pub const DEFAULT_CLIENT_TIMEOUT_SECS: u64 = 75;
 
+/// How [`serve`] bounds its clients.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// How long a client may take to send a request head, or to read its answer.
+    pub client_timeout: Duration,
+    /// If given, how long a request body may keep the handler waiting for its next bytes
+    /// ([`DeadlineBody`]: the handler then sees a body error). The gateway bounds its put
+    /// bodies itself, to answer them `408`.
+    pub body_timeout: Option<Duration>,
+    /// If given, the most connections open at once: at the limit no more are accepted until
+    /// one closes, so new clients wait in the listener's backlog (their connect succeeds, their
+    /// first answer waits) instead of taking the file descriptors the process needs for the
+    /// connections it has, its links and its files.
+    pub max_connections: Option<usize>,
+}
+
+impl Limits {
+    /// `client_timeout` alone: no body timeout, no connection limit.
+    pub fn new(client_timeout: Duration) -> Self {
+        Self {
+            client_timeout,
+            body_timeout: None,
+            max_connections: None,
+        }
+    }
+}
+
+/// What [`serve`] reports of its connections, into metrics the caller registered.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionMetrics {
+    /// Connections open.
+    pub open: Gauge,
+    /// Times the connection limit held an accept back.
+    pub limit_waits: Counter,
+}
+
+/// Warnings that the connection limit was reached: at most one per this.
+const LIMIT_WARNING_EVERY: Duration = Duration::from_secs(30);
+
 /// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, lets every
 /// connection finish the request it is on (an idle one closes at once), and returns when all
-/// have closed. `client_timeout` bounds the wait for each request head and for a client to
-/// read its answer; `body_timeout`, if given, how long a request body may keep the handler
-/// waiting for its next bytes ([`DeadlineBody`]: the handler then sees a body error). The
-/// gateway bounds its put bodies itself, to answer them `408`.
+/// have closed. `limits` bound each connection and how many are open at once.
 pub async fn serve<L>(
     mut listener: L,
     app: Router,
-    client_timeout: Duration,
-    body_timeout: Option<Duration>,
+    limits: Limits,
+    metrics: ConnectionMetrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
     L: Listener,
     L::Io: Unpin,
 {
+    let Limits {
+        client_timeout,
+        body_timeout,
+        max_connections,
+    } = limits;
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -67,8 +112,32 @@ pub async fn serve<L>(
     // Dropped on shutdown: every connection task sees it and closes gracefully.
     let (stop_tx, stop_rx) = watch::channel(());
     let mut connections = tokio::task::JoinSet::new();
+    let permits = max_connections.map(|n| Arc::new(Semaphore::new(n)));
+    let mut last_warning: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
+        // Taken before the accept: at the limit, the next client stays in the backlog.
+        let permit = match &permits {
+            None => None,
+            Some(permits) => match Arc::clone(permits).try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    metrics.limit_waits.inc();
+                    if last_warning.is_none_or(|at| at.elapsed() >= LIMIT_WARNING_EVERY) {
+                        last_warning = Some(Instant::now());
+                        tracing::warn!(
+                            limit = max_connections,
+                            "client connections at the limit: new ones wait to be accepted \
+                             until one closes"
+                        );
+                    }
+                    tokio::select! {
+                        permit = Arc::clone(permits).acquire_owned() => permit.ok(),
+                        () = &mut shutdown => break,
+                    }
+                }
+            },
+        };
         let (io, _remote) = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
@@ -94,7 +163,11 @@ pub async fn serve<L>(
         let io = Guarded::new(io, client_timeout);
         let connection = builder.serve_connection(TokioIo::new(io), service);
         let mut stop = stop_rx.clone();
+        let open = Open::new(metrics.open.clone());
         connections.spawn(async move {
+            // Held until the connection closes; the gauge goes down before the permit is
+            // given back, so it never shows more than the limit.
+            let (_open, _permit) = (open, permit);
             tokio::pin!(connection);
             tokio::select! {
                 // A failed connection (reset, a timed-out head) concerns that client only.
@@ -108,6 +181,22 @@ pub async fn serve<L>(
     drop(stop_tx);
     drop(listener);
     while connections.join_next().await.is_some() {}
+}
+
+/// One open connection in [`ConnectionMetrics::open`], from its accept until it closes.
+struct Open(Gauge);
+
+impl Open {
+    fn new(gauge: Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// A client connection whose writes may not stall for longer than `timeout`: a client that

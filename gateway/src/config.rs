@@ -107,6 +107,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "KV_CLIENT_TIMEOUT_SECS", default_value_t = DEFAULT_CLIENT_TIMEOUT_SECS)]
     pub client_timeout_secs: u64,
 
+    /// Most client connections open at once; at the limit, new ones wait in the listen
+    /// backlog until one closes. Default: the open files limit less a quarter of it (at most
+    /// 1024 kept), which leaves descriptors for the links, client pools and log files.
+    #[arg(long, env = "KV_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
     /// Interval of the active health checks, in milliseconds (also the `Retry-After` hint).
     #[arg(long, env = "KV_HEALTH_INTERVAL_MS", default_value_t = DEFAULT_HEALTH_INTERVAL_MS)]
     pub health_interval_ms: u64,
@@ -197,6 +203,7 @@ impl GatewayConfig {
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             client_timeout_secs: DEFAULT_CLIENT_TIMEOUT_SECS,
+            max_connections: None,
             health_interval_ms: DEFAULT_HEALTH_INTERVAL_MS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
@@ -243,6 +250,9 @@ impl GatewayConfig {
                 self.replication_factor
             )));
         }
+        if self.max_connections == Some(0) {
+            return fail("--max-connections must be at least 1");
+        }
         if self.connect_timeout_ms == 0
             || self.request_timeout_ms == 0
             || self.client_timeout_secs == 0
@@ -278,6 +288,20 @@ impl GatewayConfig {
 
     pub fn client_timeout(&self) -> Duration {
         Duration::from_secs(self.client_timeout_secs)
+    }
+
+    /// The client connection limit in force: `--max-connections`, or what the open files
+    /// limit leaves room for (none when it is unlimited).
+    pub fn connection_limit(&self, open_files: Option<u64>) -> Option<usize> {
+        self.max_connections.or_else(|| {
+            let open_files = open_files?;
+            let kept = (open_files / 4).min(1024);
+            Some(
+                usize::try_from(open_files - kept)
+                    .unwrap_or(usize::MAX)
+                    .max(1),
+            )
+        })
     }
 
     pub fn health_interval(&self) -> Duration {
@@ -333,6 +357,25 @@ mod tests {
         assert_eq!(config.replication(9), (5, 4));
         // A quorum above the capped factor is capped too: three members cannot hold four.
         assert_eq!(config.replication(3), (3, 3));
+    }
+
+    #[test]
+    fn the_connection_limit_leaves_descriptors_for_links_pools_and_files() {
+        let mut config = GatewayConfig::with_backends([("a", "http://x:1")]).unwrap();
+        // A quarter kept under 4096 files, 1024 above.
+        assert_eq!(config.connection_limit(Some(1024)), Some(768));
+        assert_eq!(config.connection_limit(Some(20_000)), Some(18_976));
+        assert_eq!(
+            config.connection_limit(Some(1 << 20)),
+            Some((1 << 20) - 1024)
+        );
+        assert_eq!(config.connection_limit(Some(1)), Some(1));
+        assert_eq!(config.connection_limit(None), None);
+        config.max_connections = Some(10);
+        assert_eq!(config.connection_limit(Some(20_000)), Some(10));
+        assert_eq!(config.connection_limit(None), Some(10));
+        config.max_connections = Some(0);
+        assert!(config.validate().is_err());
     }
 
     #[test]

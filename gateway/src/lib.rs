@@ -113,16 +113,23 @@ async fn serve(
         state.client.clone(),
         config.health_interval(),
     ));
+    let max_connections = config.connection_limit(kv_common::net::open_files_limit());
+    state.client.metrics().connection_limit(max_connections);
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, auth = state.token.is_some(), "gateway listening");
+        tracing::info!(%addr, auth = state.token.is_some(), ?max_connections,
+            "gateway listening");
     }
     // Answers are written whole, one per request: never hold one back for Nagle.
     let listener = listener.tap_io(|stream| {
         let _ = stream.set_nodelay(true);
     });
     // No body timeout here: `proxy::put` bounds put bodies itself, to answer `408`.
-    let timeout = config.client_timeout();
-    kv_common::serve::serve(listener, app(state), timeout, None, shutdown).await;
+    let limits = kv_common::serve::Limits {
+        max_connections,
+        ..kv_common::serve::Limits::new(config.client_timeout())
+    };
+    let connections = state.client.metrics().client_connections.clone();
+    kv_common::serve::serve(listener, app(state), limits, connections, shutdown).await;
     tasks.abort_all();
     Ok(())
 }

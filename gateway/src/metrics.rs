@@ -64,6 +64,9 @@ pub struct GatewayMetrics {
     stale_ring_retries: Family<RouteLabels, Counter>,
     ring_behind_retries: Family<RouteLabels, Counter>,
     link_events: Family<LinkLabels, Counter>,
+    /// Client connections: open, their limit, and accepts the limit held back.
+    pub client_connections: kv_common::serve::ConnectionMetrics,
+    client_connections_max: Gauge,
 }
 
 impl GatewayMetrics {
@@ -83,7 +86,24 @@ impl GatewayMetrics {
             stale_ring_retries: Family::default(),
             ring_behind_retries: Family::default(),
             link_events: Family::default(),
+            client_connections: kv_common::serve::ConnectionMetrics::default(),
+            client_connections_max: Gauge::default(),
         };
+        registry.register(
+            "gateway_client_connections",
+            "Client connections open",
+            metrics.client_connections.open.clone(),
+        );
+        registry.register(
+            "gateway_client_connections_max",
+            "Most client connections open at once (--max-connections; 0: no limit)",
+            metrics.client_connections_max.clone(),
+        );
+        registry.register(
+            "gateway_client_connection_limit_waits",
+            "Times the connection limit held an accept back: new clients waited in the backlog",
+            metrics.client_connections.limit_waits.clone(),
+        );
         registry.register(
             "gateway_member_requests",
             "Requests the gateway made to each member, by outcome",
@@ -229,6 +249,11 @@ impl GatewayMetrics {
         self.stale_ring_retries
             .get_or_create(&RouteLabels { route })
             .inc();
+    }
+
+    pub fn connection_limit(&self, limit: Option<usize>) {
+        let limit = limit.map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        self.client_connections_max.set(limit);
     }
 
     pub fn link_event(&self, event: &'static str) {

@@ -98,8 +98,12 @@ pub async fn serve(
                 source,
             },
         )?;
-    let body_timeout = Some(client_timeout);
-    kv_common::serve::serve(listener, app, client_timeout, body_timeout, stopped()).await;
+    let limits = kv_common::serve::Limits {
+        body_timeout: Some(client_timeout),
+        ..kv_common::serve::Limits::new(client_timeout)
+    };
+    let connections = kv_common::serve::ConnectionMetrics::default();
+    kv_common::serve::serve(listener, app, limits, connections, stopped()).await;
     // In-flight requests of the links finish before the store closes, as HTTP's do.
     links.closed().await;
     if let Some(task) = metrics_task {
