@@ -47,6 +47,14 @@ use tower::Service;
 /// keep an idle connection.
 pub const DEFAULT_CLIENT_TIMEOUT_SECS: u64 = 75;
 
+/// The largest request head (request line and headers) read: a larger one is answered `431`
+/// (`414` for a URI over 64 KiB) with an empty body by hyper itself, and the connection
+/// closed. Without it hyper reads on to its read buffer's limit, about 400 KiB (measured: a
+/// 500 KB header was taken), which a few thousand connections sending large heads slowly
+/// would turn into gigabytes held; a kvstore request head is a few KiB at most (a key is at
+/// most 1024 bytes, three times that percent-encoded).
+pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+
 /// How [`serve`] bounds its clients.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -108,6 +116,7 @@ pub async fn serve<L>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(client_timeout)
+        .max_header_size(MAX_REQUEST_HEAD_BYTES)
         .keep_alive(true);
     // Dropped on shutdown: every connection task sees it and closes gracefully.
     let (stop_tx, stop_rx) = watch::channel(());
