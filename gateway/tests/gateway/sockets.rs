@@ -47,10 +47,14 @@ fn established() -> Vec<Socket> {
 #[tokio::test]
 async fn every_connection_between_the_gateway_and_a_server_is_probed_at_both_ends() {
     let cluster = Cluster::start(&["s1"]).await;
-    // A put and a get over the link; the health checks go over HTTP meanwhile.
+    // A put and a get over the gateway's link to the server (its health checks use it too),
+    // and a put over its HTTP pool: a body over 64 KiB does not go over the link.
     let response = cluster.gateway.put("/put/probed", "v".into()).send().await;
     assert!(response.unwrap().status().is_success());
     let response = cluster.gateway.get("/get/probed").send().await;
+    assert!(response.unwrap().status().is_success());
+    let large = "x".repeat(100 << 10);
+    let response = cluster.gateway.put("/put/large", large.into()).send().await;
     assert!(response.unwrap().status().is_success());
 
     let server_port: u16 = cluster.servers[0]
@@ -67,14 +71,17 @@ async fn every_connection_between_the_gateway_and_a_server_is_probed_at_both_end
             .collect::<Vec<_>>()
     };
     // The server's end (local port its own) and the gateway's (remote port the server's) of
-    // the link and of the health checks' connections. Polled, since a socket with data in
-    // flight shows its retransmission timer instead for a moment.
+    // the link, and of any pooled HTTP connection. Polled, since a socket with data in flight
+    // shows its retransmission timer instead for a moment.
     wait_until(
         "every socket to or from the server has a keepalive timer",
         || async {
             let sockets = of_server();
-            sockets.iter().any(|s| s.local_port == server_port)
-                && sockets.iter().any(|s| s.remote_port == server_port)
+            // The link and the pooled connection, at both ends.
+            let gateway_ends = sockets.iter().filter(|s| s.remote_port == server_port);
+            let server_ends = sockets.iter().filter(|s| s.local_port == server_port);
+            gateway_ends.count() >= 2
+                && server_ends.count() >= 2
                 && sockets.iter().all(|s| s.timer == 2)
         },
     )
