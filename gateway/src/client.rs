@@ -116,6 +116,42 @@ impl BackendClient {
         &self.metrics
     }
 
+    /// Whether this client talks to servers over links (else everything goes over HTTP).
+    pub fn uses_links(&self) -> bool {
+        self.links.is_some()
+    }
+
+    /// Whether `backend` answers `GET path` with a success over the HTTP pool, past its
+    /// link, within `timeout`. Not counted in the per-member request metrics: it is the
+    /// health check's second opinion on a link (see [`BackendClient::suspect_links`]).
+    pub async fn answers_over_http(
+        &self,
+        backend: &Backend,
+        path: &str,
+        timeout: Duration,
+    ) -> bool {
+        let exchange = self.over_http(backend, Method::GET, path, None, &[], false);
+        matches!(
+            tokio::time::timeout(timeout, exchange).await,
+            Ok(Ok(response)) if response.status().is_success()
+        )
+    }
+
+    /// See [`Links::mark`].
+    pub fn mark_links(&self, backend: &Backend) {
+        if let Some(links) = &self.links {
+            links.mark(&backend.url);
+        }
+    }
+
+    /// `backend` answered over HTTP while a request on its link went unanswered: see
+    /// [`Links::suspect`].
+    pub fn suspect_links(&self, backend: &Backend) -> bool {
+        self.links
+            .as_ref()
+            .is_some_and(|links| links.suspect(&backend.url))
+    }
+
     /// Closes the links to servers that are not members of `topology` (see [`Links::retain`]).
     /// Over HTTP nothing to do: the pool closes idle connections by itself.
     pub fn forget_former_members(&self, topology: &Topology) {
@@ -260,6 +296,21 @@ impl BackendClient {
                 }
             }
         }
+        self.over_http(backend, method, path_and_query, body, headers, known_large)
+            .await
+    }
+
+    /// One exchange over the HTTP pool. `known_large`: a GET sent over HTTP because its last
+    /// answer was too large for the link.
+    async fn over_http(
+        &self,
+        backend: &Backend,
+        method: Method,
+        path_and_query: &str,
+        body: Option<(Bytes, HeaderValue)>,
+        headers: &[(HeaderName, HeaderValue)],
+        known_large: bool,
+    ) -> Result<Response<Bytes>, CallError> {
         let uri = backend
             .url
             .join(path_and_query)

@@ -147,8 +147,23 @@ async fn probe(
     backend: &Arc<Backend>,
     timeout: Duration,
 ) {
-    let answer =
-        tokio::time::timeout(timeout, client.send(backend, Method::GET, "/health", None)).await;
+    let over_link =
+        || tokio::time::timeout(timeout, client.send(backend, Method::GET, "/health", None));
+    // A member that is down is also asked over HTTP, on a connection of its own: if it
+    // answers there while its link reads nothing, the link is what is broken; it is failed
+    // (`Links::suspect`) and the member asked again, over a new one.
+    let answer = if backend.health.is_down() && client.uses_links() {
+        client.mark_links(backend);
+        let over_http = client.answers_over_http(backend, "/health", timeout);
+        let (answer, answers_over_http) = tokio::join!(over_link(), over_http);
+        if answers_over_http && !matches!(answer, Ok(Ok(_))) && client.suspect_links(backend) {
+            over_link().await
+        } else {
+            answer
+        }
+    } else {
+        over_link().await
+    };
     let (ok, ring) = match answer {
         Ok(Ok(response)) if response.status().is_success() => {
             match serde_json::from_slice::<HealthBody>(response.body()) {

@@ -133,6 +133,8 @@ struct Link {
     next_id: AtomicU64,
     /// Reads that brought bytes, for telling a silent link from a busy one.
     heard: AtomicU64,
+    /// `heard` and `next_id` when [`Links::mark`] last looked at this link.
+    suspected: Mutex<Option<(u64, u64)>>,
 }
 
 #[derive(Default)]
@@ -225,6 +227,54 @@ impl Links {
         });
     }
 
+    /// Notes what each link to the server at `url` has read and sent so far, for
+    /// [`Links::suspect`].
+    pub fn mark(&self, url: &BackendUrl) {
+        for link in self.open_links(url) {
+            *lock(&link.suspected) = Some(link.progress());
+        }
+    }
+
+    /// Called when the server at `url` answered over HTTP, on a connection of its own, while
+    /// a request on its link went unanswered: fails each of its links that has read nothing
+    /// since [`Links::mark`] although a request was sent on it since, so that the next
+    /// request opens a new one; whether it failed any. How else a link hears nothing from a
+    /// server that answers: a partition that healed while the link had data in flight, which
+    /// TCP sends again only on a backoff that doubles up to two minutes. A server that is
+    /// stalled answers neither, and one that is only slow still answers on its link, where
+    /// answers go back as they finish (a health check does not wait behind puts).
+    pub fn suspect(&self, url: &BackendUrl) -> bool {
+        let mut failed = false;
+        for link in self.open_links(url) {
+            let (heard, sent) = link.progress();
+            let Some((heard_then, sent_then)) = *lock(&link.suspected) else {
+                continue;
+            };
+            if heard == heard_then && sent > sent_then {
+                self.metrics.link_event("stuck");
+                tracing::warn!(server = %url.host_port(),
+                    "the server answers over HTTP but nothing on its link: opening a new link");
+                link.fail(&LinkError::Lost(
+                    "nothing heard on the link while the server answered over HTTP".into(),
+                ));
+                failed = true;
+            }
+        }
+        failed
+    }
+
+    /// The open links to the server at `url`.
+    fn open_links(&self, url: &BackendUrl) -> Vec<Arc<Link>> {
+        let Some(lanes) = lock(&self.servers).get(url.host_port()).cloned() else {
+            return Vec::new();
+        };
+        lanes
+            .slots
+            .iter()
+            .filter_map(|slot| current(slot).ok().flatten())
+            .collect()
+    }
+
     fn lanes_of(&self, url: &BackendUrl) -> Arc<Lanes> {
         let mut servers = lock(&self.servers);
         // Looked up by `&str` first: no allocation on the request path once the entry exists.
@@ -311,6 +361,7 @@ impl Links {
             open: AtomicBool::new(true),
             next_id: AtomicU64::new(1),
             heard: AtomicU64::new(0),
+            suspected: Mutex::default(),
         });
         self.metrics.link_event("opened");
         tracing::info!(server = %address, "link opened");
@@ -420,6 +471,14 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// Reads that brought bytes, and ids handed out: what the link has heard and sent.
+    fn progress(&self) -> (u64, u64) {
+        (
+            self.heard.load(Ordering::Acquire),
+            self.next_id.load(Ordering::Relaxed),
+        )
     }
 
     /// Closes the link for new requests and fails every waiting one with `why`; how many.

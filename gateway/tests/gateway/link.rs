@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Cluster, Gateway};
+use kv_gateway::GatewayConfig;
+
+use crate::harness::{Cluster, Gateway, wait_until};
 
 #[tokio::test]
 async fn a_server_stopping_under_load_answers_what_it_took_and_nothing_else_is_stored() {
@@ -180,4 +182,48 @@ async fn link_events(gw: &Gateway, event: &str) -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix(prefix.as_str()).map(|n| n.parse().unwrap()))
         .unwrap_or(0)
+}
+
+async fn health_of(gw: &Gateway, member: &str) -> String {
+    let servers = gw.servers_with_token().await;
+    let members = servers["members"].as_array().cloned().unwrap_or_default();
+    let member = members.iter().find(|m| m["name"] == member);
+    member.map_or(String::new(), |m| {
+        m["health"].as_str().unwrap_or("").to_owned()
+    })
+}
+
+/// After a real partition heals, a connection with data in flight stays silent until TCP's
+/// next retransmission, up to two minutes later, while new connections pass at once. The
+/// gateway's health probes ride the link, so they would keep the member down all that time;
+/// instead, a member that answers over HTTP but not on its link gets a new link.
+#[tokio::test]
+async fn a_link_left_silent_by_a_healed_partition_is_replaced() {
+    let mut proxy = None;
+    let cluster = Cluster::start_with(&["kv-0"], |c| {
+        let server_port = c.backends[0].url.host_port().rsplit(':').next().unwrap();
+        let link = crate::netsplit::Link::start(server_port.parse().unwrap());
+        let url = format!("http://127.0.0.1:{}", link.port);
+        c.backends = GatewayConfig::with_backends([("kv-0", url)])
+            .unwrap()
+            .backends;
+        proxy = Some(link);
+    })
+    .await;
+    let (proxy, gw) = (proxy.unwrap(), &cluster.gateway);
+    let r = gw.put("/put/k", json!(1)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    proxy.cut();
+    wait_until("the member is down", || async {
+        health_of(gw, "kv-0").await == "down"
+    })
+    .await;
+    proxy.heal_new_only();
+    wait_until("a get through the gateway answers", || async {
+        let r = gw.get("/get/k").send().await.unwrap();
+        r.status() == 200
+    })
+    .await;
+    assert!(link_events(gw, "stuck").await >= 1);
 }

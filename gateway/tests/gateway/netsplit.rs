@@ -10,6 +10,8 @@
 //! (the gateway cannot tell, and keeps sending a cut-off primary its keys).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::copy_bidirectional;
 use tokio::net::{TcpListener, TcpStream};
@@ -20,6 +22,8 @@ use tokio::task::JoinHandle;
 pub struct Link {
     pub port: u16,
     cut: watch::Sender<bool>,
+    /// Whether the connections held silent by a cut stay silent after it heals.
+    keep_held: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -38,8 +42,14 @@ impl Link {
         let listener = TcpListener::from_std(listener).unwrap();
         let (cut, state) = watch::channel(false);
         let target = SocketAddr::from(([127, 0, 0, 1], target));
-        let task = tokio::spawn(accept(listener, target, state));
-        Link { port, cut, task }
+        let keep_held = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(accept(listener, target, state, keep_held.clone()));
+        Link {
+            port,
+            cut,
+            keep_held,
+            task,
+        }
     }
 
     pub fn cut(&self) {
@@ -49,19 +59,38 @@ impl Link {
     pub fn heal(&self) {
         self.cut.send_replace(false);
     }
+
+    /// Heals for new connections only: those held silent by the cut stay silent and open, as
+    /// a TCP connection with data in flight does after a real partition heals, until its next
+    /// retransmission (TCP's backoff doubles up to two minutes; here, for good).
+    pub fn heal_new_only(&self) {
+        self.keep_held.store(true, Ordering::Release);
+        self.heal();
+    }
 }
 
-async fn accept(listener: TcpListener, target: SocketAddr, state: watch::Receiver<bool>) {
+async fn accept(
+    listener: TcpListener,
+    target: SocketAddr,
+    state: watch::Receiver<bool>,
+    keep_held: Arc<AtomicBool>,
+) {
     loop {
         let Ok((inbound, _)) = listener.accept().await else {
             continue;
         };
-        tokio::spawn(pass(inbound, target, state.clone()));
+        tokio::spawn(pass(inbound, target, state.clone(), keep_held.clone()));
     }
 }
 
-/// One connection: passed until the link is cut, then held silent until it heals.
-async fn pass(mut inbound: TcpStream, target: SocketAddr, mut state: watch::Receiver<bool>) {
+/// One connection: passed until the link is cut, then held silent until it heals (and
+/// after, if `keep_held`).
+async fn pass(
+    mut inbound: TcpStream,
+    target: SocketAddr,
+    mut state: watch::Receiver<bool>,
+    keep_held: Arc<AtomicBool>,
+) {
     if !*state.borrow() {
         // A target that is down (killed by a test) refuses: so does the link.
         let Ok(mut outbound) = TcpStream::connect(target).await else {
@@ -73,6 +102,11 @@ async fn pass(mut inbound: TcpStream, target: SocketAddr, mut state: watch::Rece
         }
     }
     until(&mut state, false).await;
+    if keep_held.load(Ordering::Acquire) {
+        // Until the test ends and aborts the runtime: the socket stays open and silent.
+        std::future::pending::<()>().await;
+    }
+    drop(inbound);
 }
 
 async fn until(state: &mut watch::Receiver<bool>, cut: bool) {
