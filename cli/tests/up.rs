@@ -468,10 +468,14 @@ fn with_three_servers_and_r3_every_server_holds_every_key() {
 }
 
 /// The binary as a user runs it: `kvstore up`, then Ctrl-C (SIGINT) stops it with exit code 0.
+/// Started under a soft limit of 256 open files, which it raises to the hard limit.
 #[test]
 fn the_up_binary_serves_until_sigint() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -S -n 256 && exec "$0" "$@""#)
+        .arg(BIN)
         .args(["up", "--json", "--listen", "127.0.0.1:0", "--servers", "2"])
         .arg("--data-dir")
         .arg(dir.path())
@@ -498,6 +502,23 @@ fn the_up_binary_serves_until_sigint() {
     assert_code(&kvstore_at(&url, &["put", "greeting", "hello"], None), 0);
     let got = kvstore_at(&url, &["get", "greeting", "--json"], None);
     assert_eq!(json(&got)["value"], "hello");
+
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .take(2)
+        .collect();
+    assert_ne!(
+        open_files[1], "256",
+        "this test needs a hard limit above 256"
+    );
+    assert_eq!(
+        open_files[0], open_files[1],
+        "soft and hard open files limits"
+    );
 
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])

@@ -21,6 +21,9 @@ pub struct UpArgs {
 
 pub fn command(global: &GlobalArgs, args: &UpArgs) -> Result<u8> {
     init_logs(&args.log_level)?;
+    // The servers and the gateway run in this process: every client connection, link and
+    // database file of the cluster is one of its file descriptors.
+    kv_common::net::raise_open_files_limit_and_log();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
