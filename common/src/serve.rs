@@ -192,11 +192,12 @@ pub async fn serve<L>(
     while connections.join_next().await.is_some() {}
 }
 
-/// One open connection in [`ConnectionMetrics::open`], from its accept until it closes.
-struct Open(Gauge);
+/// One open connection counted in `gauge` (such as [`ConnectionMetrics::open`]), from its
+/// accept until this is dropped.
+pub struct Open(Gauge);
 
 impl Open {
-    fn new(gauge: Gauge) -> Self {
+    pub fn new(gauge: Gauge) -> Self {
         gauge.inc();
         Self(gauge)
     }

@@ -77,10 +77,16 @@ pub async fn serve(
             let metrics_addr = metrics.local_addr().ok();
             tracing::info!(addr = ?metrics_addr, "kv-server metrics listening");
             let app = http::metrics_app(state.clone());
+            // Open to every scraper: bounded as the main port is (no body to bound there).
+            let limits = kv_common::serve::Limits::new(state.config.client_timeout());
             let stop = stopped();
-            Some(tokio::spawn(async move {
-                axum::serve(metrics, app).with_graceful_shutdown(stop).await
-            }))
+            Some(tokio::spawn(kv_common::serve::serve(
+                metrics,
+                app,
+                limits,
+                kv_common::serve::ConnectionMetrics::default(),
+                stop,
+            )))
         }
         None => None,
     };
@@ -91,6 +97,7 @@ pub async fn serve(
     // HTTP and the gateway's pipelined links share the port (`http::mux`).
     let app = http::app(state.clone());
     let client_timeout = state.config.client_timeout();
+    let connections = state.metrics.connections.clone();
     let (listener, links) =
         http::mux::split(listener, app.clone(), state, links_stop, client_timeout).map_err(
             |source| Error::Io {
@@ -102,14 +109,12 @@ pub async fn serve(
         body_timeout: Some(client_timeout),
         ..kv_common::serve::Limits::new(client_timeout)
     };
-    let connections = kv_common::serve::ConnectionMetrics::default();
     kv_common::serve::serve(listener, app, limits, connections, stopped()).await;
     // In-flight requests of the links finish before the store closes, as HTTP's do.
     links.closed().await;
     if let Some(task) = metrics_task {
         match task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::warn!(%err, "the metrics listener failed"),
+            Ok(()) => {}
             Err(err) if err.is_cancelled() => {}
             Err(err) => tracing::warn!(%err, "the metrics listener task failed"),
         }

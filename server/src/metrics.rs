@@ -106,6 +106,10 @@ pub struct Metrics {
     pub store: StoreMetrics,
     pub cache: CacheCounters,
     pub replication: ReplicationMetrics,
+    /// HTTP connections open on the server's port (peers, health checks, HTTP clients).
+    pub connections: kv_common::serve::ConnectionMetrics,
+    /// Gateway links open.
+    pub links: Gauge,
     hit_ratio: Gauge<f64, AtomicU64>,
 }
 
@@ -146,6 +150,18 @@ impl Metrics {
             "Frames (pages) the WAL held at the last checkpoint; it starts over once a \
              checkpoint has copied all of them",
             store.wal_frames.clone(),
+        );
+        let connections = kv_common::serve::ConnectionMetrics::default();
+        registry.register(
+            "http_connections",
+            "HTTP connections open on the server's port: peers, health checks, HTTP clients",
+            connections.open.clone(),
+        );
+        let links = Gauge::default();
+        registry.register(
+            "gateway_links",
+            "Gateway links open on the server's port",
+            links.clone(),
         );
         let replication = ReplicationMetrics::default();
         registry.register(
@@ -229,6 +245,8 @@ impl Metrics {
             store,
             cache,
             replication,
+            connections,
+            links,
             hit_ratio,
         }
     }

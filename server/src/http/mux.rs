@@ -180,6 +180,7 @@ async fn serve_link(
     _alive: mpsc::Sender<()>,
     preface_timeout: std::time::Duration,
 ) -> std::io::Result<()> {
+    let _open = kv_common::serve::Open::new(service.state.metrics.links.clone());
     let (mut reader, mut writer) = stream.into_split();
     let mut preface = [0u8; PREFACE.len()];
     // The whole preface within the client timeout; once open, a link may stay idle: the

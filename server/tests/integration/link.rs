@@ -492,3 +492,60 @@ async fn a_put_body_that_stops_halfway_is_refused_and_stores_nothing() {
         .unwrap();
     assert_eq!(read.status(), StatusCode::NOT_FOUND);
 }
+
+/// `--metrics-listen`: `/metrics` and `/health` only, with the open links and HTTP
+/// connections counted, and a connection that says nothing closed after the client timeout,
+/// as on the main port (it is open to every scraper).
+#[tokio::test]
+async fn the_metrics_port_counts_links_and_connections_and_closes_silent_clients() {
+    let metrics_port = crate::ports::free_port();
+    let server = start_with(|c| {
+        c.client_timeout_secs = 1;
+        c.metrics_listen = Some(([127, 0, 0, 1], metrics_port).into());
+    })
+    .await;
+    let _link = open_link(server.port).await;
+    let http = reqwest::Client::new();
+    // One HTTP connection to the main port, kept in the client's pool.
+    let health = format!("http://127.0.0.1:{}/health", server.port);
+    assert!(http.get(health).send().await.unwrap().status().is_success());
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let text = http
+        .get(&metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(&format!("{name} ")));
+        line.unwrap_or_else(|| panic!("no {name}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("kv_server_gateway_links"), 1.0);
+    assert_eq!(value("kv_server_http_connections"), 1.0);
+    let put = http
+        .put(format!("http://127.0.0.1:{metrics_port}/put/k"))
+        .body(r#"{"value": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::NOT_FOUND);
+
+    let mut silent = TcpStream::connect(("127.0.0.1", metrics_port))
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = silent.read_to_end(&mut Vec::new()).await;
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a silent connection to the metrics port is still open after 5 s"
+    );
+}
