@@ -101,6 +101,10 @@ async fn json_of(request: reqwest::RequestBuilder) -> Value {
     request.send().await.unwrap().json().await.unwrap()
 }
 
+async fn text_of(request: reqwest::RequestBuilder) -> String {
+    request.send().await.unwrap().text().await.unwrap()
+}
+
 fn json(answer: &ResponseFrame) -> Value {
     serde_json::from_slice(&answer.body).unwrap()
 }
@@ -267,14 +271,7 @@ async fn puts_and_gets_over_a_link_answer_and_count_exactly_as_over_http() {
     let metrics = |port: u16| {
         let http = http.clone();
         async move {
-            let text = http
-                .get(format!("http://127.0.0.1:{port}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = text_of(http.get(format!("http://127.0.0.1:{port}/metrics"))).await;
             let mut puts: Vec<String> = text
                 .lines()
                 .filter(|line| line.contains(r#"/put/{key}""#) || line.contains(r#"/get/{key}""#))
@@ -510,14 +507,7 @@ async fn the_metrics_port_counts_links_and_connections_and_closes_silent_clients
     let health = format!("http://127.0.0.1:{}/health", server.port);
     assert!(http.get(health).send().await.unwrap().status().is_success());
     let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
-    let text = http
-        .get(&metrics_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = text_of(http.get(&metrics_url)).await;
     let value = |name: &str| -> f64 {
         let line = text.lines().find(|l| l.starts_with(&format!("{name} ")));
         line.unwrap_or_else(|| panic!("no {name}"))
