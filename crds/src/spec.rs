@@ -118,7 +118,8 @@ pub struct ReplicationSpec {
     #[schemars(range(min = 1, max = 64))]
     pub factor: i32,
     /// Servers that must hold a version before a put is answered (default: a majority of the
-    /// factor, 2 of 3). At most `factor`.
+    /// factor, 2 of 3). At most `factor`. An answered version survives the loss of
+    /// `writeQuorum - 1` servers; writes go on with `factor - writeQuorum` replicas down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 64))]
     pub write_quorum: Option<i32>,
