@@ -62,6 +62,12 @@ pub struct ReplicationMetrics {
     pub peer_unreachable: Family<Labels, Gauge>,
     /// Epoch of the ring in force.
     pub ring_epoch: Gauge,
+    /// 1 once this server caught up with every peer (it serves its keys as primary), 0
+    /// while it answers `503 syncing`. Set when `/metrics` is read.
+    pub synced: Gauge,
+    /// 1 while a next ring is announced (a move in progress), 0 otherwise. Set when
+    /// `/metrics` is read.
+    pub ring_transition: Gauge,
     /// Puts refused `503 rebalancing` (their key's primary is moving, writes frozen).
     pub rebalancing_refusals: Counter,
     /// Versions deleted by `/internal/cleanup`.
@@ -203,6 +209,17 @@ impl Metrics {
             "ring_epoch",
             "Epoch of the ring configuration in force on this server",
             replication.ring_epoch.clone(),
+        );
+        registry.register(
+            "replication_synced",
+            "1 once this server has caught up with every peer and serves its keys, 0 while it \
+             answers 503 syncing (a new or cleaned database, a restored backup)",
+            replication.synced.clone(),
+        );
+        registry.register(
+            "ring_transition",
+            "1 while a next ring is announced and keys move to it, 0 otherwise",
+            replication.ring_transition.clone(),
         );
         registry.register(
             "rebalancing_refusals",

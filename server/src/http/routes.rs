@@ -427,6 +427,9 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Val
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Metrics", content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    if let Some(replication) = &state.replication {
+        replication.refresh_metrics();
+    }
     (
         [(
             header::CONTENT_TYPE,

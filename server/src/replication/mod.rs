@@ -612,6 +612,17 @@ impl Replication {
         }
     }
 
+    /// Brings the gauges that mirror state (rather than count events) up to date; called
+    /// when `/metrics` is read, so they can never drift from what `/health` says.
+    pub fn refresh_metrics(&self) {
+        let metrics = &self.shared.metrics;
+        metrics
+            .synced
+            .set(i64::from(self.shared.synced.load(Ordering::Relaxed)));
+        let transition = self.shared.placement.load().state.next.is_some();
+        metrics.ring_transition.set(i64::from(transition));
+    }
+
     /// The `ring` part of `/health`.
     pub fn ring_health(&self) -> RingHealth {
         RingHealth::from(&self.shared.placement.load().state)

@@ -407,7 +407,14 @@ async fn a_ring_of_three_grows_to_four_while_serving() {
             &a,
             &b,
             // Writes while copying reach the new replicas too (dual write).
-            async |c| write(c, &before, &keys, 1, "copy").await,
+            async |c| {
+                write(c, &before, &keys, 1, "copy").await;
+                let metrics = c.metrics(0).await;
+                assert!(
+                    metrics.contains("\nkv_server_ring_transition 1\n"),
+                    "{metrics}"
+                );
+            },
             async |c| {
                 let old = Cluster::index(before.primary(&moving).unwrap());
                 let r = c.put(old, &moving, json!("frozen?")).await;
@@ -436,6 +443,10 @@ async fn a_ring_of_three_grows_to_four_while_serving() {
     assert!(!view.cleanup_pending && view.synced);
     let metrics = c.metrics(0).await;
     assert!(metrics.contains("kv_server_ring_epoch 1"), "{metrics}");
+    assert!(
+        metrics.contains("\nkv_server_ring_transition 0\n"),
+        "{metrics}"
+    );
     let health = c.get(3, "/health").await.body;
     assert_eq!(health["ring"]["epoch"], 1);
 

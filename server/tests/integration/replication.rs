@@ -522,9 +522,24 @@ async fn a_server_with_a_new_database_serves_nothing_until_it_caught_up() {
     );
     let health: Value = c.get(2, "/health").await.1;
     assert_eq!(health["replication"]["synced"], false);
+    // What an alert watches (`KvstoreServerNotSynced`): the gauge says what /health says.
+    let metrics = c.text(2, "/metrics").await;
+    assert!(
+        metrics.contains("\nkv_server_replication_synced 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nkv_server_ring_transition 0\n"),
+        "{metrics}"
+    );
     // r1 returns: r2 pulls from both and serves again, with the history intact.
     c.start(1).await;
     c.wait_caught_up(&[0, 1, 2]).await;
+    let metrics = c.text(2, "/metrics").await;
+    assert!(
+        metrics.contains("\nkv_server_replication_synced 1\n"),
+        "{metrics}"
+    );
     let (code, body) = c.get(2, &format!("/get/{key}")).await;
     assert_eq!((code, &body["version"]), (200, &json!(3)));
     let r = c.put(2, &key, json!("next")).await;
