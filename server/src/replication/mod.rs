@@ -621,6 +621,16 @@ impl Replication {
             .set(i64::from(self.shared.synced.load(Ordering::Relaxed)));
         let transition = self.shared.placement.load().state.next.is_some();
         metrics.ring_transition.set(i64::from(transition));
+        // Reachability is recorded on changes only, so a peer that never failed had no
+        // sample at all: give every pulled peer one, as `/internal/status` shows it.
+        let progress = self
+            .shared
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for peer in progress.keys() {
+            metrics.set_unreachable(peer, !self.shared.reach.reachable(peer));
+        }
     }
 
     /// The `ring` part of `/health`.
