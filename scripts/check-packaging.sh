@@ -3,11 +3,14 @@
 #   - the Helm chart: Helm v4 lint + render (helm-python-sdk), every rendered object and the
 #     CRD against the Kubernetes schemas (kubernetes-validate), KvCluster examples against the
 #     CRD schema, RBAC = what the operator calls (scripts/helm_check.py);
+#   - the alerts (helm/kvstore-operator/files/prometheus-rules.yaml): promtool's check and its
+#     unit tests (helm/tests/prometheus-rules.test.yaml);
 #   - the rendered objects deserialized into their k8s-openapi types
 #     (cargo test -p kv-operator --test helm_rendered);
 #   - shellcheck on scripts/*.sh; hadolint on the Dockerfile, plus our image conventions;
 #   - docker-compose config on docker-compose.yml, plus the compose and kind conventions.
-# Installs what it needs: apt packages when missing (shellcheck, docker-compose), Python
+# Installs what it needs: apt packages when missing (shellcheck, docker-compose, prometheus
+# for promtool), Python
 # packages in a venv under ${KV_CACHE_DIR:-~/.cache/kvstore}, reused while the pins match.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +59,7 @@ apt_install() { # COMMAND PACKAGE
 step "tools"
 apt_install shellcheck shellcheck
 apt_install docker-compose docker-compose
+apt_install promtool prometheus
 
 step "python venv $VENV"
 wanted="${PY_PACKAGES[*]}"
@@ -73,6 +77,10 @@ PY="$VENV/bin/python"
 # --- the chart -------------------------------------------------------------------------------
 step "Helm chart and CRD (scripts/helm_check.py)"
 "$PY" scripts/helm_check.py --out "$RENDERED"
+
+step "alerts: promtool check rules, promtool test rules"
+promtool check rules helm/kvstore-operator/files/prometheus-rules.yaml
+promtool test rules helm/tests/prometheus-rules.test.yaml
 
 step "rendered objects into k8s-openapi types (cargo test -p kv-operator --test helm_rendered)"
 KV_HELM_RENDERED_DIR="$RENDERED" cargo test -p kv-operator --test helm_rendered

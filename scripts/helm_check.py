@@ -46,7 +46,18 @@ SCENARIOS = [
         "kvstore-operator",
         "ops",
     ),
+    (
+        "monitoring-every-namespace",
+        {"monitoring": {"podMonitors": {"enabled": True}, "prometheusRule": {"enabled": True}}},
+        "kvstore-operator",
+        "monitoring",
+    ),
 ]
+
+# The alerts, included as they are in the PrometheusRule; and the objects the operator makes
+# of a KvCluster (its golden files), which the PodMonitors must find.
+RULES = CHART / "files" / "prometheus-rules.yaml"
+OPERATOR_GOLDEN = [ROOT / "operator" / "tests" / "golden" / n for n in ("minimal.yaml", "full.yaml")]
 
 # Values the chart must refuse: (why, values).
 REFUSED = [
@@ -187,6 +198,48 @@ def check_service_monitor(c: Checker, sm: dict, services: list[dict], where: str
             c.check(ep.get("port") in ports, f"{where}: ServiceMonitor port {ep.get('port')} is a Service port")
 
 
+def check_pod_monitor(c: Checker, pm: dict, values: dict, where: str) -> None:
+    """A PodMonitor must select the pods the operator renders for a KvCluster, by a port
+    their container names, in the namespaces the operator watches."""
+    spec = pm.get("spec", {})
+    selector = spec.get("selector", {}).get("matchLabels", {})
+    endpoints = spec.get("podMetricsEndpoints", [])
+    name = pm["metadata"]["name"]
+    c.check(bool(selector) and bool(endpoints), f"{where}: PodMonitor {name} has a selector and endpoints")
+    watched = values.get("watchNamespace")
+    wanted = {"matchNames": [watched]} if watched else {"any": True}
+    c.check(spec.get("namespaceSelector") == wanted, f"{where}: PodMonitor {name} looks in {wanted}")
+    selected = []
+    for golden in OPERATOR_GOLDEN:
+        for obj in yaml.safe_load_all(golden.read_text()):
+            if not obj or obj["kind"] not in ("StatefulSet", "Deployment"):
+                continue
+            template = obj["spec"]["template"]
+            if selector.items() <= template["metadata"]["labels"].items():
+                ports = {p.get("name") for ctr in template["spec"]["containers"] for p in ctr.get("ports", [])}
+                selected.append((golden.name, obj["kind"], ports))
+    kinds = {kind for _, kind, _ in selected}
+    c.check(
+        len(selected) == len(OPERATOR_GOLDEN) and len(kinds) == 1,
+        f"{where}: PodMonitor {name} selects one workload of each golden KvCluster ({selected})",
+    )
+    for golden, kind, ports in selected:
+        for ep in endpoints:
+            c.check(
+                ep.get("port") in ports,
+                f"{where}: PodMonitor {name} port {ep.get('port')} is a port of the {kind} in {golden}",
+            )
+
+
+def check_prometheus_rule(c: Checker, rule: dict, where: str) -> None:
+    """The PrometheusRule carries exactly the rule file promtool checks and tests."""
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    c.check(
+        rule.get("spec") == {"groups": groups},
+        f"{where}: PrometheusRule {rule['metadata']['name']} holds the groups of {RULES.relative_to(ROOT)}",
+    )
+
+
 # --- consistency between the rendered objects -------------------------------------------------
 
 
@@ -299,6 +352,21 @@ def check_consistency(c: Checker, objs: list[dict], values: dict, where: str) ->
             c.check(p["targetPort"] in port_names, f"{where}: Service port {p['name']} targets a container port")
     for sm in by_kind.get("ServiceMonitor", []):
         check_service_monitor(c, sm, services, where)
+    monitoring = values.get("monitoring", {})
+    pod_monitors = by_kind.get("PodMonitor", [])
+    c.check(
+        len(pod_monitors) == (2 if monitoring.get("podMonitors", {}).get("enabled") else 0),
+        f"{where}: a PodMonitor for the servers and one for the gateways, when enabled",
+    )
+    for pm in pod_monitors:
+        check_pod_monitor(c, pm, values, where)
+    rules = by_kind.get("PrometheusRule", [])
+    c.check(
+        len(rules) == (1 if monitoring.get("prometheusRule", {}).get("enabled") else 0),
+        f"{where}: one PrometheusRule, when enabled",
+    )
+    for rule in rules:
+        check_prometheus_rule(c, rule, where)
     for pdb in by_kind.get("PodDisruptionBudget", []):
         c.check(
             pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items(),

@@ -99,3 +99,28 @@ impl Drop for DurationGuard<'_> {
         self.histogram.observe(self.start.elapsed().as_secs_f64());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv_test_support::alerts;
+
+    #[test]
+    fn every_operator_metric_the_alerts_name_is_exported() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        // Families show a sample once one is recorded, as in a real failing pass.
+        metrics.reconcile_failed("kube_api");
+        drop(metrics.reconcile_started());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let names = alerts::metric_names("kv_operator_");
+        assert!(!names.is_empty());
+        for name in names {
+            assert!(
+                alerts::has_sample(&text, &name),
+                "{name} is not exported:\n{text}"
+            );
+        }
+    }
+}

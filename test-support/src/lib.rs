@@ -43,6 +43,7 @@
 //! is one the replication contract (docs/replication.md) allows. The checker is pure: no
 //! HTTP, no clock.
 
+pub mod alerts;
 mod error;
 mod gc;
 mod handlers;
