@@ -70,6 +70,7 @@ pub struct GatewayMetrics {
 }
 
 impl GatewayMetrics {
+    /// Registers every metric under `registry`'s prefix (`kv_gateway_`: `AppState::new`).
     pub fn register(registry: &mut Registry) -> Arc<GatewayMetrics> {
         let metrics = GatewayMetrics {
             member_requests: Family::default(),
@@ -90,75 +91,75 @@ impl GatewayMetrics {
             client_connections_max: Gauge::default(),
         };
         registry.register(
-            "gateway_client_connections",
+            "client_connections",
             "Client connections open",
             metrics.client_connections.open.clone(),
         );
         registry.register(
-            "gateway_client_connections_max",
+            "client_connections_max",
             "Most client connections open at once (--max-connections; 0: no limit)",
             metrics.client_connections_max.clone(),
         );
         registry.register(
-            "gateway_client_connection_limit_waits",
+            "client_connection_limit_waits",
             "Times the connection limit held an accept back: new clients waited in the backlog",
             metrics.client_connections.limit_waits.clone(),
         );
         registry.register(
-            "gateway_member_requests",
+            "member_requests",
             "Requests the gateway made to each member, by outcome",
             metrics.member_requests.clone(),
         );
         registry.register(
-            "gateway_member_request_duration_seconds",
+            "member_request_duration_seconds",
             "Latency of the gateway's requests to each member",
             metrics.member_latency.clone(),
         );
         registry.register(
-            "gateway_member_up",
+            "member_up",
             "1 when the member's last check or request succeeded, 0 when it failed",
             metrics.member_up.clone(),
         );
         registry.register(
-            "gateway_member_replication_lag",
+            "member_replication_lag",
             "Versions the member has yet to pull from its peers, from its last health check \
              (absent for standalone members)",
             metrics.member_replication_lag.clone(),
         );
         registry.register(
-            "gateway_fallback_reads",
+            "fallback_reads",
             "Reads whose primary could not answer, by whether a replica served them",
             metrics.fallback_reads.clone(),
         );
         registry.register(
-            "gateway_ring_epoch",
+            "ring_epoch",
             "Epoch of the current ring: its ring configuration's, or without one up by one per \
              membership change",
             metrics.ring_epoch.clone(),
         );
         registry.register(
-            "gateway_ring_members",
+            "ring_members",
             "Members in the current ring",
             metrics.ring_members.clone(),
         );
         registry.register(
-            "gateway_ring_config_adoptions",
+            "ring_config_adoptions",
             "Newer ring configurations the gateway started routing by, by how it learned them",
             metrics.ring_config_adoptions.clone(),
         );
         registry.register(
-            "gateway_stale_ring_retries",
+            "stale_ring_retries",
             "Key requests routed again on a newer ring after a member answered stale_ring",
             metrics.stale_ring_retries.clone(),
         );
         registry.register(
-            "gateway_ring_behind_retries",
+            "ring_behind_retries",
             "Key requests sent again after a short wait because a member had not learned \
              the gateway's ring yet (ring_behind)",
             metrics.ring_behind_retries.clone(),
         );
         registry.register(
-            "gateway_link_events",
+            "link_events",
             "Pipelined links to servers opened, closed, announced closing by their server \
              (goaway) or refused by a server without the link (HTTP used instead), GET \
              answers too large for a link, asked again over HTTP (answer_over_http), and GETs \

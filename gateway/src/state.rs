@@ -44,7 +44,9 @@ impl AppState {
     /// Builds the state from a configuration, with an empty ring: the caller starts a
     /// membership source that fills it (see `crate::run`).
     pub fn new(config: &GatewayConfig) -> Result<AppState> {
-        let mut registry = Registry::default();
+        // Every name under `kv_gateway_`, as the servers' are under `kv_server_`: a shared
+        // Prometheus holds other programs' `http_requests_total`.
+        let mut registry = Registry::with_prefix("kv_gateway");
         let http_metrics = HttpMetrics::register(&mut registry);
         let metrics = GatewayMetrics::register(&mut registry);
         let topology = Arc::new(TopologyHandle::new(config.vnodes, metrics.clone()));

@@ -40,7 +40,7 @@ mod tests {
             server.contains("kv_server_sqlite_commit_seconds_bucket"),
             "{server:?}"
         );
-        assert!(metric_names("gateway_").contains("gateway_member_up"));
+        assert!(metric_names("kv_gateway_").contains("kv_gateway_member_up"));
         assert!(metric_names("kv_operator_").contains("kv_operator_reconcile_failures_total"));
         assert!(metric_names("kv_nothing_").is_empty());
     }

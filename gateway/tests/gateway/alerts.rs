@@ -22,7 +22,7 @@ async fn every_server_and_gateway_metric_the_alerts_name_is_exported() {
     assert_eq!(get.send().await.unwrap().status(), 200);
 
     let gateway = cluster.gateway.metrics().await;
-    let names = alerts::metric_names("gateway_");
+    let names = alerts::metric_names("kv_gateway_");
     assert!(names.len() >= 4, "{names:?}");
     for name in &names {
         assert!(

@@ -51,10 +51,10 @@ async fn beyond_the_limit_a_client_waits_until_a_connection_closes() {
     // The harness's own client keeps a connection of its own open.
     let metrics = gateway.metrics().await;
     assert_eq!(
-        metric(&metrics, "gateway_client_connections_max"),
+        metric(&metrics, "kv_gateway_client_connections_max"),
         LIMIT as f64
     );
-    let open = metric(&metrics, "gateway_client_connections") as usize;
+    let open = metric(&metrics, "kv_gateway_client_connections") as usize;
     assert!((1..LIMIT).contains(&open), "{open} open before the test's");
 
     let mut held = Vec::new();
@@ -76,9 +76,9 @@ async fn beyond_the_limit_a_client_waits_until_a_connection_closes() {
     );
 
     let metrics = gateway.metrics().await;
-    assert!(metric(&metrics, "gateway_client_connection_limit_waits_total") >= 1.0);
+    assert!(metric(&metrics, "kv_gateway_client_connection_limit_waits_total") >= 1.0);
     assert_eq!(
-        metric(&metrics, "gateway_client_connections") as usize,
+        metric(&metrics, "kv_gateway_client_connections") as usize,
         LIMIT
     );
 }

@@ -104,10 +104,10 @@ async fn docs_openapi_and_metrics() {
         .await
         .unwrap();
     for needle in [
-        "gateway_ring_epoch 1",
-        "gateway_ring_members 1",
-        "gateway_member_requests_total{member=\"kv-0\",outcome=\"ok\"}",
-        "gateway_member_up{member=\"kv-0\"} 1",
+        "kv_gateway_ring_epoch 1",
+        "kv_gateway_ring_members 1",
+        "kv_gateway_member_requests_total{member=\"kv-0\",outcome=\"ok\"}",
+        "kv_gateway_member_up{member=\"kv-0\"} 1",
         "route=\"/put/{key}\"",
     ] {
         assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");

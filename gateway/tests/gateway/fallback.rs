@@ -118,7 +118,7 @@ async fn a_refused_primary_is_read_from_the_replica_with_the_highest_version() {
         cluster
             .metrics()
             .await
-            .contains("gateway_fallback_reads_total{outcome=\"served\"} 2")
+            .contains("kv_gateway_fallback_reads_total{outcome=\"served\"} 2")
     );
 }
 
@@ -228,7 +228,7 @@ async fn a_key_no_replica_has_is_503_naming_the_primary_never_404() {
         cluster
             .metrics()
             .await
-            .contains("gateway_fallback_reads_total{outcome=\"unavailable\"} 1")
+            .contains("kv_gateway_fallback_reads_total{outcome=\"unavailable\"} 1")
     );
 }
 
@@ -380,10 +380,10 @@ async fn servers_shows_each_members_replication_from_its_health() {
     );
     let metrics = cluster.metrics().await;
     assert!(
-        metrics.contains("gateway_member_replication_lag{member=\"kv-0\"} 5"),
+        metrics.contains("kv_gateway_member_replication_lag{member=\"kv-0\"} 5"),
         "{metrics}"
     );
-    assert!(!metrics.contains("gateway_member_replication_lag{member=\"kv-2\"}"));
+    assert!(!metrics.contains("kv_gateway_member_replication_lag{member=\"kv-2\"}"));
 }
 
 #[tokio::test]

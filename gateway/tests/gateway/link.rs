@@ -174,9 +174,9 @@ async fn several_links_per_server_carry_requests_alike() {
     assert_eq!(link_events(gw, "opened").await, 8);
 }
 
-/// The gateway's `gateway_link_events_total` for `event` (0 before the first).
+/// The gateway's `kv_gateway_link_events_total` for `event` (0 before the first).
 async fn link_events(gw: &Gateway, event: &str) -> u64 {
-    let prefix = format!(r#"gateway_link_events_total{{event="{event}"}} "#);
+    let prefix = format!(r#"kv_gateway_link_events_total{{event="{event}"}} "#);
     gw.metrics()
         .await
         .lines()

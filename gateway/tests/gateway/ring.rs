@@ -124,7 +124,7 @@ async fn a_higher_epoch_in_health_makes_the_gateway_fetch_and_route_by_that_ring
         gateway
             .metrics()
             .await
-            .contains("gateway_ring_config_adoptions_total{how=\"health\"} 1")
+            .contains("kv_gateway_ring_config_adoptions_total{how=\"health\"} 1")
     );
 
     // An older ring reported later changes nothing.
@@ -176,9 +176,9 @@ async fn a_stale_ring_answer_is_learned_and_the_request_routed_again() {
     );
     let metrics = gateway.metrics().await;
     for needle in [
-        "gateway_ring_config_adoptions_total{how=\"stale_ring\"} 1",
-        "gateway_stale_ring_retries_total{route=\"put\"} 1",
-        "gateway_ring_epoch 2",
+        "kv_gateway_ring_config_adoptions_total{how=\"stale_ring\"} 1",
+        "kv_gateway_stale_ring_retries_total{route=\"put\"} 1",
+        "kv_gateway_ring_epoch 2",
     ] {
         assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");
     }
@@ -246,7 +246,7 @@ async fn rebalancing_and_ring_behind_pass_through_with_retry_after() {
     assert_eq!((puts, calls.len() - puts), (1, 5));
     assert!(key_calls(&b).is_empty());
     let metrics = gateway.metrics().await;
-    let needle = "gateway_ring_behind_retries_total{route=\"get\"} 4";
+    let needle = "kv_gateway_ring_behind_retries_total{route=\"get\"} 4";
     assert!(metrics.contains(needle), "{needle} missing from\n{metrics}");
 }
 
