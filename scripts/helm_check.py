@@ -23,7 +23,9 @@ import argparse
 import copy
 import json
 import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import helm_python as helm
@@ -48,7 +50,13 @@ SCENARIOS = [
     ),
     (
         "monitoring-every-namespace",
-        {"monitoring": {"podMonitors": {"enabled": True}, "prometheusRule": {"enabled": True}}},
+        {
+            "monitoring": {
+                "podMonitors": {"enabled": True},
+                "prometheusRule": {"enabled": True},
+                "grafanaDashboard": {"enabled": True},
+            }
+        },
         "kvstore-operator",
         "monitoring",
     ),
@@ -57,6 +65,7 @@ SCENARIOS = [
 # The alerts, included as they are in the PrometheusRule; and the objects the operator makes
 # of a KvCluster (its golden files), which the PodMonitors must find.
 RULES = CHART / "files" / "prometheus-rules.yaml"
+DASHBOARD = CHART / "files" / "grafana-dashboard.json"
 OPERATOR_GOLDEN = [ROOT / "operator" / "tests" / "golden" / n for n in ("minimal.yaml", "full.yaml")]
 
 # Values the chart must refuse: (why, values).
@@ -240,6 +249,64 @@ def check_prometheus_rule(c: Checker, rule: dict, where: str) -> None:
     )
 
 
+def check_dashboard_file(c: Checker) -> None:
+    """The dashboard is one Grafana can load: unique panel ids and refIds, panels inside the
+    24-column grid, every query on the data source variable, every server and gateway query
+    limited to the namespace variable, and every query valid PromQL (promtool parses each,
+    the variables replaced by what Grafana sends)."""
+    dash = json.loads(DASHBOARD.read_text())
+    variables = {v["name"] for v in dash.get("templating", {}).get("list", [])}
+    c.check({"datasource", "namespace"} <= variables, "dashboard: has the datasource and namespace variables")
+    c.check(bool(dash.get("uid")) and bool(dash.get("title")), "dashboard: has a uid and a title")
+    panels = dash.get("panels", [])
+    ids = [p.get("id") for p in panels]
+    c.check(len(ids) == len(set(ids)) and None not in ids, "dashboard: every panel has its own id")
+    rules = []
+    for p in panels:
+        grid = p.get("gridPos", {})
+        c.check(
+            grid.get("x", 99) + grid.get("w", 99) <= 24 and grid.get("h", 0) > 0,
+            f"dashboard: panel {p.get('id')} ({p.get('title')}) lies inside the grid",
+        )
+        if p.get("type") == "row":
+            continue
+        targets = p.get("targets", [])
+        refs = [t.get("refId") for t in targets]
+        ok = bool(targets) and len(refs) == len(set(refs))
+        ok = ok and p.get("datasource", {}).get("uid") == "${datasource}"
+        for t in targets:
+            expr = t.get("expr", "")
+            ok = ok and t.get("datasource", {}).get("uid") == "${datasource}" and bool(expr)
+            if "kv_server_" in expr or "kv_gateway_" in expr or "kubelet_" in expr:
+                ok = ok and expr.count('namespace=~"$namespace"') == expr.count("{")
+            promql = expr.replace("$__rate_interval", "5m").replace("$namespace", ".*")
+            rules.append({"record": f"kvstore:dashboard:panel_{p['id']}_{t.get('refId')}", "expr": promql})
+        c.check(ok, f"dashboard: panel {p['id']} ({p.get('title')}): queries on ${{datasource}}, by namespace")
+    promtool = shutil.which("promtool")
+    if not c.check(promtool is not None, "dashboard: promtool is installed (check-packaging.sh installs it)"):
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, f)
+        f.flush()
+        run = subprocess.run([promtool, "check", "rules", f.name], capture_output=True, text=True)
+    c.check(run.returncode == 0, f"dashboard: promtool parses all {len(rules)} queries {run.stdout}{run.stderr}".strip())
+
+
+def check_dashboard_config_map(c: Checker, cm: dict, values: dict, where: str) -> None:
+    """The ConfigMap carries the dashboard file as it is, with the sidecar's labels."""
+    wanted = values["monitoring"]["grafanaDashboard"]
+    c.check(
+        json.loads(cm.get("data", {}).get("kvstore.json", "null")) == json.loads(DASHBOARD.read_text()),
+        f"{where}: ConfigMap {cm['metadata']['name']} holds {DASHBOARD.relative_to(ROOT)}",
+    )
+    c.check(
+        wanted.get("labels", {}).items() <= cm["metadata"].get("labels", {}).items(),
+        f"{where}: the dashboard ConfigMap has the sidecar's labels",
+    )
+    if wanted.get("namespace"):
+        c.check(cm["metadata"]["namespace"] == wanted["namespace"], f"{where}: the dashboard is in {wanted['namespace']}")
+
+
 # --- consistency between the rendered objects -------------------------------------------------
 
 
@@ -367,6 +434,13 @@ def check_consistency(c: Checker, objs: list[dict], values: dict, where: str) ->
     )
     for rule in rules:
         check_prometheus_rule(c, rule, where)
+    dashboards = [cm for cm in by_kind.get("ConfigMap", []) if cm["metadata"]["name"].endswith("-dashboard")]
+    c.check(
+        len(dashboards) == (1 if monitoring.get("grafanaDashboard", {}).get("enabled") else 0),
+        f"{where}: one dashboard ConfigMap, when enabled",
+    )
+    for cm in dashboards:
+        check_dashboard_config_map(c, cm, values, where)
     for pdb in by_kind.get("PodDisruptionBudget", []):
         c.check(
             pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items(),
@@ -408,6 +482,9 @@ def main() -> int:
     args = parser.parse_args()
     c = Checker()
     kube = args.kube_version
+
+    print("== Grafana dashboard")
+    check_dashboard_file(c)
 
     print("== CRD")
     crd_text = CRD.read_text()

@@ -103,10 +103,10 @@ impl Drop for DurationGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kv_test_support::alerts;
+    use kv_test_support::monitoring;
 
     #[test]
-    fn every_operator_metric_the_alerts_name_is_exported() {
+    fn every_operator_metric_the_alerts_and_the_dashboard_name_is_exported() {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         // Families show a sample once one is recorded, as in a real failing pass.
@@ -114,11 +114,11 @@ mod tests {
         drop(metrics.reconcile_started());
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        let names = alerts::metric_names("kv_operator_");
+        let names = monitoring::metric_names("kv_operator_");
         assert!(!names.is_empty());
         for name in names {
             assert!(
-                alerts::has_sample(&text, &name),
+                monitoring::has_sample(&text, &name),
                 "{name} is not exported:\n{text}"
             );
         }

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -154,6 +154,9 @@ fn every_rendered_object_is_its_k8s_openapi_type() {
             }
             ("v1", "Service") => {
                 round_trip::<Service>(file, value);
+            }
+            ("v1", "ConfigMap") => {
+                round_trip::<ConfigMap>(file, value);
             }
             ("v1", "ServiceAccount") => {
                 round_trip::<ServiceAccount>(file, value);

@@ -43,7 +43,6 @@
 //! is one the replication contract (docs/replication.md) allows. The checker is pure: no
 //! HTTP, no clock.
 
-pub mod alerts;
 mod error;
 mod gc;
 mod handlers;
@@ -57,6 +56,7 @@ mod watch;
 mod write;
 
 pub mod history;
+pub mod monitoring;
 
 pub use error::ApiError;
 pub use server::FakeApiServer;

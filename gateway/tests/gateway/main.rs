@@ -2,7 +2,6 @@
 //! in-process, on 127.0.0.1 ephemeral ports, driven over HTTP with reqwest.
 
 mod admin;
-mod alerts;
 mod connection_limit;
 mod edges;
 mod failover;
@@ -10,6 +9,7 @@ mod fake_member;
 mod fallback;
 mod harness;
 mod link;
+mod monitoring;
 mod netsplit;
 mod partition;
 mod procs;
