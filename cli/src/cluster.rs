@@ -17,7 +17,8 @@
 //!
 //! More servers than last time: while no ring was ever applied, each server's ring comes
 //! from its flags and the servers catch up offline (a database that last caught up under
-//! another ring re-reads its peers before serving). Once a ring is stored (`kvstore ring
+//! another ring re-reads its peers before serving), then [`start`] pins that ring and has
+//! the servers delete the keys they no longer hold. Once a ring is stored (`kvstore ring
 //! apply`, or an earlier start that moved keys), it wins over the flags and the new servers
 //! would join owning nothing, so [`start`] moves keys to them with the rebalancing
 //! coordinator, online, before it returns (see [`move_to_servers`]).
@@ -455,6 +456,9 @@ fn stored_ring(db: &std::path::Path) -> Option<kv_common::ring_config::RingState
 /// is `kvstore ring apply`'s job. A move that does not finish is logged and left to the next
 /// start (every step is idempotent); the cluster serves anyway.
 ///
+/// Without a stored ring, when servers started under another ring than last time (they
+/// report a clean-up pending), pins the flags' ring as epoch 1 and cleans them up.
+///
 /// Returns the stored ring configuration in force at the end, `None` without one (the
 /// servers' rings come from their flags).
 pub async fn move_to_servers(
@@ -484,8 +488,32 @@ pub async fn move_to_servers(
             .filter(|s| s.current.epoch > 0)
             .cloned()
     };
-    // Epoch 0 everywhere: no ring was stored, the servers' flags are the ring.
-    let state = in_force().await?;
+    let Some(state) = in_force().await else {
+        // Epoch 0 everywhere: no ring was stored, the servers' flags are the ring. Servers
+        // that started under another ring than last time (more of them: keys changed hands)
+        // have copied what they hold now and still hold what they no longer do. Every server
+        // answered ready, so each has caught up: the coordinator pins the ring (epoch 1)
+        // and has them delete their leftovers, as a move's last step does.
+        let same = Target {
+            replication_factor: None,
+            ..target.clone()
+        };
+        let observed = coordinator.observe(&members, &same).await;
+        let pending = observed
+            .views
+            .values()
+            .filter_map(|v| v.as_ref().ok())
+            .any(|v| v.cleanup_pending);
+        if !pending {
+            return None;
+        }
+        tracing::info!(
+            servers = servers.len(),
+            "the servers started under a new ring: deleting the keys they no longer hold"
+        );
+        run_coordinator(&coordinator, &members, &same).await;
+        return in_force().await.map(|s| s.current);
+    };
     let named = |n: &ServerInfo| state.current.contains(&n.name);
     let new_factor = replication_factor.filter(|&r| r != state.current.replication_factor);
     if state.next.is_none() && servers.iter().all(named) && new_factor.is_none() {
@@ -499,6 +527,17 @@ pub async fn move_to_servers(
         replication_factor_to = replication_factor.unwrap_or(state.current.replication_factor),
         "the stored ring is not the one asked for: moving keys"
     );
+    run_coordinator(&coordinator, &members, &target).await;
+    Some(in_force().await.map_or(state.current, |s| s.current))
+}
+
+/// Runs the coordinator towards `target` with progress in the log; a move that does not
+/// finish within 10 minutes is logged and left to the next start (every step is idempotent).
+async fn run_coordinator(
+    coordinator: &kv_rebalance::Coordinator,
+    members: &[kv_common::ring_config::RingMember],
+    target: &kv_rebalance::Target,
+) {
     let mut last = String::new();
     let mut report = |p: &kv_rebalance::Progress| {
         let line = format!("{} {}", p.phase.as_str(), p.message);
@@ -509,20 +548,13 @@ pub async fn move_to_servers(
     };
     let poll = Duration::from_millis(200);
     match coordinator
-        .run(
-            &members,
-            &target,
-            poll,
-            Duration::from_secs(600),
-            &mut report,
-        )
+        .run(members, target, poll, Duration::from_secs(600), &mut report)
         .await
     {
-        Ok(done) => tracing::info!(epoch = done.epoch, servers = servers.len(), "keys moved"),
+        Ok(done) => tracing::info!(epoch = done.epoch, servers = members.len(), "ring in force"),
         Err(error) => tracing::warn!(%error,
             "the move to every server did not finish; serving anyway, the next start goes on"),
     }
-    Some(in_force().await.map_or(state.current, |s| s.current))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener> {

@@ -80,6 +80,9 @@ fn more_servers_on_the_same_data_dir_take_their_keys_with_every_version_and_fewe
     .unwrap();
     let moved = on_new_servers(&cluster, "grow", 40);
     assert!(moved > 5, "only {moved} keys moved");
+    // And only once: the servers the keys left deleted their copies (R = 1: one each).
+    let held = keys_per_server(&cluster);
+    assert_eq!(held.iter().sum::<u64>(), 40, "keys per server: {held:?}");
     cluster.stop();
 
     // Going back to 2 would strand the keys now on server-3 and server-4.

@@ -283,11 +283,22 @@ impl Replication {
                 .map(Arc::new),
             false => None,
         };
-        let cleanup_pending = store
+        let mut cleanup_pending = store
             .meta(ring_state::CLEANUP_PENDING_META)
             .await?
             .as_deref()
             == Some("true");
+        // Keys may have changed hands: this server copies what it holds now and keeps what
+        // it no longer does until a clean-up, which the coordinator runs once every server
+        // of the ring has caught up (`kvstore up` does at once after growing offline; else
+        // `kvstore ring apply` or the operator). Stored before any catch-up records the new
+        // ring as complete, so a restart in between cannot forget it.
+        if !same_ring && !store.open_info().fresh && !cleanup_pending {
+            store
+                .set_meta(ring_state::CLEANUP_PENDING_META, "true")
+                .await?;
+            cleanup_pending = true;
+        }
         metrics.ring_epoch.set(state.current.epoch as i64);
         let epoch = state.current.epoch;
         let members = state.current.members.len();
