@@ -78,9 +78,17 @@ PY="$VENV/bin/python"
 step "Helm chart and CRD (scripts/helm_check.py)"
 "$PY" scripts/helm_check.py --out "$RENDERED"
 
-step "alerts: promtool check rules, promtool test rules"
+step "alerts: promtool check rules, promtool test rules; the compose Prometheus's config"
 promtool check rules helm/kvstore-operator/files/prometheus-rules.yaml
 promtool test rules helm/tests/prometheus-rules.test.yaml
+# The config names the rule file where compose mounts it: check it with the repository's.
+compose_prometheus="$(mktemp -d)"
+sed "s|/etc/prometheus/rules/kvstore.yaml|$ROOT/helm/kvstore-operator/files/prometheus-rules.yaml|" \
+    monitoring/prometheus.yml >"$compose_prometheus/prometheus.yml"
+grep -q "$ROOT/helm/kvstore-operator/files/prometheus-rules.yaml" "$compose_prometheus/prometheus.yml" ||
+    die "monitoring/prometheus.yml does not load /etc/prometheus/rules/kvstore.yaml"
+promtool check config "$compose_prometheus/prometheus.yml"
+rm -rf "$compose_prometheus"
 
 step "rendered objects into k8s-openapi types (cargo test -p kv-operator --test helm_rendered)"
 KV_HELM_RENDERED_DIR="$RENDERED" cargo test -p kv-operator --test helm_rendered
@@ -187,6 +195,32 @@ for name in servers:
 for name, svc in services.items():
     check("healthcheck" in svc, f"compose: {name} has a health check")
 check(services["gateway"].get("ports"), "compose: the gateway publishes its port")
+
+# The monitoring profile: Prometheus scrapes every server and the gateway with the labels the
+# alerts group by, and every file it and Grafana mount is in the repository.
+import os
+for name in ("prometheus", "grafana"):
+    svc = services.get(name, {})
+    check(svc.get("profiles") == ["monitoring"], f"compose: {name} starts only with --profile monitoring")
+    for volume in svc.get("volumes", []):
+        source = volume.split(":")[0]
+        if source.startswith("./"):
+            check(os.path.exists(source), f"compose: {name} mounts {source}, which exists")
+prom = yaml.safe_load(open("monitoring/prometheus.yml"))
+targets = {}
+for job in prom["scrape_configs"]:
+    for static in job["static_configs"]:
+        for target in static["targets"]:
+            targets[target] = static.get("labels", {})
+wanted = {f"{s}:8080": ("kv-server", s) for s in servers}
+wanted["gateway:8000"] = ("kv-gateway", "gateway")
+check(set(targets) == set(wanted), f"monitoring/prometheus.yml scrapes every server and the gateway ({sorted(targets)})")
+for target, (container, pod) in wanted.items():
+    labels = targets.get(target, {})
+    check(labels.get("container") == container and labels.get("pod") == pod and labels.get("namespace"),
+          f"monitoring/prometheus.yml: {target} has the namespace, pod and container labels the alerts use")
+mounted = {v.split(":")[1] for v in services["prometheus"]["volumes"] if v.startswith("./")}
+check(set(prom["rule_files"]) <= mounted, "monitoring/prometheus.yml loads the rule file compose mounts")
 
 # kind: the host port mapping lands on the example's NodePort.
 kind = yaml.safe_load(open("kind-config.yaml"))
