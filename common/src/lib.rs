@@ -10,6 +10,7 @@
 pub mod api;
 pub mod body;
 pub mod bytesize;
+pub mod disk;
 pub mod http_metrics;
 pub mod mux;
 pub mod net;

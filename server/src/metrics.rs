@@ -1,6 +1,7 @@
 //! The server's Prometheus registry: HTTP metrics (from kv-common), the cache counters and the
 //! write path (batch sizes, commit latency, failed writes). Built once in `run`.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use kv_common::http_metrics::HttpMetrics;
@@ -117,6 +118,16 @@ pub struct Metrics {
     /// Gateway links open.
     pub links: Gauge,
     hit_ratio: Gauge<f64, AtomicU64>,
+    storage: StorageGauges,
+}
+
+/// The database's files and the volume holding them, read when `/metrics` is read.
+#[derive(Default)]
+struct StorageGauges {
+    database_bytes: Gauge,
+    wal_bytes: Gauge,
+    volume_size_bytes: Gauge,
+    volume_available_bytes: Gauge,
 }
 
 impl Metrics {
@@ -256,6 +267,28 @@ impl Metrics {
             "hits / (hits + misses) since start",
             hit_ratio.clone(),
         );
+        let storage = StorageGauges::default();
+        registry.register(
+            "database_bytes",
+            "Size of the database file (kv_store.db)",
+            storage.database_bytes.clone(),
+        );
+        registry.register(
+            "wal_bytes",
+            "Size of the database's write-ahead log (kv_store.db-wal)",
+            storage.wal_bytes.clone(),
+        );
+        registry.register(
+            "volume_size_bytes",
+            "Size of the file system holding the database",
+            storage.volume_size_bytes.clone(),
+        );
+        registry.register(
+            "volume_available_bytes",
+            "Bytes the server may still write on the file system holding the database (puts \
+             answer 507 storage_full when it is full)",
+            storage.volume_available_bytes.clone(),
+        );
         Metrics {
             registry,
             http,
@@ -265,6 +298,24 @@ impl Metrics {
             connections,
             links,
             hit_ratio,
+            storage,
+        }
+    }
+
+    /// Reads the database's file sizes and its volume's space into their gauges. Blocking
+    /// (a few `stat` calls): run it off the async workers. A volume that cannot be read
+    /// keeps its last figures.
+    pub fn refresh_storage(&self, db_path: &Path) {
+        let bytes = |n: u64| n.min(i64::MAX as u64) as i64;
+        let (database, wal) = crate::store::db::file_sizes(db_path);
+        self.storage.database_bytes.set(bytes(database));
+        self.storage.wal_bytes.set(bytes(wal));
+        let dir = db_path.parent().unwrap_or(Path::new("."));
+        if let Ok(space) = kv_common::disk::space(dir) {
+            self.storage.volume_size_bytes.set(bytes(space.total));
+            self.storage
+                .volume_available_bytes
+                .set(bytes(space.available));
         }
     }
 

@@ -430,6 +430,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     if let Some(replication) = &state.replication {
         replication.refresh_metrics();
     }
+    let (metrics, db_path) = (state.metrics.clone(), state.store.db_path().to_owned());
+    // A scrape must not fail over this: a failed read keeps the last figures.
+    let _ = tokio::task::spawn_blocking(move || metrics.refresh_storage(&db_path)).await;
     (
         [(
             header::CONTENT_TYPE,

@@ -406,15 +406,21 @@ pub fn counts(conn: &Connection, path: &Path) -> Result<DbCounts> {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .map_err(db_err("count rows"))?;
-    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
+    let (database_size_bytes, wal_size_bytes) = file_sizes(path);
     Ok(DbCounts {
         total_keys: total_keys as u64,
         total_versions: total_versions as u64,
-        database_size_bytes: size(path),
-        wal_size_bytes: size(Path::new(&wal)),
+        database_size_bytes,
+        wal_size_bytes,
     })
+}
+
+/// Bytes of the database file at `path` and of its write-ahead log (0 for a missing file).
+pub fn file_sizes(path: &Path) -> (u64, u64) {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    (size(path), size(Path::new(&wal)))
 }
 
 /// A small pool of read-only connections, used from blocking threads only.

@@ -489,6 +489,41 @@ async fn health_ready_metrics_and_docs_answer() {
     );
 }
 
+/// The value of the unlabelled gauge `name` in a metrics text.
+fn gauge(metrics: &str, name: &str) -> u64 {
+    let line = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"));
+    line.trim().parse().unwrap()
+}
+
+#[tokio::test]
+async fn metrics_show_the_database_files_and_the_volume_they_are_on() {
+    let app = test_app();
+    app.put("sized", &format!(r#""{}""#, "v".repeat(100_000)))
+        .await;
+    let metrics = app.get("/metrics").await.text;
+    // The same figures `/db/stats` reads, from the same files.
+    let stats = app.get("/db/stats").await.json();
+    assert_eq!(
+        gauge(&metrics, "kv_server_database_bytes"),
+        stats["database_size_bytes"].as_u64().unwrap()
+    );
+    let wal = gauge(&metrics, "kv_server_wal_bytes");
+    assert!(wal > 100_000, "the put is in the WAL: {wal}");
+    // And the volume, as `df` would say it for the data directory.
+    let space = kv_common::disk::space(app.dir.path()).unwrap();
+    assert_eq!(gauge(&metrics, "kv_server_volume_size_bytes"), space.total);
+    let available = gauge(&metrics, "kv_server_volume_available_bytes");
+    assert!(available > 0 && available <= space.total, "{available}");
+    // Other writers on this disk move the free space between two reads; not by a gigabyte.
+    assert!(
+        available.abs_diff(space.available) < 1 << 30,
+        "{available} vs {space:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_closed_store_answers_503_with_retry_after() {
     let app = test_app();
