@@ -539,6 +539,10 @@ def main() -> int:
             merged = chart.merge_values(values)
             objs, notes = render(chart, values, release, namespace)
             c.check(bool(notes.strip()), f"{where}: NOTES.txt renders")
+            monitoring = merged.get("monitoring", {})
+            for part, word in (("podMonitors", "PodMonitors"), ("prometheusRule", "PrometheusRule"), ("grafanaDashboard", "dashboard")):
+                on = bool(monitoring.get(part, {}).get("enabled"))
+                c.check((word in notes) == on, f"{where}: NOTES.txt {'names' if on else 'leaves out'} the {word}")
             out = args.out / name
             out.mkdir(parents=True)
             stream = []
