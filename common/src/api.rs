@@ -152,6 +152,12 @@ pub struct DbStats {
     pub database_size_bytes: u64,
     /// Size of the `-wal` file beside it (0 when absent).
     pub wal_size_bytes: u64,
+    /// Size of the file system holding the database (absent where it cannot be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_size_bytes: Option<u64>,
+    /// What the server may still write there; puts answer `507 storage_full` at 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_available_bytes: Option<u64>,
     pub node_name: String,
 }
 

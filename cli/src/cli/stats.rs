@@ -131,11 +131,47 @@ fn describe_cache(c: &Value) -> String {
 
 fn describe_db(d: &Value) -> String {
     let n = |field: &str| d[field].as_u64().unwrap_or(0);
-    format!(
+    let mut line = format!(
         "{} keys, {} versions, {} (+ {} write-ahead log)",
         n("total_keys"),
         n("total_versions"),
         output::bytes(n("database_size_bytes")),
         output::bytes(n("wal_size_bytes")),
-    )
+    );
+    // Older servers do not say.
+    if let (Some(available), Some(size)) = (
+        d["volume_available_bytes"].as_u64(),
+        d["volume_size_bytes"].as_u64(),
+    ) {
+        line += &format!(
+            "; volume {} free of {}",
+            output::bytes(available),
+            output::bytes(size)
+        );
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_db_line_says_the_volume_when_the_server_does() {
+        let older = serde_json::json!({
+            "total_keys": 2, "total_versions": 3,
+            "database_size_bytes": 4096, "wal_size_bytes": 0,
+        });
+        assert_eq!(
+            describe_db(&older),
+            "2 keys, 3 versions, 4.0 KiB (+ 0 B write-ahead log)"
+        );
+        let mut newer = older.clone();
+        newer["volume_available_bytes"] = (3u64 << 30).into();
+        newer["volume_size_bytes"] = (10u64 << 30).into();
+        assert_eq!(
+            describe_db(&newer),
+            "2 keys, 3 versions, 4.0 KiB (+ 0 B write-ahead log); volume 3.0 GiB free of 10.0 GiB"
+        );
+    }
 }

@@ -388,11 +388,18 @@ pub async fn db_stats(
 ) -> Result<Json<DbStats>, ApiError> {
     check_addressee(&state, &headers)?;
     let c = state.store.db_stats().await?;
+    let dir = state.config.data_dir.clone();
+    let space = tokio::task::spawn_blocking(move || kv_common::disk::space(&dir).ok())
+        .await
+        .ok()
+        .flatten();
     Ok(Json(DbStats {
         total_keys: c.total_keys,
         total_versions: c.total_versions,
         database_size_bytes: c.database_size_bytes,
         wal_size_bytes: c.wal_size_bytes,
+        volume_size_bytes: space.map(|s| s.total),
+        volume_available_bytes: space.map(|s| s.available),
         node_name: state.config.node_name.clone(),
     }))
 }

@@ -522,6 +522,17 @@ async fn metrics_show_the_database_files_and_the_volume_they_are_on() {
         available.abs_diff(space.available) < 1 << 30,
         "{available} vs {space:?}"
     );
+    // `/db/stats` says the same of the volume.
+    assert_eq!(
+        stats["volume_size_bytes"].as_u64(),
+        Some(space.total),
+        "{stats}"
+    );
+    let said = stats["volume_available_bytes"].as_u64().unwrap();
+    assert!(
+        said <= space.total && said.abs_diff(available) < 1 << 30,
+        "{stats}"
+    );
 }
 
 #[tokio::test]
