@@ -69,9 +69,10 @@ pub struct ClusterConfig {
     /// commits on power loss, never on a crash of this process).
     #[arg(long, value_enum, default_value_t = SyncMode::Full)]
     pub sync: SyncMode,
-    /// Largest value a put may store, in bytes (at most 64 MiB); the gateway takes bodies
-    /// large enough to carry it.
-    #[arg(long, default_value_t = kv_server::config::DEFAULT_MAX_VALUE_BYTES)]
+    /// Largest value a put may store, in bytes or with a suffix (`64Mi`, at most); the
+    /// gateway takes bodies large enough to carry it.
+    #[arg(long, default_value_t = kv_server::config::DEFAULT_MAX_VALUE_BYTES,
+        value_parser = kv_common::bytesize::parse_usize)]
     pub max_value_bytes: usize,
     /// Servers holding each key (capped at --servers; 1 = no replication). Default 3; once a
     /// ring is stored in the data directory, the stored ring's, and a different value moves

@@ -33,6 +33,11 @@ pub fn parse(raw: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{raw}' is too large"))
 }
 
+/// [`parse`], for a size held in a `usize` (a body or value limit).
+pub fn parse_usize(raw: &str) -> Result<usize, String> {
+    parse(raw).and_then(|n| usize::try_from(n).map_err(|_| format!("'{raw}' is too large")))
+}
+
 fn invalid(raw: &str) -> String {
     format!(
         "'{raw}' is not a size: give whole bytes, optionally with a suffix Ki, Mi, Gi, Ti \
@@ -42,7 +47,14 @@ fn invalid(raw: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{parse, parse_usize};
+
+    #[test]
+    fn a_usize_takes_the_same_syntax() {
+        assert_eq!(parse_usize("64Mi"), Ok(64 << 20));
+        assert_eq!(parse_usize("1048576"), Ok(1 << 20));
+        assert!(parse_usize("1.5Mi").unwrap_err().contains("64Mi"));
+    }
 
     #[test]
     fn plain_binary_and_decimal_sizes() {

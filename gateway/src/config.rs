@@ -117,12 +117,14 @@ pub struct GatewayConfig {
     #[arg(long, env = "KV_HEALTH_INTERVAL_MS", default_value_t = DEFAULT_HEALTH_INTERVAL_MS)]
     pub health_interval_ms: u64,
 
-    /// Largest request body forwarded, in bytes.
-    #[arg(long, env = "KV_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    /// Largest request body forwarded, in bytes or with a suffix (`16Mi`).
+    #[arg(long, env = "KV_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES,
+        value_parser = kv_common::bytesize::parse_usize)]
     pub max_body_bytes: usize,
 
-    /// Largest server answer forwarded, in bytes.
-    #[arg(long, env = "KV_MAX_RESPONSE_BYTES", default_value_t = DEFAULT_MAX_RESPONSE_BYTES)]
+    /// Largest server answer forwarded, in bytes or with a suffix (`64Mi`).
+    #[arg(long, env = "KV_MAX_RESPONSE_BYTES", default_value_t = DEFAULT_MAX_RESPONSE_BYTES,
+        value_parser = kv_common::bytesize::parse_usize)]
     pub max_response_bytes: usize,
 
     /// How requests travel to servers: `link`, the pipelined link (many requests per
@@ -342,6 +344,9 @@ mod tests {
         assert_eq!(config.backends[1].url.to_string(), "http://server-2:8080");
         assert_eq!(config.vnodes, 150);
         config.validate().unwrap();
+        let sized = parse(&["kv-gateway", "--max-body-bytes", "32Mi"]).unwrap();
+        assert_eq!(sized.max_body_bytes, 32 << 20);
+        assert!(parse(&["kv-gateway", "--max-body-bytes", "32MB"]).is_err());
     }
 
     #[test]

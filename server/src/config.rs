@@ -60,8 +60,10 @@ pub struct ServerConfig {
     /// Minutes after which a cached key is dropped (the seed's expiry).
     #[arg(long, env = "KV_CACHE_TTL_MINUTES", default_value_t = 30.0)]
     pub cache_ttl_minutes: f64,
-    /// Largest value accepted, in bytes of JSON text; larger puts get 413.
-    #[arg(long, env = "KV_MAX_VALUE_BYTES", default_value_t = DEFAULT_MAX_VALUE_BYTES)]
+    /// Largest value accepted, in bytes of JSON text (`1048576`, `1Mi`, `64Mi`); larger puts
+    /// get 413.
+    #[arg(long, env = "KV_MAX_VALUE_BYTES", default_value_t = DEFAULT_MAX_VALUE_BYTES,
+        value_parser = kv_common::bytesize::parse_usize)]
     pub max_value_bytes: usize,
     /// `full`: fsync every commit (survives power loss). `normal`: no fsync on commit
     /// (survives a crash of kv-server, may lose the last commits on power loss).
@@ -337,6 +339,16 @@ mod tests {
             err.contains("--cache-max-bytes") && err.contains("64Mi"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_value_limit_takes_sizes_with_suffixes() {
+        assert_eq!(flags(&[]).unwrap().max_value_bytes, 1 << 20);
+        let c = flags(&["--max-value-bytes", "64Mi"]).unwrap();
+        assert_eq!(c.max_value_bytes, 64 << 20);
+        c.validate().unwrap();
+        let err = flags(&["--max-value-bytes", "2MB"]).unwrap_err();
+        assert!(err.contains("--max-value-bytes"), "{err}");
     }
 
     #[test]

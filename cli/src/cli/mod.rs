@@ -208,6 +208,15 @@ mod tests {
     }
 
     #[test]
+    fn up_takes_sizes_with_suffixes() {
+        let cli = Cli::try_parse_from(["kvstore", "up", "--max-value-bytes", "64Mi"]).unwrap();
+        let Command::Up(args) = cli.command else {
+            panic!("not up");
+        };
+        assert_eq!(args.cluster.max_value_bytes, 64 << 20);
+    }
+
+    #[test]
     fn a_bad_flag_is_a_usage_error() {
         let err = Cli::try_parse_from(["kvstore", "bench", "--read-ratio", "2"]).unwrap_err();
         assert_eq!(err.exit_code(), i32::from(exit::USAGE));
