@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod body;
+pub mod body_budget;
 pub mod bytesize;
 pub mod disk;
 pub mod http_metrics;

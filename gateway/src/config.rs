@@ -19,6 +19,8 @@ const DEFAULT_CLIENT_TIMEOUT_SECS: u64 = kv_common::serve::DEFAULT_CLIENT_TIMEOU
 /// Above the server's largest accepted value, so the server, not the gateway, says what is
 /// too large.
 const DEFAULT_MAX_BODY_BYTES: usize = kv_common::api::DEFAULT_GATEWAY_MAX_BODY_BYTES;
+/// `--max-inflight-body-bytes` when not given: 16 bodies of the largest default size.
+const DEFAULT_MAX_INFLIGHT_BODY_BYTES: usize = 256 << 20;
 /// The largest value a server may hold, and room for the JSON around it (a `/versions` page
 /// stops at `VERSIONS_PAGE_BYTES` of values unless its one value is larger).
 const DEFAULT_MAX_RESPONSE_BYTES: usize = kv_common::api::MAX_VALUE_BYTES_LIMIT + (1 << 20);
@@ -122,6 +124,13 @@ pub struct GatewayConfig {
         value_parser = kv_common::bytesize::parse_usize)]
     pub max_body_bytes: usize,
 
+    /// Put bodies held in memory at once, in bytes or with a suffix (`256Mi`): a put is
+    /// read once its `Content-Length` fits beside the others' (a body without one counts as
+    /// `--max-body-bytes`), and waits, unread, until then. At least one put of the largest size.
+    #[arg(long, env = "KV_MAX_INFLIGHT_BODY_BYTES", default_value_t = DEFAULT_MAX_INFLIGHT_BODY_BYTES,
+        value_parser = kv_common::bytesize::parse_usize)]
+    pub max_inflight_body_bytes: usize,
+
     /// Largest server answer forwarded, in bytes or with a suffix (`64Mi`).
     #[arg(long, env = "KV_MAX_RESPONSE_BYTES", default_value_t = DEFAULT_MAX_RESPONSE_BYTES,
         value_parser = kv_common::bytesize::parse_usize)]
@@ -208,6 +217,7 @@ impl GatewayConfig {
             max_connections: None,
             health_interval_ms: DEFAULT_HEALTH_INTERVAL_MS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_inflight_body_bytes: DEFAULT_MAX_INFLIGHT_BODY_BYTES,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             backend_transport: Transport::Link,
             links_per_server: DEFAULT_LINKS_PER_SERVER,

@@ -112,6 +112,9 @@ pub async fn put(
     if let Some(encoding) = kv_common::api::body_encoding(&headers) {
         return Err(Error::BodyEncoding(encoding));
     }
+    // Read only once the body fits beside the others held (`BodyBudget`); its room is given
+    // back when this answer is made.
+    let _admitted = state.body_budget.admit(&headers).await;
     // A client that sends a head and then stalls must not hold the connection and this task.
     let collected = tokio::time::timeout(
         state.client_timeout,

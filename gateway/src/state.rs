@@ -25,6 +25,8 @@ pub struct Shared {
     pub http_metrics: Arc<HttpMetrics>,
     pub token: Option<ApiToken>,
     pub max_body_bytes: usize,
+    /// Put bodies held at once (`--max-inflight-body-bytes`).
+    pub body_budget: kv_common::body_budget::BodyBudget,
     /// How long a request body may take to arrive after its head (`--client-timeout-secs`).
     pub client_timeout: std::time::Duration,
     /// The `Retry-After` of a 503 for a down member: by then the next check has run.
@@ -49,6 +51,20 @@ impl AppState {
         let mut registry = Registry::with_prefix("kv_gateway");
         let http_metrics = HttpMetrics::register(&mut registry);
         let metrics = GatewayMetrics::register(&mut registry);
+        let body_budget = kv_common::body_budget::BodyBudget::new(
+            config.max_inflight_body_bytes,
+            config.max_body_bytes,
+        );
+        registry.register(
+            "request_body_bytes",
+            "Bytes of put bodies held in memory now (at most --max-inflight-body-bytes)",
+            body_budget.in_use.clone(),
+        );
+        registry.register(
+            "request_body_waits",
+            "Puts that waited, unread, for room under --max-inflight-body-bytes",
+            body_budget.waits.clone(),
+        );
         let topology = Arc::new(TopologyHandle::new(config.vnodes, metrics.clone()));
         let client = BackendClient::new(
             config.connect_timeout(),
@@ -65,6 +81,7 @@ impl AppState {
             http_metrics,
             token: ApiToken::load(config)?,
             max_body_bytes: config.max_body_bytes,
+            body_budget,
             client_timeout: config.client_timeout(),
             retry_after_secs: config.health_interval().as_secs_f64().ceil().max(1.0) as u64,
             replication: config.replication_settings(),

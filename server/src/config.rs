@@ -28,6 +28,9 @@ pub fn check_max_value_bytes(max_value_bytes: usize) -> Result<(), String> {
 pub const DEFAULT_CACHE_MAX_BYTES: &str = "64Mi";
 
 /// [`DEFAULT_CACHE_MAX_BYTES`] in bytes, for configurations built in code.
+/// `--max-inflight-body-bytes` when not given.
+pub const DEFAULT_MAX_INFLIGHT_BODY_BYTES: &str = "256Mi";
+
 pub fn default_cache_max_bytes() -> u64 {
     kv_common::bytesize::parse(DEFAULT_CACHE_MAX_BYTES).expect("the default size parses")
 }
@@ -65,6 +68,12 @@ pub struct ServerConfig {
     #[arg(long, env = "KV_MAX_VALUE_BYTES", default_value_t = DEFAULT_MAX_VALUE_BYTES,
         value_parser = kv_common::bytesize::parse_usize)]
     pub max_value_bytes: usize,
+    /// Put bodies held in memory at once, in bytes or with a suffix (`256Mi`): a put is read
+    /// once its `Content-Length` fits beside the others' (a body without one counts as the
+    /// largest allowed), and waits, unread, until then. At least one put of the largest size.
+    #[arg(long, env = "KV_MAX_INFLIGHT_BODY_BYTES", default_value = DEFAULT_MAX_INFLIGHT_BODY_BYTES,
+        value_parser = kv_common::bytesize::parse_usize)]
+    pub max_inflight_body_bytes: usize,
     /// `full`: fsync every commit (survives power loss). `normal`: no fsync on commit
     /// (survives a crash of kv-server, may lose the last commits on power loss).
     #[arg(long, env = "KV_SYNC", value_enum, default_value_t = SyncMode::Full)]
@@ -240,6 +249,7 @@ impl ServerConfig {
             cache_max_bytes: default_cache_max_bytes(),
             cache_ttl_minutes: 30.0,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_inflight_body_bytes: 256 << 20,
             sync: SyncMode::Full,
             readers: 8,
             write_queue: 4096,

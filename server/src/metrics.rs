@@ -117,6 +117,9 @@ pub struct Metrics {
     pub connections: kv_common::serve::ConnectionMetrics,
     /// Gateway links open.
     pub links: Gauge,
+    /// Put bodies admitted under `--max-inflight-body-bytes`, and puts that waited for room.
+    pub body_bytes: Gauge,
+    pub body_waits: Counter,
     hit_ratio: Gauge<f64, AtomicU64>,
     storage: StorageGauges,
 }
@@ -267,6 +270,17 @@ impl Metrics {
             "hits / (hits + misses) since start",
             hit_ratio.clone(),
         );
+        let (body_bytes, body_waits) = (Gauge::default(), Counter::default());
+        registry.register(
+            "request_body_bytes",
+            "Bytes of put bodies held in memory now (at most --max-inflight-body-bytes)",
+            body_bytes.clone(),
+        );
+        registry.register(
+            "request_body_waits",
+            "Puts that waited, unread, for room under --max-inflight-body-bytes",
+            body_waits.clone(),
+        );
         let storage = StorageGauges::default();
         registry.register(
             "database_bytes",
@@ -297,6 +311,8 @@ impl Metrics {
             replication,
             connections,
             links,
+            body_bytes,
+            body_waits,
             hit_ratio,
             storage,
         }

@@ -2,6 +2,7 @@
 //! in-process, on 127.0.0.1 ephemeral ports, driven over HTTP with reqwest.
 
 mod admin;
+mod body_budget;
 mod connection_limit;
 mod edges;
 mod failover;

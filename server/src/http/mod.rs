@@ -13,7 +13,8 @@ mod routes;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::middleware::from_fn_with_state;
 use axum::routing::{any, get, put};
 use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::trace::TraceLayer;
@@ -22,6 +23,8 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use error::ApiError;
 pub use openapi::ApiDoc;
+
+use kv_common::body_budget::BodyBudget;
 
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
@@ -39,6 +42,8 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     /// `None` on a standalone server (no `--peers`).
     pub replication: Option<Arc<Replication>>,
+    /// Put bodies held at once (`--max-inflight-body-bytes`).
+    pub body_budget: BodyBudget,
 }
 
 impl AppState {
@@ -52,11 +57,14 @@ impl AppState {
             metrics.store.clone(),
             metrics.cache.clone(),
         )?;
+        let body_budget = BodyBudget::new(config.max_inflight_body_bytes, put_body_limit(&config))
+            .with_metrics(metrics.body_bytes.clone(), metrics.body_waits.clone());
         Ok(AppState {
             store,
             metrics,
             config: Arc::new(config),
             replication: None,
+            body_budget,
         })
     }
 
@@ -84,6 +92,17 @@ pub fn metrics_app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Reads a put's body only once it fits in the budget, and holds its room until answered.
+/// (The gateway's links carry bodies up to 64 KiB, read already; only HTTP puts come here.)
+async fn admit_body(
+    State(budget): State<BodyBudget>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let _admitted = budget.admit(request.headers()).await;
+    next.run(request).await
+}
+
 /// The largest put body: the largest value and room for its JSON envelope.
 fn put_body_limit(config: &ServerConfig) -> usize {
     config.max_value_bytes + kv_common::api::PUT_BODY_OVERHEAD
@@ -97,7 +116,8 @@ pub fn app(state: AppState) -> Router {
             "/put/{key}",
             put(routes::put)
                 .post(routes::post)
-                .layer(DefaultBodyLimit::max(body_limit)),
+                .layer(DefaultBodyLimit::max(body_limit))
+                .layer(from_fn_with_state(state.body_budget.clone(), admit_body)),
         )
         .route("/get/{key}", get(routes::get))
         .route("/versions/{key}", get(routes::versions))

@@ -1,10 +1,13 @@
 //! Every route and every error, through the router.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
+use futures::StreamExt;
 use tower::ServiceExt;
 
-use crate::support::{test_app, test_app_with};
+use crate::support::{TestApp, test_app, test_app_with};
 
 #[tokio::test]
 async fn put_creates_then_updates_with_the_seed_response_shape_and_its_bugs_fixed() {
@@ -533,6 +536,73 @@ async fn metrics_show_the_database_files_and_the_volume_they_are_on() {
         said <= space.total && said.abs_diff(available) < 1 << 30,
         "{stats}"
     );
+}
+
+/// Starts a put of a `len`-byte value whose body stops halfway until `go` is sent (or
+/// dropped); resolves to its status.
+fn put_in_two_halves(
+    app: &TestApp,
+    key: &str,
+    len: usize,
+) -> (
+    tokio::task::JoinHandle<StatusCode>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let body = format!(r#"{{"value": "{}"}}"#, "h".repeat(len));
+    let (first, rest) = body.split_at(body.len() / 2);
+    let (first, rest) = (
+        bytes::Bytes::from(first.to_owned()),
+        bytes::Bytes::from(rest.to_owned()),
+    );
+    let (go, wait) = tokio::sync::oneshot::channel::<()>();
+    let chunks = futures::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(
+        futures::stream::once(async move {
+            let _ = wait.await;
+            Ok(rest)
+        }),
+    );
+    let request = Request::builder()
+        .method(Method::PUT)
+        .uri(format!("/put/{key}"))
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .body(Body::from_stream(chunks))
+        .unwrap();
+    let router = app.router.clone();
+    let answer = tokio::spawn(async move { router.oneshot(request).await.unwrap().status() });
+    (answer, go)
+}
+
+#[tokio::test]
+async fn puts_wait_unread_while_their_bodies_would_pass_the_in_flight_budget() {
+    // Values up to 64 KiB (bodies up to 128 KiB), 150 KiB of bodies at once: two puts of
+    // 60 KiB fit, a third waits until one of them is answered.
+    let app = test_app_with(|c| {
+        c.max_value_bytes = 64 << 10;
+        c.max_inflight_body_bytes = 150 << 10;
+    });
+    let value = 60 << 10;
+    let (first, go_first) = put_in_two_halves(&app, "a", value);
+    let (second, go_second) = put_in_two_halves(&app, "b", value);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let metrics = app.get("/metrics").await.text;
+    let held = gauge(&metrics, "kv_server_request_body_bytes");
+    assert!(held > 2 * value as u64, "{held}");
+    // The third has its whole body ready, and still waits.
+    let (third, go_third) = put_in_two_halves(&app, "c", value);
+    go_third.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!third.is_finished(), "a third body fit beside two");
+    let metrics = app.get("/metrics").await.text;
+    assert_eq!(gauge(&metrics, "kv_server_request_body_waits_total"), 1);
+    go_first.send(()).unwrap();
+    assert_eq!(first.await.unwrap(), StatusCode::OK);
+    assert_eq!(third.await.unwrap(), StatusCode::OK);
+    go_second.send(()).unwrap();
+    assert_eq!(second.await.unwrap(), StatusCode::OK);
+    let metrics = app.get("/metrics").await.text;
+    assert_eq!(gauge(&metrics, "kv_server_request_body_bytes"), 0);
+    assert_eq!(app.get("/get/c").await.json()["version"], 1);
 }
 
 #[tokio::test]
