@@ -4,6 +4,8 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use kv_common::http_metrics::HttpMetrics;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::auth::ApiToken;
@@ -51,19 +53,22 @@ impl AppState {
         let mut registry = Registry::with_prefix("kv_gateway");
         let http_metrics = HttpMetrics::register(&mut registry);
         let metrics = GatewayMetrics::register(&mut registry);
-        let body_budget = kv_common::body_budget::BodyBudget::new(
-            config.max_inflight_body_bytes,
-            config.max_body_bytes,
-        );
+        let (body_bytes, body_waits) = (Gauge::default(), Counter::default());
         registry.register(
             "request_body_bytes",
             "Bytes of put bodies held in memory now (at most --max-inflight-body-bytes)",
-            body_budget.in_use.clone(),
+            body_bytes.clone(),
         );
         registry.register(
             "request_body_waits",
             "Puts that waited, unread, for room under --max-inflight-body-bytes",
-            body_budget.waits.clone(),
+            body_waits.clone(),
+        );
+        let body_budget = kv_common::body_budget::BodyBudget::new(
+            config.max_inflight_body_bytes,
+            config.max_body_bytes,
+            body_bytes,
+            body_waits,
         );
         let topology = Arc::new(TopologyHandle::new(config.vnodes, metrics.clone()));
         let client = BackendClient::new(

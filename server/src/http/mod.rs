@@ -57,8 +57,12 @@ impl AppState {
             metrics.store.clone(),
             metrics.cache.clone(),
         )?;
-        let body_budget = BodyBudget::new(config.max_inflight_body_bytes, put_body_limit(&config))
-            .with_metrics(metrics.body_bytes.clone(), metrics.body_waits.clone());
+        let body_budget = BodyBudget::new(
+            config.max_inflight_body_bytes,
+            put_body_limit(&config),
+            metrics.body_bytes.clone(),
+            metrics.body_waits.clone(),
+        );
         Ok(AppState {
             store,
             metrics,
